@@ -1,0 +1,80 @@
+"""The chunk-slice layer: picklable chunk sources in, dask arrays out.
+
+A *chunk source* is a small frozen dataclass with ``shape``, ``dtype``, ``ndim`` and
+``__getitem__``. It holds a :class:`~lazyio.location.Location` and whatever describes the
+stored array (a dataset path, a byte offset), never an open file: each ``__getitem__``
+opens what it needs through :mod:`lazyio.handles`. Dask embeds the source in every task
+(``inline_array=True``), so a graph pickles by value and runs in any process.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+
+from lazyio.chunks.grid import aligned_chunks, regular_chunks, target_chunk_bytes
+
+__all__ = [
+    "ChunkSource",
+    "aligned_chunks",
+    "regular_chunks",
+    "target_chunk_bytes",
+    "to_dask",
+]
+
+
+@runtime_checkable
+class ChunkSource(Protocol):
+    """What :func:`to_dask` needs: an array-like that reads a slice per call."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> np.dtype: ...
+
+    @property
+    def ndim(self) -> int: ...
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray: ...
+
+
+def to_dask(
+    source: ChunkSource,
+    chunks: tuple[tuple[int, ...], ...],
+    *,
+    prefix: str = "lazyio",
+    token_extra: Any = None,
+) -> da.Array:
+    """Wrap a chunk source as a dask array, one task per block of ``chunks``.
+
+    Parameters
+    ----------
+    source : ChunkSource
+        The picklable source; it is embedded in each task.
+    chunks : tuple of tuple of int
+        Block sizes, already aligned to the storage chunks (see :func:`aligned_chunks`).
+    prefix : str
+        Start of the dask name, e.g. the format.
+    token_extra : object
+        Anything else that must change the name when the data changes (e.g. the file's
+        modification time).
+
+    Returns
+    -------
+    dask.array.Array
+    """
+    meta = np.empty((0,) * len(source.shape), dtype=source.dtype)
+    name = f"{prefix}-{tokenize(source, chunks, token_extra)}"
+    return da.from_array(
+        source,
+        chunks=chunks,
+        name=name,
+        meta=meta,
+        inline_array=True,
+        asarray=False,
+        fancy=False,
+    )

@@ -1,0 +1,125 @@
+"""A per-process cache of open file handles, closed on eviction.
+
+Lazy graphs never hold an open file: a task carries a small key (a
+:class:`~lazyio.location.Location`, a mode, ...) and asks this cache for the handle,
+which is opened on first use in each process and reused afterwards. This is the pattern
+of xarray's ``CachingFileManager``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
+
+__all__ = ["HandleCache", "acquire", "close_all", "close_matching", "default_cache"]
+
+_logger = logging.getLogger("lazyio")
+T = TypeVar("T")
+
+
+def _close(handle: Any) -> None:
+    close = getattr(handle, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:  # a handle that fails to close must not break eviction
+            _logger.debug("closing %r failed", handle, exc_info=True)
+    elif isinstance(handle, int):
+        os.close(handle)
+
+
+class HandleCache:
+    """A bounded, thread-safe LRU of open handles.
+
+    Parameters
+    ----------
+    maxsize : int
+        How many handles stay open at once; the least recently used is closed beyond it.
+    """
+
+    def __init__(self, maxsize: int = 128) -> None:
+        self.maxsize = maxsize
+        self._handles: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+
+    def _check_fork(self) -> None:
+        # Handles inherited through fork() belong to the parent; reusing them corrupts reads.
+        if os.getpid() != self._pid:
+            self._handles = OrderedDict()
+            self._lock = threading.RLock()
+            self._pid = os.getpid()
+
+    def acquire(self, key: Hashable, opener: Callable[[], T]) -> T:
+        """Return the handle cached under ``key``, opening it with ``opener`` if needed."""
+        self._check_fork()
+        with self._lock:
+            try:
+                handle = self._handles[key]
+            except KeyError:
+                handle = opener()
+                self._handles[key] = handle
+                while len(self._handles) > self.maxsize:
+                    _, old = self._handles.popitem(last=False)
+                    _close(old)
+            else:
+                self._handles.move_to_end(key)
+            return handle
+
+    def close(self, key: Hashable) -> None:
+        """Close and forget one handle (nothing happens if it is not open)."""
+        self._check_fork()
+        with self._lock:
+            handle = self._handles.pop(key, None)
+            if handle is not None:
+                _close(handle)
+
+    def close_matching(self, predicate: Callable[[Hashable], bool]) -> int:
+        """Close every handle whose key satisfies ``predicate``; return how many."""
+        self._check_fork()
+        with self._lock:
+            keys = [k for k in self._handles if predicate(k)]
+            for k in keys:
+                _close(self._handles.pop(k))
+            return len(keys)
+
+    def close_all(self) -> int:
+        """Close every handle; return how many were open."""
+        return self.close_matching(lambda _: True)
+
+    def __len__(self) -> int:
+        self._check_fork()
+        return len(self._handles)
+
+    def keys(self) -> list[Hashable]:
+        """The keys of the open handles, least recently used first."""
+        self._check_fork()
+        with self._lock:
+            return list(self._handles)
+
+
+default_cache = HandleCache(maxsize=int(os.environ.get("LAZYIO_MAX_OPEN_FILES", "128")))
+
+
+def acquire(key: Hashable, opener: Callable[[], T]) -> T:
+    """Acquire a handle from the process-wide cache."""
+    return default_cache.acquire(key, opener)
+
+
+def close_matching(predicate: Callable[[Hashable], bool]) -> int:
+    """Close the process-wide cache's handles whose key satisfies ``predicate``."""
+    return default_cache.close_matching(predicate)
+
+
+def close_all() -> int:
+    """Close every file lazyio holds open in this process.
+
+    Lazy arrays stay valid: their tasks reopen what they need. Returns the number of
+    handles closed. On a ``distributed`` cluster call it on the workers too, e.g.
+    ``client.run(lazyio.close_all)``.
+    """
+    return default_cache.close_all()

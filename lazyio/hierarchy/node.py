@@ -1,0 +1,433 @@
+"""One interface over HDF5 (h5py) and Zarr groups, for the hierarchical formats.
+
+The tree logic (:mod:`~lazyio.hierarchy.decode`, :mod:`~lazyio.hierarchy.encode`) only
+sees :class:`Node`; :class:`H5Node` and :class:`ZarrNode` translate to the libraries.
+Array data never goes through the Node as an open dataset: lazy reads get a picklable
+chunk source and writes a picklable target.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from typing import Any, Protocol
+
+import dask.array as da
+import h5py
+import numcodecs
+import numpy as np
+import zarr
+
+from lazyio.chunks import aligned_chunks, to_dask
+from lazyio.chunks.hdf5 import H5Source
+from lazyio.chunks.zarr import ObjectZarrSource, ZarrSource
+from lazyio.errors import FormatError, LazyioWarning
+from lazyio.location import Location
+from lazyio.stores import StoreSpec, list_dir, node_kind, read_json, set_bytes
+
+__all__ = ["H5Node", "Node", "ZarrNode"]
+
+_logger = logging.getLogger("lazyio")
+
+
+class Node(Protocol):
+    """A group of a hierarchical file."""
+
+    path: str
+    where: str  # the file, for error messages
+
+    def attrs(self) -> dict[str, Any]: ...
+    def members(self) -> dict[str, str]: ...  # name -> "group" | "array"
+    def child(self, name: str) -> Node: ...
+    def array_shape(self, name: str) -> tuple[int, ...]: ...
+    def read_array(self, name: str) -> np.ndarray: ...
+    def lazy_array(self, name: str, chunks: Any = "auto") -> da.Array: ...
+    def set_attrs(self, values: dict[str, Any]) -> None: ...
+    def require_group(self, name: str) -> Node: ...
+    def delete(self, name: str) -> None: ...
+    def write_small_array(self, name: str, data: np.ndarray, **options: Any) -> None: ...
+    def create_array(
+        self, name: str, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
+        **options: Any,
+    ) -> Any: ...
+
+
+def _decode_strings(values: np.ndarray) -> np.ndarray:
+    """Turn byte-string or object-of-str arrays into numpy unicode arrays."""
+    if values.dtype.kind == "S":
+        try:
+            return values.astype("U")
+        except UnicodeDecodeError:
+            return values  # binary payloads stay bytes
+    if values.dtype.kind == "O" and values.size and all(isinstance(v, str | bytes)
+                                                        for v in values.flat):
+        return np.array([v.decode() if isinstance(v, bytes) else v for v in values.flat],
+                        dtype="U").reshape(values.shape)
+    if values.dtype.kind == "T":  # numpy StringDType from zarr-python 3
+        return np.array(values.tolist(), dtype="U").reshape(values.shape)
+    return values
+
+
+# ----------------------------------------------------------------------------------- HDF5
+
+
+class H5Node:
+    """A group of an HDF5 file opened with h5py."""
+
+    def __init__(self, group: h5py.Group, location: Location) -> None:
+        self.group = group
+        self.location = location
+        self.path = group.name
+        self.where = str(location)
+
+    def attrs(self) -> dict[str, Any]:
+        out = {}
+        for key in self.group.attrs:
+            try:
+                out[key] = self.group.attrs[key]
+            except (OSError, TypeError, ValueError) as err:
+                warnings.warn(
+                    f"{self.where}: attribute {key!r} of {self.path} cannot be read ({err}); "
+                    "skipped",
+                    LazyioWarning,
+                    stacklevel=2,
+                )
+        return out
+
+    def members(self) -> dict[str, str]:
+        out = {}
+        for name in self.group:
+            link = self.group.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                warnings.warn(
+                    f"{self.where}: {self.path}/{name} is an external link to "
+                    f"{link.filename}; not followed",
+                    LazyioWarning,
+                    stacklevel=2,
+                )
+                continue
+            obj = self.group.get(name)
+            if isinstance(obj, h5py.Group):
+                out[name] = "group"
+            elif isinstance(obj, h5py.Dataset):
+                out[name] = "array"
+        return out
+
+    def child(self, name: str) -> H5Node:
+        return H5Node(self.group[name], self.location)
+
+    def array_shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.group[name].shape)
+
+    def read_array(self, name: str) -> np.ndarray:
+        dset = self.group[name]
+        if h5py.check_string_dtype(dset.dtype) is not None:
+            return _decode_strings(np.asarray(dset.asstr()[()], dtype=object))
+        return _decode_strings(np.asarray(dset[()]))
+
+    def lazy_array(self, name: str, chunks: Any = "auto") -> da.Array:
+        dset = self.group[name]
+        if h5py.check_string_dtype(dset.dtype) is not None:
+            return da.from_array(self.read_array(name), chunks=-1)
+        source = H5Source.from_dataset(self.location, dset)
+        grid = aligned_chunks(source.shape, source.storage_chunks, source.dtype, chunks)
+        return to_dask(source, grid, prefix=f"hspy-{name}", token_extra=source.token)
+
+    # writing -------------------------------------------------------------------------
+
+    def set_attrs(self, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            try:
+                self.group.attrs[key] = value
+            except (TypeError, ValueError) as err:
+                warnings.warn(
+                    f"{self.where}: cannot store {key!r} = {value!r} in {self.path} ({err})",
+                    LazyioWarning,
+                    stacklevel=2,
+                )
+
+    def require_group(self, name: str) -> H5Node:
+        return H5Node(self.group.require_group(name), self.location)
+
+    def delete(self, name: str) -> None:
+        if name in self.group:
+            del self.group[name]
+
+    def write_small_array(self, name: str, data: np.ndarray, **options: Any) -> None:
+        self.delete(name)
+        if data.dtype.kind == "U":
+            self.group.create_dataset(
+                name, data=data.astype(object), dtype=h5py.string_dtype()
+            )
+            return
+        if data.dtype.kind == "O":
+            self._write_ragged(name, data)
+            return
+        kwargs = _h5_filter_kwargs(options) if data.ndim and data.size > 1 else {}
+        self.group.create_dataset(name, data=data, **kwargs)
+
+    def _write_ragged(self, name: str, data: np.ndarray) -> None:
+        flat = np.empty(data.shape, dtype=object)
+        shapes = np.empty(data.shape, dtype=object)
+        inner = None
+        for idx in np.ndindex(data.shape):
+            item = np.asarray(data[idx])
+            inner = inner or item.dtype
+            flat[idx] = item.ravel()
+            shapes[idx] = np.asarray(item.shape, dtype=np.uint64)
+        dtype = h5py.vlen_dtype(inner or np.float64)
+        self.group.create_dataset(name, data=flat, dtype=dtype)
+        self.delete(f"_ragged_shapes_{name}")
+        self.group.create_dataset(
+            f"_ragged_shapes_{name}", data=shapes, dtype=h5py.vlen_dtype(np.uint64)
+        )
+
+    def create_array(
+        self, name: str, shape: tuple[int, ...], dtype: np.dtype, chunks: Any, **options: Any
+    ) -> h5py.Dataset:
+        self.delete(name)
+        kwargs = _h5_filter_kwargs(options)
+        if not shape or math.prod(shape) == 0:
+            chunks, kwargs = None, {}
+        return self.group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, **kwargs)
+
+
+def _h5_filter_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    """h5py dataset-creation keywords from lazyio's (compression, shuffle, plugin filters)."""
+    kwargs = dict(options)
+    compression = kwargs.pop("compression", None)
+    if isinstance(compression, dict):  # hdf5plugin filter objects unpack to dicts
+        kwargs.update(compression)
+    elif compression is not None:
+        kwargs["compression"] = compression
+        kwargs.setdefault("shuffle", True)
+    return kwargs
+
+
+# ----------------------------------------------------------------------------------- Zarr
+
+
+def _json_attr(value: Any) -> Any:
+    """A JSON-serialisable form of an attribute value (numpy scalars and arrays)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, bytes):
+        return list(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+class ZarrNode:
+    """A group of a Zarr (format 2 or 3) hierarchy, read through raw keys and zarr-python."""
+
+    def __init__(self, spec: StoreSpec, store: Any, path: str, zarr_format: int) -> None:
+        self.spec = spec
+        self.store = store
+        self.path = "/" + path.strip("/")
+        self.zarr_format = zarr_format
+        self.where = str(spec)
+        self._meta: dict[str, Any] | None = None
+
+    @property
+    def _key(self) -> str:
+        return self.path.strip("/")
+
+    def _prefix(self, name: str) -> str:
+        return f"{self._key}/{name}" if self._key else name
+
+    def attrs(self) -> dict[str, Any]:
+        if self.zarr_format == 3:
+            meta = read_json(self.store, self._prefix("zarr.json")) or {}
+            return dict(meta.get("attributes") or {})
+        return dict(read_json(self.store, self._prefix(".zattrs")) or {})
+
+    def members(self) -> dict[str, str]:
+        out = {}
+        for name in list_dir(self.store, self._key):
+            if name.startswith(".") or name == "zarr.json":
+                continue
+            kind, _, _ = node_kind(self.store, self._prefix(name))
+            if kind in ("group", "array"):
+                out[name] = kind
+        return out
+
+    def child(self, name: str) -> ZarrNode:
+        return ZarrNode(self.spec, self.store, self._prefix(name), self.zarr_format)
+
+    def _array_meta(self, name: str) -> tuple[int, dict[str, Any]]:
+        kind, fmt, meta = node_kind(self.store, self._prefix(name))
+        if kind != "array":
+            raise FormatError(f"{self.where}: {self.path}/{name} is not an array")
+        return fmt, meta
+
+    def _source(self, name: str) -> ZarrSource | ObjectZarrSource:
+        fmt, meta = self._array_meta(name)
+        path = self._prefix(name)
+        if fmt == 2 and _v2_dtype(meta["dtype"]).kind == "O" and not _is_vlen_utf8(meta):
+            return ObjectZarrSource.from_metadata(self.spec, path, meta)
+        if fmt == 2:
+            chunks = tuple(meta["chunks"])
+        else:
+            # with sharding this is the shard shape: a task then reads whole shards
+            grid = meta.get("chunk_grid", {}).get("configuration", {})
+            chunks = tuple(grid.get("chunk_shape", meta["shape"]))
+        arr = zarr.open_array(store=self.store, path=path, mode="r")
+        return ZarrSource(
+            store=self.spec,
+            path=path,
+            shape=tuple(arr.shape),
+            dtype=arr.dtype if isinstance(arr.dtype, np.dtype) else np.dtype(object),
+            storage_chunks=chunks,
+        )
+
+    def array_shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._array_meta(name)[1]["shape"])
+
+    def read_array(self, name: str) -> np.ndarray:
+        source = self._source(name)
+        if isinstance(source, ObjectZarrSource):
+            return _decode_strings(source[()] if source.ndim == 0 else source[...])
+        arr = zarr.open_array(store=self.store, path=self._prefix(name), mode="r")
+        return _decode_strings(np.asarray(arr[...]))
+
+    def lazy_array(self, name: str, chunks: Any = "auto") -> da.Array:
+        source = self._source(name)
+        if source.dtype.kind == "O" and not isinstance(source, ObjectZarrSource):
+            return da.from_array(self.read_array(name), chunks=-1)
+        grid = aligned_chunks(source.shape, source.storage_chunks, source.dtype, chunks)
+        return to_dask(source, grid, prefix=f"zspy-{name}")
+
+    # writing -------------------------------------------------------------------------
+
+    def _group(self) -> zarr.Group:
+        return zarr.open_group(store=self.store, path=self._key, mode="r+",
+                               zarr_format=self.zarr_format)
+
+    def set_attrs(self, values: dict[str, Any]) -> None:
+        if values:
+            clean = {}
+            for key, value in values.items():
+                try:
+                    json.dumps(_json_attr(value))
+                    clean[key] = _json_attr(value)
+                except TypeError as err:
+                    warnings.warn(
+                        f"{self.where}: cannot store {key!r} = {value!r} in {self.path} ({err})",
+                        LazyioWarning,
+                        stacklevel=2,
+                    )
+            self._group().attrs.update(clean)
+
+    def require_group(self, name: str) -> ZarrNode:
+        kind, _, _ = node_kind(self.store, self._prefix(name))
+        if kind != "group":
+            self._group().require_group(name)
+        return self.child(name)
+
+    def delete(self, name: str) -> None:
+        kind, _, _ = node_kind(self.store, self._prefix(name))
+        if kind is not None:
+            from zarr.core.sync import sync
+
+            sync(self.store.delete_dir(self._prefix(name)))
+
+    def write_small_array(self, name: str, data: np.ndarray, **options: Any) -> None:
+        self.delete(name)
+        if data.dtype.kind == "O":
+            self._write_ragged(name, data)
+            return
+        if data.dtype.kind == "U":
+            if self.zarr_format == 2:
+                self._write_object_v2(name, data.astype(object), {"id": "vlen-utf8"})
+                return
+            data = data.astype(str)
+        kwargs = _zarr_codec_kwargs(options, self.zarr_format)
+        arr = self._group().create_array(
+            name, shape=data.shape, dtype=data.dtype, chunks=data.shape or (), **kwargs
+        )
+        arr[...] = data
+
+    def _write_ragged(self, name: str, data: np.ndarray) -> None:
+        first = next((np.asarray(v) for v in data.flat), np.zeros(0))
+        if first.dtype.kind in "USO":
+            self._write_object_v2(name, data, {"id": "msgpack2"})
+            return
+        # HyperSpy's layout: flattened items plus their shapes in _ragged_shapes_<name>
+        flat = np.empty(data.shape, dtype=object)
+        shapes = np.empty(data.shape, dtype=object)
+        for idx in np.ndindex(data.shape):
+            item = np.asarray(data[idx])
+            flat[idx] = item.ravel()
+            shapes[idx] = np.asarray(item.shape, dtype=np.uint64)
+        self._write_object_v2(name, flat, {"id": "vlen-array", "dtype": first.dtype.str})
+        self.delete(f"_ragged_shapes_{name}")
+        self._write_object_v2(
+            f"_ragged_shapes_{name}", shapes, {"id": "vlen-array", "dtype": "<u8"}
+        )
+
+    def _write_object_v2(self, name: str, data: np.ndarray, codec: dict[str, Any]) -> None:
+        """Object arrays as HyperSpy's zarr 2 wrote them: one chunk, an object codec."""
+        if self.zarr_format != 2:
+            raise FormatError(
+                f"{self.where}: ragged/object array {self.path}/{name} can only be stored in "
+                "Zarr format 2"
+            )
+        meta = {
+            "zarr_format": 2,
+            "shape": list(data.shape),
+            "chunks": list(data.shape) or [1],
+            "dtype": "|O",
+            "compressor": None,
+            "fill_value": 0,
+            "order": "C",
+            "filters": [codec],
+            "dimension_separator": "/",
+        }
+        prefix = self._prefix(name)
+        set_bytes(self.store, f"{prefix}/.zarray", json.dumps(meta).encode())
+        set_bytes(self.store, f"{prefix}/.zattrs", b"{}")
+        key = "/".join("0" for _ in data.shape) or "0"
+        set_bytes(self.store, f"{prefix}/{key}", bytes(numcodecs.get_codec(codec).encode(data)))
+
+    def create_array(
+        self, name: str, shape: tuple[int, ...], dtype: np.dtype, chunks: Any, **options: Any
+    ) -> zarr.Array:
+        self.delete(name)
+        kwargs = _zarr_codec_kwargs(options, self.zarr_format)
+        return self._group().create_array(
+            name, shape=shape, dtype=dtype, chunks=tuple(chunks) if shape else (), **kwargs
+        )
+
+
+def _v2_dtype(spec: Any) -> np.dtype:
+    """A Zarr v2 ``dtype`` entry (a string, or JSON lists for structured dtypes)."""
+    if isinstance(spec, list):
+        return np.dtype([tuple(_v2_dtype(f) if isinstance(f, list) else f for f in field)
+                         for field in spec])
+    return np.dtype(spec)
+
+
+def _is_vlen_utf8(meta: dict[str, Any]) -> bool:
+    filters = meta.get("filters") or []
+    return bool(filters) and filters[0].get("id") == "vlen-utf8"
+
+
+def _zarr_codec_kwargs(options: dict[str, Any], zarr_format: int) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    compressor = options.get("compressor", "default")
+    if compressor == "default":
+        compressor = numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.SHUFFLE)
+    kwargs["compressors"] = None if compressor is None else compressor
+    if zarr_format == 2:
+        kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
+    elif options.get("shards") is not None:
+        kwargs["shards"] = options["shards"]
+    for key in ("filters", "fill_value"):
+        if key in options:
+            kwargs[key] = options[key]
+    return kwargs

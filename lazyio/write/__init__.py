@@ -1,0 +1,149 @@
+"""The writer layer: every write of array data ends in one :func:`dask.array.store` call.
+
+Targets are small picklable objects with ``__setitem__(region, block)``; the dask array
+is rechunked first so that each task writes whole storage chunks and no two tasks touch
+one chunk. Memory stays bounded by (chunk size x workers) whatever the array's size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+__all__ = ["progress", "rechunk_to_storage", "store", "uses_distributed"]
+
+_logger = logging.getLogger("lazyio")
+
+
+def uses_distributed() -> bool:
+    """Whether the active dask scheduler is a ``distributed`` client."""
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return False
+    scheduler = dask.config.get("scheduler", None)
+    if scheduler not in (None, "dask.distributed", "distributed"):
+        return False
+    try:
+        default_client()
+    except ValueError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def progress(show: bool, label: str = "") -> Iterator[None]:
+    """Show a progress bar while the block runs: dask's local bar, or the cluster's."""
+    if not show:
+        yield
+        return
+    if uses_distributed():
+        # dask.diagnostics callbacks never fire on a cluster; its progress comes from
+        # distributed.progress, attached by store() to the futures it creates.
+        yield
+        return
+    from dask.diagnostics import ProgressBar
+
+    with ProgressBar(minimum=1.0):
+        yield
+
+
+def rechunk_to_storage(array: da.Array, storage_chunks: Sequence[int]) -> da.Array:
+    """Rechunk so every dask block is a whole number of storage chunks.
+
+    Existing block boundaries that already fall on storage-chunk boundaries are kept, so
+    arrays that were read with the same chunking are not shuffled around.
+    """
+    new = []
+    for axis, (sizes, step) in enumerate(zip(array.chunks, storage_chunks, strict=True)):
+        step = max(1, int(step))
+        if all(s % step == 0 for s in sizes[:-1]):
+            new.append(sizes)
+            continue
+        total = array.shape[axis]
+        target = max(step, round(max(sizes) / step) * step)
+        n_full, rest = divmod(total, target)
+        new.append((target,) * n_full + ((rest,) if rest else ()))
+    new_chunks = tuple(new)
+    return array if new_chunks == array.chunks else array.rechunk(new_chunks)
+
+
+def store(
+    sources: Sequence[da.Array | np.ndarray],
+    targets: Sequence[Any],
+    *,
+    show_progressbar: bool = True,
+    lock: Any = False,
+) -> None:
+    """Stream ``sources`` into ``targets`` with one :func:`dask.array.store` call.
+
+    Numpy sources are wrapped as single-block dask arrays. Works on any scheduler,
+    including a ``distributed`` cluster, where a progress bar of the cluster is shown.
+    """
+    if len(sources) != len(targets):
+        raise ValueError(
+            f"Different number of sources [{len(sources)}] and targets [{len(targets)}]"
+        )
+    if not sources:
+        return
+    arrays = [s if isinstance(s, da.Array) else da.from_array(s, chunks=-1) for s in sources]
+    if uses_distributed():
+        _store_distributed(arrays, list(targets), show_progressbar, lock)
+        return
+    with progress(show_progressbar):
+        da.store(arrays, list(targets), lock=lock, compute=True)
+
+
+def _store_distributed(
+    arrays: list[da.Array], targets: list[Any], show_progressbar: bool, lock: Any
+) -> None:
+    from distributed import default_client, futures_of, wait
+    from distributed import progress as cluster_progress
+
+    client = default_client()
+    region_pairs = [(a, t) for a, t in zip(arrays, targets, strict=True)
+                    if not getattr(t, "single_writer", False)]
+    if region_pairs:
+        stored = da.store([a for a, _ in region_pairs], [t for _, t in region_pairs],
+                          lock=lock, compute=False)
+        persisted = stored.persist()
+        if show_progressbar:
+            cluster_progress(persisted)
+        wait(futures_of(persisted))
+        for future in futures_of(persisted):
+            future.result()  # re-raise a task's error here
+    for array, target in zip(arrays, targets, strict=True):
+        if getattr(target, "single_writer", False):
+            _single_writer(client, array, target)
+
+
+def _single_writer(client: Any, array: da.Array, target: Any) -> None:
+    """Encode blocks on the workers; write them here, a bounded window at a time."""
+    from dask.array.core import slices_from_chunks
+    from distributed import as_completed
+
+    regions = slices_from_chunks(array.chunks)
+    blocks = array.to_delayed().ravel()
+    window = 2 * max(1, sum(client.nthreads().values()))
+    todo = iter(zip(regions, blocks, strict=True))
+    encode = dask.delayed(target.encode_block, pure=True)
+
+    def submit() -> Any:
+        try:
+            region, block = next(todo)
+        except StopIteration:
+            return None
+        return client.compute(encode(region, block))
+
+    pending = as_completed([f for f in (submit() for _ in range(window)) if f is not None])
+    for future in pending:
+        target.write_encoded(future.result())
+        nxt = submit()
+        if nxt is not None:
+            pending.add(nxt)
