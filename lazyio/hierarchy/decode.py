@@ -18,7 +18,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from lazyio.hierarchy.node import Node
+from lazyio.hierarchy.node import Node, decode_strings
 from lazyio.hierarchy.versions import parse_old_datetime
 
 __all__ = ["decode_attribute", "group_to_dict", "read_dataset"]
@@ -49,7 +49,8 @@ def decode_attribute(value: Any) -> Any:
 def _unflatten(data: np.ndarray, shapes: np.ndarray) -> np.ndarray:
     out = np.empty(data.shape, dtype=object)
     for idx in np.ndindex(data.shape):
-        out[idx] = np.reshape(np.asarray(data[idx]), tuple(int(s) for s in shapes[idx]))
+        item = decode_strings(np.asarray(data[idx]))
+        out[idx] = np.reshape(item, tuple(int(s) for s in shapes[idx]))
     return out
 
 

@@ -54,7 +54,7 @@ class Node(Protocol):
     ) -> Any: ...
 
 
-def _decode_strings(values: np.ndarray) -> np.ndarray:
+def decode_strings(values: np.ndarray) -> np.ndarray:
     """Turn byte-string or object-of-str arrays into numpy unicode arrays."""
     if values.dtype.kind == "S":
         try:
@@ -124,8 +124,8 @@ class H5Node:
     def read_array(self, name: str) -> np.ndarray:
         dset = self.group[name]
         if h5py.check_string_dtype(dset.dtype) is not None:
-            return _decode_strings(np.asarray(dset.asstr()[()], dtype=object))
-        return _decode_strings(np.asarray(dset[()]))
+            return decode_strings(np.asarray(dset.asstr()[()], dtype=object))
+        return decode_strings(np.asarray(dset[()]))
 
     def lazy_array(self, name: str, chunks: Any = "auto") -> da.Array:
         dset = self.group[name]
@@ -163,25 +163,34 @@ class H5Node:
             )
             return
         if data.dtype.kind == "O":
-            self._write_ragged(name, data)
+            self._write_ragged(name, data, **options)
             return
         kwargs = _h5_filter_kwargs(options) if data.ndim and data.size > 1 else {}
         self.group.create_dataset(name, data=data, **kwargs)
 
-    def _write_ragged(self, name: str, data: np.ndarray) -> None:
+    def _write_ragged(self, name: str, data: np.ndarray, **options: Any) -> None:
         flat = np.empty(data.shape, dtype=object)
         shapes = np.empty(data.shape, dtype=object)
         inner = None
         for idx in np.ndindex(data.shape):
             item = np.asarray(data[idx])
+            if item.dtype.kind in "US":
+                item = item.astype(object)
             inner = inner or item.dtype
             flat[idx] = item.ravel()
-            shapes[idx] = np.asarray(item.shape, dtype=np.uint64)
-        dtype = h5py.vlen_dtype(inner or np.float64)
-        self.group.create_dataset(name, data=flat, dtype=dtype)
+            shapes[idx] = np.asarray(item.shape, dtype=np.int64)
+        if inner is None or inner.kind == "O":
+            dtype = h5py.vlen_dtype(h5py.string_dtype())
+        else:
+            dtype = h5py.vlen_dtype(inner)
+        # chunked, as HyperSpy's reader wraps these datasets with their chunks
+        kwargs = {"chunks": tuple(max(1, s) for s in data.shape), **_h5_filter_kwargs(options)}
+        if not data.shape:
+            kwargs = {}
+        self.group.create_dataset(name, data=flat, dtype=dtype, **kwargs)
         self.delete(f"_ragged_shapes_{name}")
         self.group.create_dataset(
-            f"_ragged_shapes_{name}", data=shapes, dtype=h5py.vlen_dtype(np.uint64)
+            f"_ragged_shapes_{name}", data=shapes, dtype=h5py.vlen_dtype(np.int64), **kwargs
         )
 
     def create_array(
@@ -291,9 +300,9 @@ class ZarrNode:
     def read_array(self, name: str) -> np.ndarray:
         source = self._source(name)
         if isinstance(source, ObjectZarrSource):
-            return _decode_strings(source[()] if source.ndim == 0 else source[...])
+            return decode_strings(source[()] if source.ndim == 0 else source[...])
         arr = zarr.open_array(store=self.store, path=self._prefix(name), mode="r")
-        return _decode_strings(np.asarray(arr[...]))
+        return decode_strings(np.asarray(arr[...]))
 
     def lazy_array(self, name: str, chunks: Any = "auto") -> da.Array:
         source = self._source(name)
@@ -399,8 +408,10 @@ class ZarrNode:
     ) -> zarr.Array:
         self.delete(name)
         kwargs = _zarr_codec_kwargs(options, self.zarr_format)
+        if chunks is None:  # scalars and empty arrays: one (possibly empty) chunk
+            chunks = tuple(max(1, s) for s in shape)
         return self._group().create_array(
-            name, shape=shape, dtype=dtype, chunks=tuple(chunks) if shape else (), **kwargs
+            name, shape=shape, dtype=dtype, chunks=tuple(chunks), **kwargs
         )
 
 

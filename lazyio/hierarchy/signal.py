@@ -76,7 +76,8 @@ def read_signal_group(
     md_name, omd_name = METADATA_GROUPS["old" if version < (1, 2) else "new"]
 
     def read_signal(node: Node) -> dict[str, Any]:
-        return read_signal_group(node, version, lazy=lazy)
+        # signals inside metadata are small and always read eagerly, as HyperSpy does
+        return read_signal_group(node, version, lazy=False)
 
     def tree(name: str) -> dict[str, Any]:
         if members.get(name) != "group":
