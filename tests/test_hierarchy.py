@@ -173,7 +173,8 @@ def test_ragged_round_trip(tmp_path, fmt):
     for lazy in (False, True):
         out = lazyio.load(path, lazy=lazy)[0]["data"]
         out = out.compute() if lazy else out
-        assert out.dtype == object and out.shape == (2, 2)
+        assert out.dtype == object
+        assert out.shape == (2, 2)
         for idx in np.ndindex(2, 2):
             np.testing.assert_array_equal(out[idx], data[idx])
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -115,7 +116,11 @@ def aligned_chunks(
     ndim = len(shape)
     storage = tuple(int(c) for c in storage_chunks) if storage_chunks else (1,) * ndim
     itemsize = max(1, np.dtype(dtype).itemsize)
-    limit = limit or target_chunk_bytes()
+    if limit is None:
+        # Enough blocks to keep every core busy, but no block smaller than a few MiB
+        # (task overhead) or larger than dask's chunk size.
+        total = math.prod(shape) * itemsize
+        limit = min(target_chunk_bytes(), max(4 * 2**20, total // (4 * (os.cpu_count() or 1))))
     if ndim == 0:
         return ()
     if isinstance(chunks, tuple) and chunks and all(isinstance(c, tuple) for c in chunks):
