@@ -22,6 +22,7 @@ from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore, ZipStore
 
 from lazyio import handles
+from lazyio.errors import FormatError
 from lazyio.location import Location
 
 __all__ = ["StoreSpec", "open_store", "read_json", "list_dir", "get_bytes", "set_bytes"]
@@ -81,7 +82,7 @@ def _make_store(spec: StoreSpec, read_only: bool) -> Store:
                 if not fs.async_impl:
                     from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 
-                    fs = AsyncFileSystemWrapper(fs)
+                    fs = AsyncFileSystemWrapper(fs, asynchronous=True)
                 return FsspecStore(fs, path=root, read_only=read_only)
         raise TypeError(f"Unsupported zarr store object: {type(inst).__name__}")
     loc = spec.location
@@ -128,7 +129,12 @@ def set_bytes(store: Store, key: str, value: bytes) -> None:
 def read_json(store: Store, key: str) -> dict[str, Any] | None:
     """Parse the JSON document at ``key`` (``None`` if absent)."""
     raw = get_bytes(store, key)
-    return None if raw is None else json.loads(raw)
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise FormatError(f"{store}: damaged Zarr metadata {key!r} ({err})") from err
 
 
 def node_kind(store: Store, path: str) -> tuple[str | None, int | None, dict[str, Any] | None]:

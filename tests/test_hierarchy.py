@@ -288,3 +288,45 @@ def test_read_then_write_other_format_streams(tmp_path, rng, fmt):
     out = lazyio.load(dst, lazy=False)[0]
     np.testing.assert_array_equal(out["data"], data)
     assert [a["name"] for a in out["axes"]] == ["ax0", "ax1", "ax2"]
+
+
+@pytest.mark.parametrize("shards", [None, (8, 30)])
+def test_zarr_format_3(tmp_path, rng, shards):
+    path = tmp_path / "v3.zspy"
+    data = rng.random((16, 30)).astype("f4")
+    lazyio.save(path, data, chunks=(4, 30), zarr_format=3, shards=shards,
+                show_progressbar=False)
+    assert (path / "zarr.json").exists()
+    out = lazyio.load(path)[0]["data"]
+    np.testing.assert_array_equal(out.compute(), data)
+
+
+def test_zip_store_detected_and_fsspec_mapping(tmp_path, rng):
+    import fsspec
+
+    data = rng.random((6, 7)).astype("f8")
+    lazyio.save(tmp_path / "z.zspy", data, store_type="zip", show_progressbar=False)
+    with open(tmp_path / "z.zspy", "rb") as f:
+        assert f.read(2) == b"PK"
+    np.testing.assert_array_equal(lazyio.load(tmp_path / "z.zspy")[0]["data"].compute(), data)
+    lazyio.save(tmp_path / "d.zspy", data, show_progressbar=False)
+    mapping = fsspec.get_mapper(str(tmp_path / "d.zspy"))
+    np.testing.assert_array_equal(lazyio.load(mapping, lazy=False)[0]["data"], data)
+
+
+@pytest.mark.parametrize("compression", [None, "lzf", "gzip", "blosc"])
+def test_hspy_compression_options(tmp_path, rng, compression):
+    import h5py
+    import hdf5plugin
+
+    data = rng.integers(0, 50, (20, 30)).astype("u2")
+    comp = hdf5plugin.Blosc() if compression == "blosc" else compression
+    path = tmp_path / "c.hspy"
+    lazyio.save(path, data, compression=comp, chunks=(5, 30), show_progressbar=False)
+    with h5py.File(path) as f:
+        dset = f["Experiments/__unnamed__/data"]
+        filters = dset.id.get_create_plist()
+        ids = [filters.get_filter(i)[0] for i in range(filters.get_nfilters())]
+    expected = {None: [], "lzf": [2, 32000], "gzip": [2, 1], "blosc": [32001]}[compression]
+    assert ids == expected  # no shuffle without compression, unlike RosettaSciIO
+    np.testing.assert_array_equal(lazyio.load(path)[0]["data"].compute(), data)

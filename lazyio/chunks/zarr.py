@@ -48,9 +48,14 @@ class ZarrSource:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         box, residual = split_index(key, self.shape)
-        if self.ndim == 0:
-            return np.asarray(self._array()[()], dtype=self.dtype)
-        block = np.asarray(self._array()[box])
+        try:
+            if self.ndim == 0:
+                return np.asarray(self._array()[()], dtype=self.dtype)
+            block = np.asarray(self._array()[box])
+        except (RuntimeError, ValueError, TypeError, OSError) as err:
+            raise CorruptChunkError(
+                f"{self.store}: array {self.path}, region {box} cannot be read ({err})"
+            ) from err
         return apply_residual(block, residual)
 
 

@@ -23,7 +23,7 @@ import zarr
 from lazyio.chunks import aligned_chunks, to_dask
 from lazyio.chunks.hdf5 import H5Source
 from lazyio.chunks.zarr import ObjectZarrSource, ZarrSource
-from lazyio.errors import FormatError, LazyioWarning
+from lazyio.errors import CorruptChunkError, FormatError, LazyioWarning, UnsupportedError
 from lazyio.location import Location
 from lazyio.stores import StoreSpec, list_dir, node_kind, read_json, set_bytes
 
@@ -125,7 +125,15 @@ class H5Node:
         dset = self.group[name]
         if h5py.check_string_dtype(dset.dtype) is not None:
             return decode_strings(np.asarray(dset.asstr()[()], dtype=object))
-        return decode_strings(np.asarray(dset[()]))
+        if dset.dtype.kind in "biufc":
+            # the same decoding path as lazy reads: corrupt chunks are named, not opaque
+            return H5Source.from_dataset(self.location, dset)[()]
+        try:
+            return decode_strings(np.asarray(dset[()]))
+        except OSError as err:
+            raise CorruptChunkError(
+                f"{self.where}: dataset {dset.name} cannot be read ({err})"
+            ) from err
 
     def lazy_array(self, name: str, chunks: Any = "auto") -> da.Array:
         dset = self.group[name]
@@ -207,11 +215,12 @@ def _h5_filter_kwargs(options: dict[str, Any]) -> dict[str, Any]:
     """h5py dataset-creation keywords from lazyio's (compression, shuffle, plugin filters)."""
     kwargs = dict(options)
     compression = kwargs.pop("compression", None)
-    if isinstance(compression, dict):  # hdf5plugin filter objects unpack to dicts
-        kwargs.update(compression)
-    elif compression is not None:
+    if compression is not None:
         kwargs["compression"] = compression
-        kwargs.setdefault("shuffle", True)
+        if isinstance(compression, str | int):
+            # byte shuffle helps the built-in compressors (as RosettaSciIO); plugin filters
+            # such as blosc shuffle themselves
+            kwargs.setdefault("shuffle", True)
     return kwargs
 
 
@@ -277,6 +286,7 @@ class ZarrNode:
     def _source(self, name: str) -> ZarrSource | ObjectZarrSource:
         fmt, meta = self._array_meta(name)
         path = self._prefix(name)
+        _refuse_unsafe_codecs(meta, f"{self.where}: array {path}")
         if fmt == 2 and _v2_dtype(meta["dtype"]).kind == "O" and not _is_vlen_utf8(meta):
             return ObjectZarrSource.from_metadata(self.spec, path, meta)
         if fmt == 2:
@@ -285,7 +295,10 @@ class ZarrNode:
             # with sharding this is the shard shape: a task then reads whole shards
             grid = meta.get("chunk_grid", {}).get("configuration", {})
             chunks = tuple(grid.get("chunk_shape", meta["shape"]))
-        arr = zarr.open_array(store=self.store, path=path, mode="r")
+        try:
+            arr = zarr.open_array(store=self.store, path=path, mode="r")
+        except (ValueError, TypeError, KeyError) as err:
+            raise FormatError(f"{self.where}: array {path} cannot be opened ({err})") from err
         return ZarrSource(
             store=self.spec,
             path=path,
@@ -299,10 +312,7 @@ class ZarrNode:
 
     def read_array(self, name: str) -> np.ndarray:
         source = self._source(name)
-        if isinstance(source, ObjectZarrSource):
-            return decode_strings(source[()] if source.ndim == 0 else source[...])
-        arr = zarr.open_array(store=self.store, path=self._prefix(name), mode="r")
-        return decode_strings(np.asarray(arr[...]))
+        return decode_strings(np.asarray(source[()] if source.ndim == 0 else source[...]))
 
     def lazy_array(self, name: str, chunks: Any = "auto") -> da.Array:
         source = self._source(name)
@@ -415,6 +425,17 @@ class ZarrNode:
         )
 
 
+def _refuse_unsafe_codecs(meta: dict[str, Any], where: str) -> None:
+    """Refuse codecs that execute code from the file (pickle), whatever the array's dtype."""
+    configs = [*(meta.get("filters") or []), meta.get("compressor"), *(meta.get("codecs") or [])]
+    for config in configs:
+        if not isinstance(config, dict):
+            continue
+        name = str(config.get("id") or config.get("name") or "")
+        if name.split(".")[-1] == "pickle":
+            raise UnsupportedError(f"{where}: refusing the 'pickle' codec (it can run code)")
+
+
 def _v2_dtype(spec: Any) -> np.dtype:
     """A Zarr v2 ``dtype`` entry (a string, or JSON lists for structured dtypes)."""
     if isinstance(spec, list):
@@ -433,6 +454,8 @@ def _zarr_codec_kwargs(options: dict[str, Any], zarr_format: int) -> dict[str, A
     compressor = options.get("compressor", "default")
     if compressor == "default":
         compressor = numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.SHUFFLE)
+    if compressor is not None and zarr_format == 3:
+        compressor = _as_zarr3_codec(compressor)
     kwargs["compressors"] = None if compressor is None else compressor
     if zarr_format == 2:
         kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
@@ -442,3 +465,28 @@ def _zarr_codec_kwargs(options: dict[str, Any], zarr_format: int) -> dict[str, A
         if key in options:
             kwargs[key] = options[key]
     return kwargs
+
+
+def _as_zarr3_codec(codec: Any) -> Any:
+    """A numcodecs codec as the Zarr v3 codec of the same name (numcodecs.zarr3)."""
+    if not isinstance(codec, numcodecs.abc.Codec):
+        return codec  # already a zarr 3 codec
+    from numcodecs import zarr3 as zarr3_codecs
+    from zarr import codecs as zarr_codecs
+
+    config = codec.get_config()
+    codec_id = config.pop("id")
+    if codec_id == "blosc":
+        shuffle = {0: "noshuffle", 1: "shuffle", 2: "bitshuffle"}.get(config.get("shuffle"), 1)
+        return zarr_codecs.BloscCodec(
+            cname=config.get("cname", "zstd"), clevel=config.get("clevel", 5), shuffle=shuffle
+        )
+    if codec_id == "zstd":
+        return zarr_codecs.ZstdCodec(level=config.get("level", 0))
+    if codec_id in ("zlib", "gzip"):
+        return zarr_codecs.GzipCodec(level=config.get("level", 5))
+    cls = next((c for n, c in vars(zarr3_codecs).items()
+                if isinstance(c, type) and n.lower() == codec_id.lower()), None)
+    if cls is None:
+        raise UnsupportedError(f"numcodecs codec {codec_id!r} has no Zarr v3 form")
+    return cls(**config)

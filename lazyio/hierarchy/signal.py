@@ -62,7 +62,11 @@ def _axes(group: Node, ndim: int, lazy: bool) -> list[dict[str, Any]]:
         return axes
     list_key = f"_list_{ndim}_axes"
     if list_key in members:
-        return list(group_to_dict(group.child(list_key)).values())
+        stored = group_to_dict(group.child(list_key))
+        axes = [stored[k] for k in sorted(stored, key=lambda k: (not k.isdigit(), int(k)
+                                                                  if k.isdigit() else 0, k))]
+        if len(axes) == ndim:
+            return axes
     raise FormatError(
         f"{group.where}: {group.path}/data has {ndim} dimensions but {len(axes)} axis groups"
     )

@@ -25,19 +25,22 @@ METADATA_GROUPS = {
     "new": ("metadata", "original_metadata"),
 }
 
-# (first version without the change, [(old path, new path), ...]) applied in order.
-_MOVES_BEFORE_1_2: list[tuple[str, str]] = [
+# [(old path, new path[, path that must exist for the move]), ...] applied in order.
+_MOVES_BEFORE_1_2: list[tuple[str, ...]] = [
     ("_internal_parameters", "_HyperSpy"),
     ("_HyperSpy.stacking_history", "_HyperSpy.Stacking_history"),
     ("_HyperSpy.folding", "_HyperSpy.Folding"),
     ("Variance_estimation", "Noise_properties.Variance_linear_model"),
     ("TEM", "Acquisition_instrument.TEM"),
-    ("Acquisition_instrument.TEM.dwell_time", "Acquisition_instrument.TEM.EELS.dwell_time"),
+    # these four were EELS settings only where an EELS node existed
+    ("Acquisition_instrument.TEM.dwell_time", "Acquisition_instrument.TEM.EELS.dwell_time",
+     "Acquisition_instrument.TEM.EELS"),
     ("Acquisition_instrument.TEM.dwell_time_units",
-     "Acquisition_instrument.TEM.EELS.dwell_time_units"),
-    ("Acquisition_instrument.TEM.exposure", "Acquisition_instrument.TEM.EELS.exposure"),
+     "Acquisition_instrument.TEM.EELS.dwell_time_units", "Acquisition_instrument.TEM.EELS"),
+    ("Acquisition_instrument.TEM.exposure", "Acquisition_instrument.TEM.EELS.exposure",
+     "Acquisition_instrument.TEM.EELS"),
     ("Acquisition_instrument.TEM.exposure_units",
-     "Acquisition_instrument.TEM.EELS.exposure_units"),
+     "Acquisition_instrument.TEM.EELS.exposure_units", "Acquisition_instrument.TEM.EELS"),
     ("Acquisition_instrument.TEM.EELS", "Acquisition_instrument.TEM.Detector"),
     ("Acquisition_instrument.TEM.EDS", "Acquisition_instrument.TEM.Detector.EDS"),
     ("SEM", "Acquisition_instrument.SEM"),
@@ -58,9 +61,10 @@ _MOVES_BEFORE_1_1: list[tuple[str, str]] = [
 _MOVES_BEFORE_3_0: list[tuple[str, str]] = [
     ("Acquisition_instrument.TEM.tilt_stage", "Acquisition_instrument.TEM.Stage.tilt_alpha"),
     ("Acquisition_instrument.SEM.tilt_stage", "Acquisition_instrument.SEM.Stage.tilt_alpha"),
+    # exposure_time (written by the DigitalMicrograph reader) wins over exposure, as in HyperSpy
+    ("Acquisition_instrument.TEM.exposure", "Acquisition_instrument.TEM.Detector.Camera.exposure"),
     ("Acquisition_instrument.TEM.exposure_time",
      "Acquisition_instrument.TEM.Detector.Camera.exposure"),
-    ("Acquisition_instrument.TEM.exposure", "Acquisition_instrument.TEM.Detector.Camera.exposure"),
 ]
 
 
@@ -108,8 +112,19 @@ def _put(tree: dict[str, Any], path: str, value: Any) -> None:
         node[leaf] = value
 
 
-def _apply(tree: dict[str, Any], moves: list[tuple[str, str]]) -> None:
-    for old, new in moves:
+def _exists(tree: dict[str, Any], path: str) -> bool:
+    node: Any = tree
+    for p in path.split("."):
+        if not isinstance(node, dict) or p not in node:
+            return False
+        node = node[p]
+    return True
+
+
+def _apply(tree: dict[str, Any], moves: list[tuple[str, ...]]) -> None:
+    for old, new, *required in moves:
+        if required and not _exists(tree, required[0]):
+            continue
         found, value = _pop(tree, old)
         if found:
             _put(tree, new, value)
@@ -132,10 +147,12 @@ def migrate_axes(
     """Fill ``navigate`` (from ``record_by``, before 2.1) and ``is_binned`` (before 3.1)."""
     signal = metadata.get("Signal", {}) if isinstance(metadata.get("Signal"), dict) else {}
     if any("navigate" not in a for a in axes):
+        # As HyperSpy: the last 1 (spectrum) or 2 (image) axes are the signal; without a
+        # known record_by every axis is a signal axis.
         record_by = signal.get("record_by", "")
-        n_signal = {"spectrum": 1, "image": 2}.get(record_by, 0)
+        n_signal = {"spectrum": 1, "image": 2}.get(record_by, len(axes))
         for i, axis in enumerate(axes):
-            axis.setdefault("navigate", i < len(axes) - n_signal)
+            axis["navigate"] = i < len(axes) - n_signal
     if version < (3, 1) and "binned" in signal:
         for axis in axes:
             if not axis["navigate"]:
@@ -143,7 +160,8 @@ def migrate_axes(
     return axes
 
 
-_DATETIME = re.compile(r"\(([\d,\s]*)\)")
+# the repr of a date or time: anything up to the first "(", then only integers to the end
+_DATETIME = re.compile(r"[^(]*\(([\d,\s]*)\)\s*")
 
 
 def parse_old_datetime(key: str, value: str, where: str) -> tuple[str, str]:
@@ -154,8 +172,10 @@ def parse_old_datetime(key: str, value: str, where: str) -> tuple[str, str]:
     """
     import datetime
 
-    match = _DATETIME.search(str(value))
-    numbers = [int(n) for n in match.group(1).split(",") if n.strip()] if match else []
+    match = _DATETIME.fullmatch(str(value))
+    if match is None:
+        raise FormatError(f"{where}: cannot read {key} = {value!r} (not a date or time repr)")
+    numbers = [int(n) for n in match.group(1).split(",") if n.strip()]
     try:
         if key.startswith("_datetime_date"):
             iso = datetime.date(*numbers).isoformat()
