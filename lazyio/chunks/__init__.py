@@ -76,5 +76,5 @@ def to_dask(
         meta=meta,
         inline_array=True,
         asarray=False,
-        fancy=False,
+        fancy=True,  # sources take any index, so dask pushes selections into the read
     )
