@@ -330,3 +330,22 @@ def test_hspy_compression_options(tmp_path, rng, compression):
     expected = {None: [], "lzf": [2, 32000], "gzip": [2, 1], "blosc": [32001]}[compression]
     assert ids == expected  # no shuffle without compression, unlike RosettaSciIO
     np.testing.assert_array_equal(lazyio.load(path)[0]["data"].compute(), data)
+
+
+def test_zspy_with_dot_chunk_keys(tmp_path, rng):
+    """Flat ``.``-separated chunk keys (zarr 2's DirectoryStore) read like nested ones."""
+    import json
+    import os
+
+    data = rng.random((8, 6)).astype("f4")
+    path = tmp_path / "dots.zspy"
+    lazyio.save(path, data, chunks=(2, 3), show_progressbar=False)
+    array_dir = path / "Experiments" / "__unnamed__" / "data"
+    meta = json.loads((array_dir / ".zarray").read_text())
+    meta["dimension_separator"] = "."
+    (array_dir / ".zarray").write_text(json.dumps(meta))
+    for row in [d for d in os.listdir(array_dir) if d.isdigit()]:
+        for col in os.listdir(array_dir / row):
+            os.replace(array_dir / row / col, array_dir / f"{row}.{col}")
+        os.rmdir(array_dir / row)
+    np.testing.assert_array_equal(lazyio.load(path)[0]["data"].compute(), data)
