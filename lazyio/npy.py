@@ -1,0 +1,247 @@
+"""The ``.npy`` format plugin: distributed memory-mapped reads, streamed writes.
+
+Reads parse the header here (format versions 1, 2 and 3; Fortran order, byte order,
+structured and 0-d arrays), refuse object arrays (nothing is ever unpickled), and check
+that the file holds the payload its header promises. Lazy reads are a
+:func:`~lazyio.chunks.memmap.memmap_distributed` of the payload; eager reads copy it into
+memory (or map it, with ``mmap_mode``). Writes stream dask arrays block by block into the
+payload (:mod:`lazyio.write.npy`). A ``.npy`` file holds no metadata: only the data are
+written, and read signals get default axes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from lazyio.chunks.memmap import memmap_distributed
+from lazyio.errors import FormatError, TargetExistsError, UnsupportedError
+from lazyio.location import Location, as_location
+from lazyio.npy_header import MAGIC, NpyHeader, read_header
+from lazyio.signal_dict import as_signal_dict, default_axes, make_signal_dict
+from lazyio.write.npy import write_npy
+
+__all__ = ["EXTENSIONS", "NAME", "file_reader", "file_writer", "read", "sniff", "write"]
+
+NAME = "npy"
+EXTENSIONS = (".npy",)
+
+# Arguments of numpy.save and numpy.load that only concern pickled (object) arrays, which
+# lazyio refuses anyway: accepted for compatibility, without effect.
+_NUMPY_SAVE_ARGS = frozenset({"allow_pickle", "fix_imports"})
+_NUMPY_LOAD_ARGS = frozenset({"fix_imports", "encoding"})
+
+
+def sniff(location: Location, head: bytes) -> bool:
+    """Whether ``head`` (the file's first bytes) starts with the ``.npy`` magic string."""
+    return head.startswith(MAGIC)
+
+
+def _read_eager(location: Location, header: NpyHeader, mmap_mode: str | None) -> np.ndarray:
+    if mmap_mode is not None:
+        if location.local_path is None:
+            raise UnsupportedError(f"{location}: mmap_mode needs a local file")
+        if mmap_mode not in ("r", "r+", "c"):
+            raise ValueError(f"mmap_mode must be 'r', 'r+' or 'c' to read, not {mmap_mode!r}")
+        if header.nbytes == 0:  # numpy cannot map zero bytes
+            return np.empty(header.shape, dtype=header.dtype, order=header.order)
+        return np.memmap(
+            location.local_path, dtype=header.dtype, mode=mmap_mode, offset=header.offset,
+            shape=header.shape, order=header.order,
+        )
+    count = math.prod(header.shape)
+    if location.local_path is not None and header.dtype.itemsize:
+        with open(location.local_path, "rb") as f:
+            f.seek(header.offset)
+            flat = np.fromfile(f, dtype=header.dtype, count=count)
+        if flat.size != count:  # the file shrank since its header was checked
+            raise FormatError(
+                f"{location}: the payload ended after {flat.size} of {count} items"
+            )
+        return flat.reshape(header.shape, order=header.order)
+    raw = np.empty(header.nbytes, dtype=np.uint8)
+    with location.open("rb") as f:
+        f.seek(header.offset)
+        view = memoryview(raw)
+        done = 0
+        while done < header.nbytes:
+            n = f.readinto(view[done:])
+            if not n:
+                raise FormatError(
+                    f"{location}: the payload ended after {done} of {header.nbytes} bytes"
+                )
+            done += n
+    flat = raw.view(header.dtype) if header.dtype.itemsize else np.empty(count, header.dtype)
+    return flat.reshape(header.shape, order=header.order)
+
+
+def _place_scan(frames: np.ndarray, pos: np.ndarray, nav_shape: tuple[int, ...]) -> np.ndarray:
+    out = np.zeros(tuple(nav_shape) + frames.shape[1:], dtype=frames.dtype)
+    out[tuple(pos.T)] = frames[: len(pos)]
+    return out
+
+
+def read(
+    location: Location,
+    *,
+    lazy: bool = True,
+    chunks: Any = "auto",
+    navigation_axes: Any = None,
+    key: str | None = None,
+    positions: Any = None,
+    navigation_shape: tuple[int, ...] | None = None,
+    block_size_limit: int | str | None = None,
+    mmap_mode: str | None = None,
+    max_header_size: int | None = None,
+    allow_pickle: bool = False,
+    **kwds: Any,
+) -> list[dict[str, Any]]:
+    """Read a ``.npy`` file into one signal dictionary.
+
+    Parameters
+    ----------
+    location : Location
+        The file (local path or fsspec URL).
+    lazy : bool, default True
+        Return a dask array that memory-maps the payload task by task (range reads for
+        remote files). Otherwise read the payload into memory.
+    chunks : "auto", int, tuple or dict
+        Dask chunks of the lazy array (any block of a ``.npy`` payload can be read).
+    navigation_axes : iterable of int, optional
+        Axes marked ``navigate`` in the returned axes; none by default.
+    key : str, optional
+        For a structured dtype, read this field only (its sub-array axes are appended).
+    positions : array-like of int, optional
+        Scan positions ``(n_frames, n_navigation_axes)``: the file holds frames (its last
+        two axes are the signal) and frame ``i`` goes to navigation index
+        ``positions[i]``; positions without a frame are zero.
+    navigation_shape : tuple of int, optional
+        The scan's navigation shape with ``positions``; by default just large enough.
+    block_size_limit : int or str, optional
+        Bytes per block for ``"auto"`` chunks.
+    mmap_mode : {"r", "r+", "c"}, optional
+        Eager reads only: return a :class:`numpy.memmap` (as :func:`numpy.load` does).
+    max_header_size : int, optional
+        Largest header accepted (10000 bytes by default, as in :func:`numpy.load`).
+    allow_pickle : bool, default False
+        Accepted for compatibility with :func:`numpy.load`; ``True`` is refused, since
+        lazyio never unpickles.
+    **kwds
+        ``fix_imports`` and ``encoding`` of :func:`numpy.load` are accepted and change
+        nothing (they concern pickled arrays only).
+
+    Returns
+    -------
+    list of dict
+        One signal dictionary titled with the file's stem.
+    """
+    unknown = set(kwds) - _NUMPY_LOAD_ARGS
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments for .npy: {', '.join(sorted(unknown))}")
+    if allow_pickle:
+        raise UnsupportedError("allow_pickle=True: lazyio never unpickles data")
+    header = read_header(location, max_header_size)
+    pos = None
+    if positions is not None:
+        pos = np.asarray(positions)
+        pos = pos[:, None] if pos.ndim == 1 else pos
+        if not header.shape or header.shape[0] < len(pos):
+            raise ValueError(
+                f"{location}: with positions the file must hold at least one frame per "
+                f"position along its first axis; it has shape {header.shape} for "
+                f"{len(pos)} positions"
+            )
+        if navigation_shape is None:  # just large enough for every position
+            navigation_shape = tuple(int(m) + 1 for m in pos.max(axis=0)) if len(pos) else (0,)
+    if lazy:
+        if mmap_mode is not None:
+            raise ValueError("mmap_mode applies to eager reads (lazy=False) only")
+        # With positions, memmap_distributed takes the scan's shape, frames after the
+        # navigation axes.
+        shape = header.shape if pos is None else (*navigation_shape, *header.shape[1:])
+        data = memmap_distributed(
+            location, header.dtype, positions=pos, offset=header.offset, shape=shape,
+            order=header.order, chunks=chunks, block_size_limit=block_size_limit, key=key,
+        )
+    else:
+        data = _read_eager(location, header, mmap_mode)
+        if key is not None:
+            if header.dtype.names is None or key not in header.dtype.names:
+                raise ValueError(f"key {key!r} is not a field of dtype {header.dtype!r}")
+            data = data[key] if mmap_mode is not None else np.array(data[key], order="K")
+        if pos is not None:
+            data = _place_scan(data, pos, tuple(navigation_shape))
+    title = PurePosixPath(location.name).stem
+    signal = make_signal_dict(
+        data, default_axes(data.shape, navigation_axes), title=title, lazy=lazy
+    )
+    return [signal]
+
+
+def write(
+    location: Location,
+    signal: Any,
+    *,
+    overwrite: bool = False,
+    chunks: Any = None,
+    show_progressbar: bool = True,
+    **kwds: Any,
+) -> None:
+    """Write a signal's data (a numpy or dask array) to a ``.npy`` file.
+
+    Only the data are written: a ``.npy`` file holds no axes or metadata.
+
+    Parameters
+    ----------
+    location : Location
+        The target file.
+    signal : dict or array
+        A signal dictionary or a bare array.
+    overwrite : bool, default False
+        Replace an existing file. Without it an existing target raises
+        :class:`~lazyio.errors.TargetExistsError` before anything is written.
+    chunks : tuple or int, optional
+        Rechunk a dask array to these blocks before writing (``.npy`` has no storage
+        chunks; blocks only set the size of each write task). Ignored for numpy arrays.
+    show_progressbar : bool, default True
+        Show a progress bar while dask blocks are written.
+    **kwds
+        ``allow_pickle`` and ``fix_imports`` of :func:`numpy.save` are accepted and
+        change nothing (object arrays are refused either way).
+    """
+    unknown = set(kwds) - _NUMPY_SAVE_ARGS
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments for .npy: {', '.join(sorted(unknown))}")
+    data = as_signal_dict(signal)["data"]
+    if location.exists() and not overwrite:
+        raise TargetExistsError(
+            f"{location} exists; pass overwrite=True to replace it"
+        )
+    if chunks is not None and hasattr(data, "rechunk"):
+        data = data.rechunk(chunks)
+    write_npy(location, data, show_progressbar=show_progressbar)
+
+
+def file_reader(
+    filename: Any,
+    lazy: bool = False,
+    chunks: Any = "auto",
+    navigation_axes: Any = None,
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
+    """RosettaSciIO-compatible reader; see :func:`lazyio.load` and :func:`read` (``key``,
+    ``positions``, ``navigation_shape``, ``block_size_limit``, ``mmap_mode``)."""
+    return read(
+        as_location(filename), lazy=lazy, chunks=chunks, navigation_axes=navigation_axes,
+        **kwargs,
+    )
+
+
+def file_writer(filename: Any, signal: Any, **kwargs: Any) -> None:
+    """RosettaSciIO-compatible writer (overwrites, as RosettaSciIO does); see
+    :func:`lazyio.save` and :func:`write` (``chunks``, ``show_progressbar``)."""
+    kwargs.setdefault("overwrite", True)
+    write(as_location(filename), signal, **kwargs)

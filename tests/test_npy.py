@@ -1,0 +1,556 @@
+"""The .npy plugin and memmap_distributed: lazy == eager == numpy.load, writes that numpy
+reads back byte for byte, scans, structured dtypes, remote reads, and a cluster."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import time
+import warnings
+from pathlib import Path
+
+import dask
+import dask.array as da
+import fsspec
+import numpy as np
+import pytest
+
+import lazyio
+from lazyio import npy
+from lazyio.chunks.memmap import memmap_distributed
+from lazyio.errors import FormatError, SourceNotFoundError, TargetExistsError, UnsupportedError
+from lazyio.write.atomic import TMP_TAG, atomic_path
+
+STRUCT = np.dtype([("a", "<f4"), ("b", ">i2", (2, 3)), ("c", "S3"), ("d", "?")])
+ALIGNED = np.dtype([("x", "u1"), ("y", "<f8")], align=True)
+DTYPES = ["u1", "<i2", ">i4", "<u8", "<f4", ">f8", "<c8", "?", "<M8[us]", "<U3", STRUCT, ALIGNED]
+SHAPES = [(), (0,), (7,), (5, 6), (3, 4, 5), (2, 3, 4, 5), (2, 3, 2, 3, 2), (4, 0, 3)]
+
+
+def _fix_bools(arr: np.ndarray) -> None:
+    if arr.dtype.names:
+        for name in arr.dtype.names:
+            _fix_bools(arr[name])
+    elif arr.dtype.kind == "b":
+        arr.view(np.uint8)[...] &= 1
+
+
+def random_array(rng: np.random.Generator, shape, dtype, order: str = "C") -> np.ndarray:
+    """Random bytes in any dtype (valid bools; NaNs are fine: results compare by bytes)."""
+    dtype = np.dtype(dtype)
+    raw = rng.integers(0, 256, int(np.prod(shape)) * dtype.itemsize, dtype=np.uint8)
+    arr = raw.view(dtype).reshape(shape) if raw.size else np.empty(shape, dtype)
+    if dtype.kind == "U":
+        arr = rng.integers(0, 26, shape).astype("U1").astype(dtype)
+    _fix_bools(arr)
+    return np.asarray(arr, order=order)
+
+
+def assert_same(got, expected: np.ndarray) -> None:
+    """Same dtype, shape and bytes (field by field: padding between fields is not data)."""
+    got = np.asarray(got)
+    assert got.dtype == expected.dtype
+    assert got.shape == expected.shape
+    if expected.dtype.names:
+        for name in expected.dtype.names:
+            assert_same(got[name], expected[name])
+        return
+    assert np.ascontiguousarray(got).tobytes() == np.ascontiguousarray(expected).tobytes()
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir() if TMP_TAG in p.name]
+
+
+# -- reading -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_lazy_equals_eager_equals_numpy(tmp_path, rng, dtype, shape, order):
+    a = random_array(rng, shape, dtype, order)
+    path = tmp_path / "data.npy"
+    np.save(path, a)
+    expected = np.load(path)
+    [lazy] = lazyio.load(path)
+    [eager] = npy.file_reader(path)
+    assert isinstance(lazy["data"], da.Array)
+    assert lazy["attributes"]["_lazy"]
+    assert not eager["attributes"]["_lazy"]
+    assert_same(lazy["data"].compute(), expected)
+    assert_same(eager["data"], expected)
+    # Graphs hold no handle: they pickle and compute elsewhere.
+    assert_same(pickle.loads(pickle.dumps(lazy["data"])).compute(), expected)
+    assert lazy["metadata"]["General"]["title"] == "data"
+    assert [ax["size"] for ax in lazy["axes"]] == list(a.shape)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize(
+    "chunks",
+    ["auto", 1, 2, (2, 5, 1, 3), {0: 1, 3: 1}, -1, ((1, 5), (2, 3), (4,), (1, 1, 1)),
+     ("auto", 2, -1, "auto")],
+    ids=str,
+)
+def test_chunkings(tmp_path, rng, chunks, order):
+    a = random_array(rng, (6, 5, 4, 3), "<f4", order)
+    path = tmp_path / "c.npy"
+    np.save(path, a)
+    data = lazyio.load(path, chunks=chunks, block_size_limit=64)[0]["data"]
+    assert_same(data.compute(), a)
+    assert_same(data[1:5:2, ::-1, 2, [0, 2]].compute(), a[1:5:2, ::-1, 2, [0, 2]])
+    if chunks == 2:
+        assert data.chunks[0] == (2, 2, 2)
+
+
+def test_auto_chunks_follow_storage_order(tmp_path):
+    path = tmp_path / "raw.bin"
+    np.zeros((100, 50, 40), "<f4").tofile(path)
+    limit = 2 * 50 * 40 * 4  # two C rows
+    c = memmap_distributed(path, "<f4", shape=(100, 50, 40), block_size_limit=limit)
+    assert c.chunks == ((2,) * 50, (50,), (40,))
+    f = memmap_distributed(path, "<f4", shape=(100, 50, 40), order="F", block_size_limit=limit)
+    assert f.chunks == ((100,), (25, 25), (1,) * 40)
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_header_versions(tmp_path, rng, version, order):
+    a = random_array(rng, (4, 3, 2), STRUCT, order)
+    path = tmp_path / "v.npy"
+    with open(path, "wb") as f, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "stored in format 3.0"
+        np.lib.format.write_array(f, a, version=version)
+    assert_same(lazyio.load(path)[0]["data"].compute(), np.load(path))
+    assert_same(lazyio.load(path, lazy=False)[0]["data"], np.load(path))
+
+
+def test_utf8_field_names_round_trip(tmp_path, rng):
+    dt = np.dtype([("電流", "<f4"), ("µ", ">i2")])
+    a = random_array(rng, (3, 2), dt)
+    path = tmp_path / "u.npy"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        np.save(tmp_path / "ref.npy", a)
+    lazyio.save(path, a, show_progressbar=False)
+    assert path.read_bytes() == (tmp_path / "ref.npy").read_bytes()
+    assert path.read_bytes()[6:8] == b"\x03\x00"
+    assert_same(lazyio.load(path, key="電流")[0]["data"].compute(), a["電流"])
+
+
+def test_structured_key_and_subarray_chunks(tmp_path, rng):
+    dt = np.dtype([("img", "<u2", (4, 6)), ("sec", ">u4"), ("tag", "S2")])
+    a = random_array(rng, (5, 3), dt)
+    path = tmp_path / "s.npy"
+    np.save(path, a)
+    img = lazyio.load(path, key="img", chunks=(2, 3, 3, 2))[0]["data"]
+    assert img.shape == (5, 3, 4, 6)
+    assert img.chunks == ((2, 2, 1), (3,), (3, 1), (2, 2, 2))
+    assert_same(img.compute(), a["img"])
+    assert_same(lazyio.load(path, key="sec")[0]["data"].compute(), a["sec"])
+    assert_same(npy.file_reader(path, key="tag")[0]["data"], a["tag"])
+    with pytest.raises(ValueError, match="not a field"):
+        lazyio.load(path, key="nope")
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_memmap_distributed_matches_numpy_memmap(tmp_path, rng, order):
+    """A raw detector dump: a header of N bytes, then frames, read like numpy.memmap."""
+    dt = np.dtype([("frame", "<u2", (4, 5)), ("time", "<f8")])
+    records = random_array(rng, (3, 2), dt, order)
+    path = tmp_path / "dump.raw"
+    path.write_bytes(b"HEADER-17-BYTES!!" + records.tobytes(order="A"))
+    mm = np.memmap(path, dt, "r", offset=17, shape=(3, 2), order=order)
+    for key in ("frame", "time"):
+        lazy = memmap_distributed(path, dt, offset=17, shape=(3, 2), order=order, key=key,
+                                  chunks=2)
+        assert_same(lazy.compute(), np.asarray(mm[key]))
+    # Sub-array dtypes expand as in numpy.memmap; a 1-D shape is inferred from the size.
+    sub = np.dtype(("<u2", (4, 5)))
+    path.write_bytes(b"H" * 8 + random_array(rng, (6, 4, 5), "<u2").tobytes())
+    lazy = memmap_distributed(path, sub, offset=8, order=order, chunks=(4, 3, 2))
+    assert lazy.shape == (6, 4, 5)
+    assert_same(lazy.compute(), np.asarray(np.memmap(path, sub, "r", 8, (6,), order)))
+
+
+def test_positions(tmp_path, rng):
+    frames = random_array(rng, (7, 4, 5), "<f4")
+    path = tmp_path / "scan.raw"
+    frames.tofile(path)
+    pos = np.array([[0, 0], [0, 1], [1, 0], [2, 2], [1, 1], [0, 0], [2, 0]])  # (0,0) twice
+    expected = np.zeros((3, 4, 4, 5), "<f4")
+    for i, p in enumerate(pos):
+        expected[tuple(p)] = frames[i]  # the last frame at a position wins
+    for chunks in ["auto", (2, 2, 4, 5), (1, 3, 2, 3), (3, 4, 1, 1)]:
+        data = memmap_distributed(path, "<f4", positions=pos, shape=(3, 4, 4, 5), chunks=chunks)
+        assert_same(data.compute(), expected)
+        assert_same(pickle.loads(pickle.dumps(data)).compute(), expected)
+    assert_same(data[1:, 3].compute(), expected[1:, 3])  # no frame there: zeros
+    with pytest.raises(ValueError, match="outside"):
+        memmap_distributed(path, "<f4", positions=pos + 3, shape=(3, 4, 4, 5))
+    with pytest.raises(ValueError, match="shape"):
+        memmap_distributed(path, "<f4", positions=pos)
+
+
+def test_positions_structured_frames_and_npy_reader(tmp_path, rng):
+    dt = np.dtype([("img", ">u2", (4, 5)), ("sec", "<u4")])
+    records = random_array(rng, (6,), dt)
+    pos = np.array([[1, 0], [0, 0], [0, 1], [1, 1], [2, 1], [2, 0]])
+    expected = np.zeros((3, 2, 4, 5), ">u2")
+    expected[tuple(pos.T)] = records["img"]
+    path = tmp_path / "scan.npy"
+    np.save(path, records)
+    data = memmap_distributed(path, dt, positions=pos, shape=(3, 2), key="img",
+                              offset=128, chunks=(2, 1, 4, 3))
+    assert_same(data.compute(), expected)
+    # The .npy reader: frames along the first axis, the scan from the positions.
+    frames_path = tmp_path / "frames.npy"
+    np.save(frames_path, records["img"])
+    lazy = lazyio.load(frames_path, positions=pos, chunks=(1, 2, 4, 5))[0]["data"]
+    eager = npy.file_reader(frames_path, positions=pos)[0]["data"]
+    assert_same(lazy.compute(), expected)
+    assert_same(eager, expected)
+    wide = lazyio.load(frames_path, positions=pos, navigation_shape=(4, 3))[0]["data"]
+    assert wide.shape == (4, 3, 4, 5)
+    assert not wide[3].any().compute()
+
+
+def test_signal_dict(tmp_path):
+    path = tmp_path / "my scan.npy"
+    np.save(path, np.zeros((2, 3, 4)))
+    [sig] = npy.file_reader(path, navigation_axes=[0, 1])
+    assert [a["navigate"] for a in sig["axes"]] == [True, True, False]
+    assert sig["metadata"]["General"]["title"] == "my scan"
+    assert isinstance(sig["data"], np.ndarray)
+    assert isinstance(npy.file_reader(path, lazy=True)[0]["data"], da.Array)
+    memmapped = npy.file_reader(path, mmap_mode="r")[0]["data"]
+    assert isinstance(memmapped, np.memmap)
+
+
+def test_format_detection_by_content(tmp_path):
+    path = tmp_path / "no_extension"
+    np.save(tmp_path / "x.npy", np.arange(3))
+    os.replace(tmp_path / "x.npy", path)
+    assert_same(lazyio.load(path)[0]["data"].compute(), np.arange(3))
+
+
+def test_rewritten_file_is_not_read_through_a_stale_map(tmp_path):
+    path = tmp_path / "r.npy"
+    np.save(path, np.zeros(1000))
+    assert lazyio.load(path)[0]["data"].sum().compute() == 0
+    np.save(path, np.ones(1000))  # same size, in place
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # coarse clocks
+    assert lazyio.load(path)[0]["data"].sum().compute() == 1000
+    lazyio.save(path, np.full(1000, 2.0), overwrite=True, show_progressbar=False)
+    assert lazyio.load(path)[0]["data"].sum().compute() == 2000
+
+
+def test_million_chunk_graph_builds_fast(tmp_path):
+    path = tmp_path / "big.raw"
+    with open(path, "wb") as f:
+        f.truncate(1000 * 1000 * 16)
+    start = time.perf_counter()
+    data = memmap_distributed(path, "u1", shape=(1000, 1000, 4, 4), chunks=(1, 1, 4, 4))
+    elapsed = time.perf_counter() - start
+    assert data.npartitions == 1_000_000
+    assert elapsed < 1.0, f"building a million-chunk graph took {elapsed:.2f} s"
+    assert (data[999, 999].compute() == 0).all()
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+def test_truncated_file_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "cut.npy"
+    np.save(path, np.arange(100, dtype="<f8"))
+    path.write_bytes(path.read_bytes()[:-8])
+    for lazy in (True, False):
+        with pytest.raises(FormatError, match=r"cut\.npy.*800 bytes"):
+            lazyio.load(path, lazy=lazy)
+    with pytest.raises(FormatError, match=r"cut\.npy"):
+        memmap_distributed(path, "<f8", offset=128, shape=(100,))
+
+
+def test_object_arrays_are_refused(tmp_path):
+    path = tmp_path / "obj.npy"
+    np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    for lazy in (True, False):
+        with pytest.raises(UnsupportedError, match="never unpickles"):
+            lazyio.load(path, lazy=lazy)
+    np.save(path, np.zeros(2, [("x", "<f4"), ("o", "O")]), allow_pickle=True)
+    with pytest.raises(UnsupportedError):
+        lazyio.load(path)
+    with pytest.raises(UnsupportedError):
+        lazyio.load(tmp_path / "obj.npy", lazy=False, allow_pickle=True)
+    with pytest.raises(UnsupportedError):
+        lazyio.save(tmp_path / "w.npy", np.array([None, 1], dtype=object))
+    assert not (tmp_path / "w.npy").exists()
+
+
+def test_bad_files(tmp_path):
+    path = tmp_path / "bad.npy"
+    path.write_bytes(b"not numpy at all")
+    with pytest.raises(FormatError, match=r"bad\.npy.*not a \.npy file"):
+        lazyio.load(path, format="npy")
+    path.write_bytes(b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f4'")
+    with pytest.raises(FormatError, match=r"bad\.npy"):
+        lazyio.load(path)
+    with pytest.raises(SourceNotFoundError):
+        lazyio.load(tmp_path / "missing.npy", format="npy")
+    with pytest.raises(SourceNotFoundError):
+        memmap_distributed(tmp_path / "missing.raw", "u1")
+    np.save(path, np.zeros(3))
+    with pytest.raises(TypeError, match="unexpected"):
+        lazyio.load(path, colour="blue")
+
+
+# -- remote ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_remote_range_reads(rng, order):
+    fs = fsspec.filesystem("memory")
+    a = random_array(rng, (6, 5, 4, 3), STRUCT, order)
+    buf = io.BytesIO()
+    np.save(buf, a)
+    fs.pipe("/lazyio-test/remote.npy", buf.getvalue())
+    url = "memory:///lazyio-test/remote.npy"
+    for chunks in ["auto", (1, 5, 4, 3), (6, 1, 1, 3), (2, 3, 2, 1), 1]:
+        assert_same(lazyio.load(url, chunks=chunks)[0]["data"].compute(), a)
+    assert_same(lazyio.load(url, lazy=False)[0]["data"], a)
+    assert_same(lazyio.load(url, key="b", chunks=(2, 2, 2, 1, 2, 3))[0]["data"].compute(), a["b"])
+    frames = a["b"].reshape(-1, 2, 3)[:7]
+    buf = io.BytesIO()
+    np.save(buf, frames)
+    fs.pipe("/lazyio-test/frames.npy", buf.getvalue())
+    pos = np.array([[0, 0], [2, 1], [1, 1], [0, 2], [1, 0], [2, 2], [0, 1]])
+    expected = np.zeros((3, 3, 2, 3), frames.dtype)
+    expected[tuple(pos.T)] = frames
+    got = lazyio.load("memory:///lazyio-test/frames.npy", positions=pos, chunks=(2, 2, 1, 3))
+    assert_same(got[0]["data"].compute(), expected)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_remote_write(rng, lazy):
+    a = random_array(rng, (40, 7, 3), ">f8")
+    data = da.from_array(a, chunks=(7, 3, 2)) if lazy else a
+    url = f"memory:///lazyio-test/written-{lazy}.npy"
+    lazyio.save(url, data, show_progressbar=False)
+    with fsspec.open(url, "rb") as f:
+        assert_same(np.load(io.BytesIO(f.read())), a)
+    with pytest.raises(TargetExistsError):
+        lazyio.save(url, data)
+
+
+# -- writing -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_numpy_writes_match_numpy_save(tmp_path, rng, dtype, shape, order):
+    a = random_array(rng, shape, dtype, order)
+    np.save(tmp_path / "ref.npy", a)
+    lazyio.save(tmp_path / "out.npy", {"data": a}, show_progressbar=False)
+    assert (tmp_path / "out.npy").read_bytes() == (tmp_path / "ref.npy").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape", "chunks"),
+    [
+        ("<f4", (9, 7, 5), (4, 3, 2)),
+        (">i2", (9, 7, 5), (9, 1, 5)),
+        ("<c16", (3, 1000), (2, 333)),
+        (STRUCT, (5, 4), (2, 3)),
+        ("u1", (), ()),
+        ("<f8", (0, 4), (1, 2)),
+        ("?", (2, 3, 2, 3, 2), 1),
+    ],
+    ids=str,
+)
+def test_dask_writes_load_with_numpy(tmp_path, rng, dtype, shape, chunks):
+    a = random_array(rng, shape, dtype)
+    path = tmp_path / "d.npy"
+    lazyio.save(path, da.from_array(a, chunks=chunks), show_progressbar=False)
+    assert_same(np.load(path), a)
+    if a.size:
+        assert_same(np.load(path, mmap_mode="r"), a)
+    np.save(tmp_path / "ref.npy", a)
+    assert path.read_bytes() == (tmp_path / "ref.npy").read_bytes()
+    assert _leftovers(tmp_path) == []
+
+
+def test_lazy_read_to_write_round_trip(tmp_path, rng):
+    a = random_array(rng, (6, 5, 4), ">u2", "F")
+    np.save(tmp_path / "in.npy", a)
+    [sig] = lazyio.load(tmp_path / "in.npy", chunks=(2, 5, 1))
+    lazyio.save(tmp_path / "out.npy", sig, chunks=(3, 5, 4), show_progressbar=False)
+    assert_same(np.load(tmp_path / "out.npy"), a)
+
+
+def test_overwrite_rules(tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.arange(3))
+    before = path.read_bytes()
+    with pytest.raises(TargetExistsError):
+        lazyio.save(path, da.ones(5, chunks=2))
+    with pytest.raises(TargetExistsError):
+        lazyio.save(path, np.ones(5))
+    assert path.read_bytes() == before
+    lazyio.save(path, da.ones(5, chunks=2), overwrite=True, show_progressbar=False)
+    assert_same(np.load(path), np.ones(5))
+    npy.file_writer(path, {"data": np.zeros(2), "axes": [{"size": 2, "scale": 2.0}]})
+    assert_same(np.load(path), np.zeros(2))
+    lazyio.save(tmp_path / "y.data", np.ones(2), format="npy")
+    assert_same(np.load(tmp_path / "y.data"), np.ones(2))
+
+
+def _fail_on_block(block, block_info=None):
+    if block_info[0]["chunk-location"] == (3,):
+        raise RuntimeError("disk on fire")
+    return block
+
+
+def _check_nothing_visible(block, final=None):
+    # While blocks are written: no file under the final name, and the temporary sibling
+    # is not a .npy file to any reader (its magic string is still blank).
+    assert not os.path.exists(final)
+    [tmp] = _leftovers(Path(final).parent)
+    with open(Path(final).parent / tmp, "rb") as f:
+        assert f.read(6) == bytes(6)
+    return block
+
+
+def test_interrupted_write_leaves_nothing(tmp_path):
+    path = tmp_path / "i.npy"
+    data = da.ones(100, chunks=10).map_blocks(_fail_on_block, dtype=float)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        lazyio.save(path, data, show_progressbar=False)
+    assert list(tmp_path.iterdir()) == []
+    np.save(path, np.arange(4))
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        lazyio.save(path, data, overwrite=True, show_progressbar=False)
+    assert_same(np.load(path), np.arange(4))  # the old file survives a failed overwrite
+    assert _leftovers(tmp_path) == []
+    final = str(tmp_path / "j.npy")
+    watched = da.ones(50, chunks=10).map_blocks(_check_nothing_visible, final=final, dtype=float)
+    lazyio.save(final, watched, show_progressbar=False)
+    assert_same(np.load(final), np.ones(50))
+
+
+def test_atomic_path_for_files_and_directories(tmp_path):
+    target = tmp_path / "t"
+    with atomic_path(target) as tmp:
+        Path(tmp).write_text("one")
+    assert target.read_text() == "one"
+    with pytest.raises(KeyError), atomic_path(target) as tmp:  # noqa: PT012
+        Path(tmp).write_text("two")
+        raise KeyError("stop")  # fails inside the block: the target must survive
+    assert target.read_text() == "one"
+    with atomic_path(target) as tmp:  # a directory replaces a file
+        os.mkdir(tmp)
+        (Path(tmp) / "inner").write_text("three")
+    assert (target / "inner").read_text() == "three"
+    with atomic_path(target) as tmp:  # and a file a directory
+        Path(tmp).write_text("four")
+    assert target.read_text() == "four"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
+
+
+# -- distributed -------------------------------------------------------------------------
+
+
+def test_lazy_arrays_compute_on_process_workers(tmp_path, rng, client):
+    """Every dtype, shape and order of the tests above, scans and fields, in one compute."""
+    a = random_array(rng, (6, 5, 4), ">f8", "F")
+    np.save(tmp_path / "f.npy", a)
+    s = random_array(rng, (4, 3), STRUCT)
+    np.save(tmp_path / "s.npy", s)
+    frames = random_array(rng, (5, 3, 2), "<i4")
+    np.save(tmp_path / "frames.npy", frames)
+    pos = np.array([[0, 1], [1, 1], [2, 0], [0, 0], [1, 0]])
+    scan = np.zeros((3, 2, 3, 2), "<i4")
+    scan[tuple(pos.T)] = frames
+    np.save(tmp_path / "zero_d.npy", np.array(7, ">u2"))
+    arrays = {}
+    for i, (dtype, shape, order) in enumerate(
+        (d, sh, o) for d in DTYPES for sh in SHAPES for o in "CF"
+    ):
+        every = random_array(rng, shape, dtype, order)
+        np.save(tmp_path / f"every-{i}.npy", every)
+        arrays[f"every-{i}"] = (lazyio.load(tmp_path / f"every-{i}.npy", chunks=2)[0]["data"],
+                                every)
+    arrays |= {
+        "fortran": (lazyio.load(tmp_path / "f.npy", chunks=2)[0]["data"], a),
+        "struct": (lazyio.load(tmp_path / "s.npy", chunks=2)[0]["data"], s),
+        "key": (lazyio.load(tmp_path / "s.npy", key="b", chunks=2)[0]["data"], s["b"]),
+        "scan": (lazyio.load(tmp_path / "frames.npy", positions=pos, chunks=1)[0]["data"], scan),
+        "0-d": (lazyio.load(tmp_path / "zero_d.npy")[0]["data"], np.array(7, ">u2")),
+    }
+    pids = set(client.run(os.getpid).values())
+    results = dask.compute(*(lazy for lazy, _ in arrays.values()))
+    for (_, expected), got in zip(arrays.values(), results, strict=True):
+        assert_same(got, expected)
+    # The blocks were read by the worker processes, not by this one.
+    worker_keys = client.run(lambda: sorted({k[0] for k in lazyio.handles.default_cache.keys()}))  # noqa: SIM118 - HandleCache is not a dict
+    assert len(pids) == 2
+    assert all("memmap" in keys for keys in worker_keys.values())
+
+
+def test_streamed_write_from_process_workers(tmp_path, client):
+    data = da.arange(60 * 70, chunks=700, dtype="<i8").reshape(60, 70).rechunk((7, 30))
+    path = tmp_path / "w.npy"
+    lazyio.save(path, data, show_progressbar=True)
+    assert_same(np.load(path), np.arange(60 * 70, dtype="<i8").reshape(60, 70))
+    assert _leftovers(tmp_path) == []
+    # Worker write maps are closed after the write.
+    open_writers = client.run(
+        lambda: [k for k in lazyio.handles.default_cache.keys() if k[0] == "npy-write"]  # noqa: SIM118
+    )
+    assert all(not keys for keys in open_writers.values())
+
+
+def _rows(block, block_info=None):
+    lo = block_info[None]["array-location"][0][0]
+    rows = np.arange(lo, lo + block.shape[0], dtype=np.uint32)[:, None]
+    return rows * np.uint32(block.shape[1]) + np.arange(block.shape[1], dtype=np.uint32)
+
+
+def test_write_larger_than_worker_memory(tmp_path):
+    """A 1.75 GiB array, written by two workers limited to 400 MiB each (~200 MiB of
+    which an idle worker already uses), completes without a worker being restarted, and
+    reads back on the same workers."""
+    from distributed import Client, LocalCluster
+
+    limit = 400 * 2**20
+    cols = 2**20 // 4  # one MiB per row
+    rows = 1792  # 1.75 GiB: over 4x a worker's limit and over 2x the whole cluster's
+    data = da.empty((rows, cols), dtype=np.uint32, chunks=(16, cols)).map_blocks(
+        _rows, dtype=np.uint32
+    )
+    path = tmp_path / "big.npy"
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+        host="127.0.0.1", memory_limit=limit, silence_logs=40,
+    ) as lc, Client(lc, set_as_default=True) as c:
+        pids = c.run(os.getpid)
+        lazyio.save(path, data, show_progressbar=False)
+        assert c.run(os.getpid) == pids, "a worker was restarted (out of memory?)"
+        # Reading it back lazily on the same workers is bounded too: blocks are views of
+        # a cached map whose pages are released when the blocks are.
+        total = lazyio.load(path, block_size_limit="32MiB")[0]["data"].sum(dtype=np.uint64)
+        n = rows * cols
+        assert int(total.compute()) == n * (n - 1) // 2
+        assert c.run(os.getpid) == pids, "a worker was restarted (out of memory?)"
+    assert data.nbytes >= 4 * limit
+    out = np.load(path, mmap_mode="r")
+    assert out.shape == (rows, cols)
+    step = 128
+    expected_row = np.arange(cols, dtype=np.uint32)
+    for lo in range(0, rows, step):
+        block = out[lo : lo + step]
+        first = np.arange(lo, lo + block.shape[0], dtype=np.uint32)[:, None] * np.uint32(cols)
+        assert np.array_equal(block, first + expected_row)
+    del out
