@@ -15,7 +15,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
-__all__ = ["HandleCache", "acquire", "close_all", "close_matching", "default_cache"]
+__all__ = [
+    "HandleCache", "acquire", "close_all", "close_location", "close_matching", "default_cache"
+]
 
 _logger = logging.getLogger("lazyio")
 T = TypeVar("T")
@@ -78,6 +80,12 @@ class HandleCache:
             if handle is not None:
                 _close(handle)
 
+    def forget(self, key: Hashable) -> None:
+        """Drop a handle without closing it (its owner closes it)."""
+        self._check_fork()
+        with self._lock:
+            self._handles.pop(key, None)
+
     def close_matching(self, predicate: Callable[[Hashable], bool]) -> int:
         """Close every handle whose key satisfies ``predicate``; return how many."""
         self._check_fork()
@@ -113,6 +121,17 @@ def acquire(key: Hashable, opener: Callable[[], T]) -> T:
 def close_matching(predicate: Callable[[Hashable], bool]) -> int:
     """Close the process-wide cache's handles whose key satisfies ``predicate``."""
     return default_cache.close_matching(predicate)
+
+
+def close_location(location: Hashable) -> int:
+    """Close every handle on ``location``: keys that hold it, or an object whose
+    ``location`` it is (e.g. a zarr store spec). Returns how many were closed."""
+
+    def on_location(key: Hashable) -> bool:
+        parts = key if isinstance(key, tuple) else (key,)
+        return any(p == location or getattr(p, "location", None) == location for p in parts)
+
+    return default_cache.close_matching(on_location)
 
 
 def close_all() -> int:

@@ -24,7 +24,7 @@ from lazyio.hierarchy.writer import ArrayWriter
 from lazyio.location import Location, as_location
 from lazyio.signal_dict import as_signal_dict, signal_axes_indices
 from lazyio.write.atomic import atomic_path
-from lazyio.write.hdf5 import H5ChunkTarget, encodable_pipeline, register_open_file
+from lazyio.write.hdf5 import H5ChunkTarget, encodable_pipeline, open_for_targets
 
 __all__ = ["file_reader", "file_writer", "read", "sniff", "write"]
 
@@ -57,10 +57,6 @@ def sniff(location: Location, head: bytes) -> bool:
     return fmt == FILE_FORMAT or "Experiments" in f
 
 
-def _close(location: Location) -> None:
-    handles.close_matching(lambda key: len(key) > 1 and key[1] == location)
-
-
 def read(
     source: Location, *, lazy: bool = True, chunks: Any = "auto", **kwds: Any
 ) -> list[dict[str, Any]]:
@@ -81,14 +77,12 @@ def read(
         raise FormatError(f"{location}: damaged HyperSpy file ({err})") from err
     finally:
         if not lazy:
-            _close(location)
+            handles.close_location(location)
 
 
 def _writer(
     h5file: h5py.File, key: str, signal: dict[str, Any], chunks: Any, options: dict[str, Any]
 ) -> ArrayWriter:
-    register_open_file(key, h5file)
-
     def make_target(node: H5Node, name: str, dset: h5py.Dataset) -> H5ChunkTarget:
         return H5ChunkTarget(
             key=key,
@@ -119,18 +113,14 @@ def _write_into(
     show_progressbar: bool,
     options: dict[str, Any],
 ) -> None:
-    _close(location)  # our own read handles on the target must not see a half-written file
-    with h5py.File(path, mode) as h5file:
-        key = f"{path}#{id(h5file)}"
+    handles.close_location(location)  # our own read handles on the target must not see a half-written file
+    with h5py.File(path, mode) as h5file, open_for_targets(h5file) as key:
         writer = _writer(h5file, key, signal, chunks, options)
-        try:
-            write_signal_tree(
-                H5Node(h5file["/"], location), signal, writer,
-                file_format=FILE_FORMAT, write_dataset=write_dataset, **options,
-            )
-            writer.flush(show_progressbar)
-        finally:
-            handles.default_cache._handles.pop(("h5-write", key), None)
+        write_signal_tree(
+            H5Node(h5file["/"], location), signal, writer,
+            file_format=FILE_FORMAT, write_dataset=write_dataset, **options,
+        )
+        writer.flush(show_progressbar)
 
 
 def write(

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 
 from lazyio.errors import SourceNotFoundError
 
@@ -144,19 +143,9 @@ class Location:
         with self.open("rb") as f:
             return f.read(nbytes)
 
-    def sibling(self, name: str) -> Location:
-        """A location next to this one with another file name."""
-        base = self.url.rstrip("/").rsplit("/", 1)[0]
-        return Location(f"{base}/{name}", self.storage_options)
-
     def child(self, name: str) -> Location:
         """A location inside this directory."""
         return Location(f"{self.url.rstrip('/')}/{name}", self.storage_options)
-
-    @property
-    def is_local_fs(self) -> bool:
-        """Whether the fsspec filesystem behind the location is the local one."""
-        return isinstance(self.fs, LocalFileSystem)
 
 
 def as_location(

@@ -61,7 +61,7 @@ from lazyio.usid_schema import (
 )
 from lazyio.write import rechunk_to_storage, store
 from lazyio.write.atomic import atomic_path
-from lazyio.write.hdf5 import H5ChunkTarget, encodable_pipeline, register_open_file
+from lazyio.write.hdf5 import H5ChunkTarget, encodable_pipeline, open_for_targets
 
 __all__ = ["file_reader", "file_writer", "read", "sniff", "write"]
 
@@ -92,10 +92,6 @@ def sniff(location: Location, head: bytes) -> bool:
     if decode_text(f.attrs.get("file_format")) == "HyperSpy":
         return False
     return bool(find_main(f, first_only=True))
-
-
-def _close(location: Location) -> None:
-    handles.close_matching(lambda key: len(key) > 1 and key[1] == location)
 
 
 # --------------------------------------------------------------------------- reading
@@ -312,7 +308,7 @@ def read(
         return signals
     finally:
         if not lazy:
-            _close(location)
+            handles.close_location(location)
 
 
 # --------------------------------------------------------------------------- writing
@@ -383,9 +379,7 @@ def _write_into(
     dset.attrs["units"] = units
     for key, anc in zip(ANCILLARY, (pos_inds, pos_vals, spec_inds, spec_vals), strict=True):
         dset.attrs[key] = anc.ref
-    key = f"{h5file.filename}#{id(h5file)}"
-    register_open_file(key, h5file)
-    try:
+    with open_for_targets(h5file) as key:
         target = H5ChunkTarget(
             key=key, dataset=dset.name, shape=(rows, cols), dtype=dset.dtype,
             chunks=tuple(dset.chunks) if dset.chunks else None,
@@ -397,8 +391,6 @@ def _write_into(
         layout = tuple(dset.chunks) if dset.chunks else (rows, cols)
         source = data2d if isinstance(data2d, da.Array) else da.from_array(data2d, chunks=layout)
         store([rechunk_to_storage(source, layout)], [target], show_progressbar=show_progressbar)
-    finally:
-        handles.default_cache._handles.pop(("h5-write", key), None)
 
 
 def write(
@@ -439,7 +431,7 @@ def write(
     if append and location.exists():
         if location.local_path is None:
             raise UnsupportedError(f"{location}: appending needs a local file")
-        _close(location)  # our read handles must not see the file change under them
+        handles.close_location(location)  # our read handles must not see the file change under them
         with h5py.File(location.local_path, "r+") as h5file:
             before = set(h5file)
             try:
@@ -451,7 +443,7 @@ def write(
         return
     if location.exists() and not overwrite:
         raise TargetExistsError(f"{location} exists; pass overwrite=True to replace it")
-    _close(location)
+    handles.close_location(location)
     if location.local_path is not None:
         with atomic_path(location.local_path) as tmp, h5py.File(tmp, "w") as h5file:
             _write_into(h5file, signal, **common)

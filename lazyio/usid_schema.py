@@ -23,6 +23,7 @@ import dask.array as da
 import h5py
 import numpy as np
 
+from lazyio.chunks.grid import regular_chunks
 from lazyio.chunks.hdf5 import H5Source, open_h5
 from lazyio.chunks.slicing import apply_residual, split_index
 from lazyio.errors import FormatError
@@ -429,15 +430,6 @@ def rows_block(shape: Sequence[int], storage: int, target: int) -> tuple[int, ..
     return min(candidates, key=math.prod)
 
 
-def _regular(shape: Sequence[int], block: Sequence[int]) -> tuple[tuple[int, ...], ...]:
-    out = []
-    for size, b in zip(shape, block, strict=True):
-        b = max(1, min(int(b), size)) if size else 1
-        n_full, rest = divmod(size, b)
-        out.append((b,) * n_full + ((rest,) if rest else ()) or (0,))
-    return tuple(out)
-
-
 def nd_chunks(
     pos_shape: tuple[int, ...],
     spec_shape: tuple[int, ...],
@@ -460,7 +452,7 @@ def nd_chunks(
     spec_block = rows_block(spec_shape, cols_storage, col_target)
     row_target = max(1, limit // (itemsize * max(1, math.prod(spec_block))))
     pos_block = rows_block(pos_shape, rows_storage, row_target)
-    return _regular(pos_shape, pos_block) + _regular(spec_shape, spec_block)
+    return regular_chunks(pos_shape, pos_block) + regular_chunks(spec_shape, spec_block)
 
 
 # --------------------------------------------------------------------------- reading helpers

@@ -192,9 +192,7 @@ def write(
         return
     if location.exists() and not overwrite:
         raise TargetExistsError(f"{location} exists; pass overwrite=True to replace it")
-    handles.close_matching(lambda key: any(
-        isinstance(part, StoreSpec) and part.location == location for part in key
-    ))
+    handles.close_location(location)
     zip_store = store_type == "zip"
     if store_type not in (None, "local", "zip"):
         raise ValueError(f"store_type must be 'local' or 'zip', not {store_type!r}")

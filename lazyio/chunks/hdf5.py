@@ -197,15 +197,6 @@ class H5Source:
     def ndim(self) -> int:
         return len(self.shape)
 
-    @property
-    def reads_directly(self) -> bool:
-        """Whether reads bypass h5py (the fast path)."""
-        return self.offset is not None or self.filters is not None or self.size == 0
-
-    @property
-    def size(self) -> int:
-        return math.prod(self.shape)
-
     def __getitem__(self, key: Any) -> np.ndarray:
         box, residual = split_index(key, self.shape)
         return apply_residual(self.read_box(box), residual)

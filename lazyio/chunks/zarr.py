@@ -8,7 +8,6 @@ numcodecs codecs: nothing is ever unpickled.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from itertools import product
 from typing import Any
@@ -146,7 +145,3 @@ class ObjectZarrSource:
                 if chunk is not None:
                     out[tuple(dst)] = chunk[tuple(src)]
         return apply_residual(out, residual)
-
-    @property
-    def nchunks(self) -> int:
-        return math.prod(-(-s // c) for s, c in zip(self.shape, self.storage_chunks, strict=True))

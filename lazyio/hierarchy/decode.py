@@ -80,10 +80,6 @@ def read_dataset(
     return node.read_array(key)
 
 
-def _sequence(values: np.ndarray) -> list[Any]:
-    return values.tolist()
-
-
 def group_to_dict(
     node: Node,
     *,
@@ -117,9 +113,9 @@ def group_to_dict(
             continue
         if kind == "array":
             if key.startswith("_list_") and not _SEQUENCE_GROUP.fullmatch(key):
-                out[key[len("_list_") :]] = _sequence(node.read_array(key))
+                out[key[len("_list_") :]] = node.read_array(key).tolist()
             elif key.startswith("_tuple_") and not _SEQUENCE_GROUP.fullmatch(key):
-                out[key[len("_tuple_") :]] = tuple(_sequence(node.read_array(key)))
+                out[key[len("_tuple_") :]] = tuple(node.read_array(key).tolist())
             else:
                 out[key] = _small_or_lazy(node, key, lazy, members)
             continue

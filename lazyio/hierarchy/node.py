@@ -41,7 +41,6 @@ class Node(Protocol):
     def attrs(self) -> dict[str, Any]: ...
     def members(self) -> dict[str, str]: ...  # name -> "group" | "array"
     def child(self, name: str) -> Node: ...
-    def array_shape(self, name: str) -> tuple[int, ...]: ...
     def read_array(self, name: str) -> np.ndarray: ...
     def lazy_array(self, name: str, chunks: Any = "auto") -> da.Array: ...
     def set_attrs(self, values: dict[str, Any]) -> None: ...
@@ -117,9 +116,6 @@ class H5Node:
 
     def child(self, name: str) -> H5Node:
         return H5Node(self.group[name], self.location)
-
-    def array_shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.group[name].shape)
 
     def read_array(self, name: str) -> np.ndarray:
         dset = self.group[name]
@@ -249,7 +245,6 @@ class ZarrNode:
         self.path = "/" + path.strip("/")
         self.zarr_format = zarr_format
         self.where = str(spec)
-        self._meta: dict[str, Any] | None = None
 
     @property
     def _key(self) -> str:
@@ -306,9 +301,6 @@ class ZarrNode:
             dtype=arr.dtype if isinstance(arr.dtype, np.dtype) else np.dtype(object),
             storage_chunks=chunks,
         )
-
-    def array_shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._array_meta(name)[1]["shape"])
 
     def read_array(self, name: str) -> np.ndarray:
         source = self._source(name)

@@ -46,7 +46,7 @@ def file_version(root: Node) -> tuple[int, int]:
     )
 
 
-def _axes(group: Node, ndim: int, lazy: bool) -> list[dict[str, Any]]:
+def _axes(group: Node, ndim: int) -> list[dict[str, Any]]:
     members = group.members()
     axes = []
     for i in range(ndim):
@@ -105,7 +105,7 @@ def read_signal_group(
     signal["data"] = data
     metadata = migrate_metadata(signal["metadata"], version)
     ndim = data.ndim
-    axes = _axes(group, ndim, lazy)
+    axes = _axes(group, ndim)
     signal["axes"] = migrate_axes(axes, metadata, version)
     for name, key in (("learning_results", "learning_results"),
                       ("peak_learning_results", "peak_learning_results"),

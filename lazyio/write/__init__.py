@@ -39,13 +39,8 @@ def uses_distributed() -> bool:
 
 @contextlib.contextmanager
 def progress(show: bool, label: str = "") -> Iterator[None]:
-    """Show a progress bar while the block runs: dask's local bar, or the cluster's."""
+    """Show dask's local progress bar while the block runs (see :func:`store` for clusters)."""
     if not show:
-        yield
-        return
-    if uses_distributed():
-        # dask.diagnostics callbacks never fire on a cluster; its progress comes from
-        # distributed.progress, attached by store() to the futures it creates.
         yield
         return
     from dask.diagnostics import ProgressBar

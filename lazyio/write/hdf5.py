@@ -9,8 +9,10 @@ Pipelines lazyio cannot encode (lzf, szip, fletcher32, ...) go through h5py unde
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import product
 from typing import Any
@@ -22,7 +24,7 @@ import numpy as np
 from lazyio import handles
 from lazyio.chunks.hdf5 import BLOSC, DEFLATE, SHUFFLE, ZSTD
 
-__all__ = ["H5ChunkTarget", "encodable_pipeline", "register_open_file"]
+__all__ = ["H5ChunkTarget", "encodable_pipeline", "open_for_targets"]
 
 # One lock per process: h5py objects are shared by the threads of a local scheduler.
 _WRITE_LOCK = threading.Lock()
@@ -30,10 +32,19 @@ _WRITE_LOCK = threading.Lock()
 _BLOSC_NAMES = {0: "blosclz", 1: "lz4", 2: "lz4hc", 3: "snappy", 4: "zlib", 5: "zstd"}
 
 
-def register_open_file(key: str, h5file: h5py.File) -> None:
-    """Make a file the writer opened available to targets in this process under ``key``."""
-    handles.default_cache.close(("h5-write", key))
+@contextlib.contextmanager
+def open_for_targets(h5file: h5py.File) -> Iterator[str]:
+    """Make a file the writer opened reachable by :class:`H5ChunkTarget` in this process.
+
+    Yields the key the targets use. The writer keeps ownership: the file is only
+    unregistered (not closed) on exit.
+    """
+    key = f"{h5file.filename}#{id(h5file)}"
     handles.acquire(("h5-write", key), lambda: h5file)
+    try:
+        yield key
+    finally:
+        handles.default_cache.forget(("h5-write", key))
 
 
 def _encoder(fid: int, values: tuple[int, ...], itemsize: int) -> Any:
