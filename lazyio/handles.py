@@ -16,7 +16,8 @@ from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 __all__ = [
-    "HandleCache", "acquire", "close_all", "close_location", "close_matching", "default_cache"
+    "HandleCache", "acquire", "check_unchanged", "close_all", "close_location",
+    "close_matching", "default_cache", "opened_unchanged",
 ]
 
 _logger = logging.getLogger("lazyio")
@@ -134,11 +135,68 @@ def close_location(location: Hashable) -> int:
     return default_cache.close_matching(on_location)
 
 
-def close_all() -> int:
-    """Close every file lazyio holds open in this process.
+def close_all(client: Any = None) -> int | dict[str, int]:
+    """Close every file lazyio holds open in this process, and on a cluster's workers.
 
-    Lazy arrays stay valid: their tasks reopen what they need. Returns the number of
-    handles closed. On a ``distributed`` cluster call it on the workers too, e.g.
-    ``client.run(lazyio.close_all)``.
+    Lazy arrays stay valid: their tasks reopen what they need.
+
+    Parameters
+    ----------
+    client : distributed.Client or True, optional
+        Also close the files held by every worker of this client's cluster (through
+        ``client.run``); ``True`` uses the default client. Without it only this process
+        is concerned.
+
+    Returns
+    -------
+    int or dict
+        Without ``client``: the number of handles closed here. With it: a dict with this
+        process's count under ``"local"`` and each worker's count under its address.
     """
+    closed = default_cache.close_all()
+    if client is None or client is False:
+        return closed
+    if client is True:
+        from distributed import default_client
+
+        client = default_client()
+    on_workers = client.run(_close_all_here)
+    return {"local": closed, **{str(k): int(v) for k, v in on_workers.items()}}
+
+
+def _close_all_here() -> int:
     return default_cache.close_all()
+
+
+def check_unchanged(location: Any, token: str) -> None:
+    """Raise :class:`~lazyio.errors.StaleFileError` if the local file at ``location`` no
+    longer matches ``token`` (from :meth:`~lazyio.location.Location.modified_token`, taken
+    when a lazy array was made). Called when a handle is (re)opened for such an array:
+    a handle still open on the old file keeps reading the old data correctly, a new one
+    would read the new file through the old layout."""
+    if not token or token == "unknown" or getattr(location, "local_path", None) is None:
+        return
+    now = location.modified_token()
+    if now != token:
+        from lazyio.errors import StaleFileError
+
+        raise StaleFileError(
+            f"{location}: the file was replaced or modified after it was opened lazily; "
+            "load it again to read the new version"
+        )
+
+
+def opened_unchanged(location: Any, token: str, opener: Callable[[], T]) -> Callable[[], T]:
+    """Wrap ``opener``: open, then check (:func:`check_unchanged`) that what was opened is
+    still the version ``token`` describes, closing it if not."""
+
+    def open_checked() -> T:
+        handle = opener()
+        try:
+            check_unchanged(location, token)
+        except BaseException:
+            _close(handle)
+            raise
+        return handle
+
+    return open_checked

@@ -6,8 +6,10 @@ fast path (``local_path``) for memory maps and ``pread``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -15,9 +17,25 @@ from typing import Any
 
 import fsspec
 
-from lazyio.errors import SourceNotFoundError
+from lazyio.errors import AccessDeniedError, SourceNotFoundError
 
-__all__ = ["Location", "as_location"]
+__all__ = ["Location", "as_location", "remote_errors"]
+
+# Small reads (headers, sniffing) of remote files must not pull fsspec's default 5 MB block.
+_REMOTE_BLOCK = 2**16
+
+
+@contextlib.contextmanager
+def remote_errors(url: str) -> Iterator[None]:
+    """Turn fsspec's missing-object and permission errors into lazyio's, naming ``url``."""
+    try:
+        yield
+    except SourceNotFoundError:
+        raise
+    except FileNotFoundError as err:
+        raise SourceNotFoundError(f"No such file: '{url}' ({err})") from err
+    except PermissionError as err:
+        raise AccessDeniedError(f"Access denied to '{url}' ({err})") from err
 
 
 @dataclass(frozen=True)
@@ -93,17 +111,34 @@ class Location:
         """The lower-case extension, with its dot (``".hspy"``), or ``""``."""
         return Path(self.name).suffix.lower()
 
+    def _remote_info(self) -> dict[str, Any] | None:
+        # fsspec's HTTP exists() and isdir() download the resource (to list links in it):
+        # info() is one HEAD request there, and one request on object stores.
+        try:
+            with remote_errors(self.url):
+                return self.fs.info(self.path)
+        except SourceNotFoundError:
+            return None
+
     def exists(self) -> bool:
-        """Whether something exists at this location."""
+        """Whether something exists at this location.
+
+        Raises :class:`~lazyio.errors.AccessDeniedError` when the store refuses to say.
+        """
         if self.local_path is not None:
             return os.path.exists(self.local_path)
-        return self.fs.exists(self.path)
+        return self._remote_info() is not None
 
     def isdir(self) -> bool:
-        """Whether the location is a directory (or a key prefix in an object store)."""
+        """Whether the location is a directory (or a key prefix in an object store).
+
+        Over HTTP nothing is a directory (servers do not say): callers probe for known
+        files inside instead.
+        """
         if self.local_path is not None:
             return os.path.isdir(self.local_path)
-        return self.fs.isdir(self.path)
+        info = self._remote_info()
+        return info is not None and info.get("type") == "directory"
 
     def size(self) -> int:
         """Size in bytes of the file."""
@@ -112,11 +147,12 @@ class Location:
         return int(self.fs.size(self.path))
 
     def modified_token(self) -> str:
-        """A token that changes when the file changes (mtime and size where known)."""
+        """A token that changes when the file changes (mtime and size where known; locally
+        the inode too, so a file replaced by rename within one clock tick still differs)."""
         try:
             if self.local_path is not None:
                 st = os.stat(self.local_path)
-                return f"{st.st_mtime_ns}-{st.st_size}"
+                return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
             info = self.fs.info(self.path)
         except (OSError, ValueError):
             return "unknown"
@@ -125,23 +161,35 @@ class Location:
 
     def open(self, mode: str = "rb", **kwargs: Any) -> Any:
         """Open the file through fsspec (or the builtin ``open`` for local files)."""
-        try:
-            if self.local_path is not None:
+        if self.local_path is not None:
+            try:
                 return open(self.local_path, mode)
+            except FileNotFoundError as err:
+                raise SourceNotFoundError(f"No such file: '{self.url}'") from err
+        if "r" in mode:
+            kwargs.setdefault("block_size", _REMOTE_BLOCK)
+        with remote_errors(self.url):
             return self.fs.open(self.path, mode, **kwargs)
-        except FileNotFoundError as err:
-            raise SourceNotFoundError(f"No such file: '{self.url}'") from err
 
     def read_bytes(self, start: int, stop: int) -> bytes:
-        """Read the byte range ``[start, stop)``."""
-        return self.fs.cat_file(self.path, start=start, end=stop)
+        """Read the byte range ``[start, stop)`` (one range request remotely)."""
+        with remote_errors(self.url):
+            return self.fs.cat_file(self.path, start=start, end=stop)
 
     def read_head(self, nbytes: int) -> bytes:
         """The first ``nbytes`` bytes of a file (fewer if it is shorter); ``b""`` for dirs."""
-        if self.isdir():
+        if self.local_path is not None:
+            if os.path.isdir(self.local_path):
+                return b""
+            with self.open("rb") as f:
+                return f.read(nbytes)
+        try:
+            with remote_errors(self.url):
+                return self.fs.cat_file(self.path, start=0, end=nbytes)
+        except (SourceNotFoundError, IsADirectoryError):
+            # an object-store prefix (a directory) has no bytes; a missing object is
+            # reported by the caller's exists() check
             return b""
-        with self.open("rb") as f:
-            return f.read(nbytes)
 
     def child(self, name: str) -> Location:
         """A location inside this directory."""

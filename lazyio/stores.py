@@ -19,15 +19,17 @@ from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.buffer.cpu import Buffer
 from zarr.core.sync import sync
-from zarr.storage import FsspecStore, LocalStore, ZipStore
+from zarr.storage import FsspecStore, LocalStore, WrapperStore, ZipStore
 
 from lazyio import handles
-from lazyio.errors import FormatError
+from lazyio.errors import FormatError, UnsafeFileError, UnsupportedError
 from lazyio.location import Location
 
-__all__ = ["StoreSpec", "open_store", "read_json", "list_dir", "get_bytes", "set_bytes"]
+__all__ = ["FreshStore", "StoreSpec", "open_store", "read_json", "list_dir", "get_bytes", "set_bytes"]
 
 StoreKind = Literal["dir", "zip", "instance"]
+
+MAX_KEY_DEPTH = 300  # a HyperSpy tree is ~10 levels, plus one per chunk-key axis
 
 
 @dataclass(frozen=True)
@@ -88,14 +90,130 @@ def _make_store(spec: StoreSpec, read_only: bool) -> Store:
     loc = spec.location
     if spec.kind == "zip":
         if loc.local_path is None:
-            raise NotImplementedError(f"{loc}: zip stores must be local files")
+            raise UnsupportedError(
+                f"{loc}: a zipped .zspy store can only be opened as a local file; copy it "
+                "locally, or store it unzipped (a directory store) remotely"
+            )
         store = ZipStore(loc.local_path, mode="r" if read_only else "w")
         if not store._is_open:  # zarr opens zip files lazily, but our raw reads need it now
             sync(store._open())
+        if read_only:
+            _refuse_escaping_members(loc, store._zf.namelist())
         return store
     if loc.local_path is not None:
         return LocalStore(loc.local_path, read_only=read_only)
-    return FsspecStore.from_url(loc.url, storage_options=loc.storage_options, read_only=read_only)
+    store = FsspecStore.from_url(loc.url, storage_options=loc.storage_options,
+                                 read_only=read_only)
+    return _MetadataCache(store) if read_only else store
+
+
+_METADATA_NAMES = frozenset({".zattrs", ".zgroup", ".zarray", ".zmetadata", "zarr.json"})
+
+
+class _MetadataCache(WrapperStore):
+    """Remember a remote read-only store's metadata documents and listings.
+
+    Opening a HyperSpy tree reads each node's metadata several times (lazyio probes the
+    node kind, zarr-python reads it again to open the array or group): over a network every
+    repeat is a round trip. Chunks are never cached. The cache lives as long as the store
+    in the handle cache, which a write to the same location closes.
+    """
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self._docs: dict[str, Buffer | None] = {}
+        self._listings: dict[str, list[str]] = {}
+
+    def _with_store(self, store: Store) -> _MetadataCache:
+        return type(self)(store)
+
+    def __str__(self) -> str:
+        return str(self._store)
+
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        if byte_range is not None or key.rsplit("/", 1)[-1] not in _METADATA_NAMES:
+            return await self._store.get(key, prototype, byte_range)
+        if key not in self._docs:
+            self._docs[key] = await self._store.get(key, prototype)
+        return self._docs[key]
+
+    async def exists(self, key: str) -> bool:
+        if key.rsplit("/", 1)[-1] in _METADATA_NAMES:
+            return await self.get(key, default_buffer_prototype()) is not None
+        return await self._store.exists(key)
+
+    async def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        if prefix not in self._listings:
+            self._listings[prefix] = [k async for k in self._store.list_dir(prefix)]
+        for key in self._listings[prefix]:
+            yield key
+
+
+class FreshStore(WrapperStore):
+    """A store being written from empty: metadata look-ups are answered from what was
+    written through this wrapper, without asking the (remote) store.
+
+    Building a HyperSpy tree checks, for every node, whether metadata documents exist and
+    reads them back; on an object store each check is one or two round trips (HEAD, then
+    a listing for a missing key). The target was emptied just before (an overwrite removes
+    it first), so a document not written here does not exist. Chunks pass through.
+    """
+
+    def __init__(self, store: Store, docs: dict[str, Any] | None = None) -> None:
+        super().__init__(store)
+        self._docs: dict[str, Any] = {} if docs is None else docs
+
+    def _with_store(self, store: Store) -> FreshStore:
+        return type(self)(store, self._docs)
+
+    def __str__(self) -> str:
+        return str(self._store)
+
+    @staticmethod
+    def _is_doc(key: str) -> bool:
+        return key.rsplit("/", 1)[-1] in _METADATA_NAMES
+
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        if byte_range is None and self._is_doc(key):
+            return self._docs.get(key)
+        return await self._store.get(key, prototype, byte_range)
+
+    async def exists(self, key: str) -> bool:
+        if self._is_doc(key):
+            return key in self._docs
+        return await self._store.exists(key)
+
+    async def set(self, key: str, value: Any) -> None:
+        await self._store.set(key, value)
+        if self._is_doc(key):
+            self._docs[key] = value
+
+    async def delete(self, key: str) -> None:
+        self._docs.pop(key, None)
+        await self._store.delete(key)
+
+    async def delete_dir(self, prefix: str) -> None:
+        base = prefix.rstrip("/") + "/" if prefix else ""
+        for key in [k for k in self._docs if k.startswith(base)]:
+            del self._docs[key]
+        await self._store.delete_dir(prefix)
+
+
+def _refuse_escaping_members(loc: Location, names: list[str]) -> None:
+    # Such names are never keys of a valid store, and a tool that extracts the zip would
+    # write outside its target folder: refuse the file rather than guess. Absurdly deep
+    # names are refused too: zarr lists a zip's every member for each group it opens.
+    for name in names:
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+            raise UnsafeFileError(
+                f"{loc}: zip member {name[:80]!r} points outside the store; refused"
+            )
+        if len(parts) > MAX_KEY_DEPTH:
+            raise UnsafeFileError(
+                f"{loc}: zip member {name[:60]!r}... is nested {len(parts)} levels deep "
+                f"(more than {MAX_KEY_DEPTH}); refused"
+            )
 
 
 def open_store(spec: StoreSpec, read_only: bool = True, cached: bool = True) -> Store:
@@ -112,7 +230,9 @@ async def _collect(it: AsyncIterator[str]) -> list[str]:
 def list_dir(store: Store, prefix: str) -> list[str]:
     """Names directly below ``prefix`` (sorted)."""
     prefix = prefix.strip("/")
-    return sorted(sync(_collect(store.list_dir(prefix + "/" if prefix else ""))))
+    names = sync(_collect(store.list_dir(prefix + "/" if prefix else "")))
+    # fsspec's HTTP listing (links of an index page) names sub-directories "name/"
+    return sorted({n.rstrip("/") for n in names if n.rstrip("/")})
 
 
 def get_bytes(store: Store, key: str) -> bytes | None:

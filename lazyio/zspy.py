@@ -17,13 +17,21 @@ import zarr
 from zarr.storage import LocalStore
 
 from lazyio import handles
-from lazyio.errors import FormatError, SourceNotFoundError, TargetExistsError
+from lazyio.errors import (
+    FormatError,
+    LazyioError,
+    SourceNotFoundError,
+    TargetExistsError,
+    UnsupportedError,
+    reading,
+)
 from lazyio.hierarchy.node import ZarrNode
 from lazyio.hierarchy.signal import read_file_tree, write_signal_tree
 from lazyio.hierarchy.writer import ArrayWriter
 from lazyio.location import Location, as_location
 from lazyio.signal_dict import as_signal_dict, signal_axes_indices
-from lazyio.stores import StoreSpec, node_kind, open_store
+from lazyio.stores import FreshStore, StoreSpec, node_kind, open_store
+from lazyio.verify import verify_written
 from lazyio.write.atomic import atomic_path, remove_path
 
 __all__ = ["file_reader", "file_writer", "read", "sniff", "write"]
@@ -51,7 +59,8 @@ def _is_zip(location: Location, head: bytes | None = None) -> bool:
 
 def sniff(location: Location, head: bytes) -> bool:
     """A Zarr hierarchy: a directory with Zarr metadata, or a zip file holding one."""
-    if location.isdir():
+    if location.local_path is None or location.isdir():
+        # remotely (an object-store prefix, an HTTP folder) the metadata files tell
         return any(location.child(name).exists() for name in (".zgroup", "zarr.json"))
     if _is_zip(location, head) and location.local_path is not None:
         try:
@@ -83,12 +92,15 @@ def read(
     spec = _spec(source if not isinstance(source, str) else as_location(source))
     try:
         store = open_store(spec)
-    except (OSError, zipfile.BadZipFile) as err:
+    except (OSError, zipfile.BadZipFile, ValueError, KeyError, EOFError) as err:
+        if isinstance(err, LazyioError):
+            raise
         raise FormatError(f"{spec}: cannot be opened as a Zarr store ({err})") from err
-    kind, fmt, _ = node_kind(store, "")
-    if kind != "group":
-        raise FormatError(f"{spec}: not a Zarr hierarchy (no group metadata at its root)")
-    return read_file_tree(ZarrNode(spec, store, "", fmt), lazy=lazy, chunks=chunks)
+    with reading(spec):
+        kind, fmt, _ = node_kind(store, "")
+        if kind != "group":
+            raise FormatError(f"{spec}: not a Zarr hierarchy (no group metadata at its root)")
+        return read_file_tree(ZarrNode(spec, store, "", fmt), lazy=lazy, chunks=chunks)
 
 
 class _ZarrTarget:
@@ -198,12 +210,22 @@ def write(
         raise ValueError(f"store_type must be 'local' or 'zip', not {store_type!r}")
     if location.local_path is None:
         if zip_store:
-            raise FormatError(f"{location}: zip stores can only be written to local files")
+            raise UnsupportedError(
+                f"{location}: zip stores can only be written to local files; write a "
+                "directory store (the default) to remote URLs"
+            )
         if location.exists():
             location.fs.rm(location.path, recursive=True)
         spec = StoreSpec("dir", location)
-        _write_store(open_store(spec, read_only=False, cached=False), spec, signal,
-                     mode="w", write_dataset=True, **common)
+        store = FreshStore(open_store(spec, read_only=False, cached=False))
+        # zarr's filesystem is another (async) fsspec instance, shared with earlier reads
+        # in this process: its cached listings would still show the removed store
+        _invalidate_listings(store)
+        try:
+            _write_store(store, spec, signal, mode="w", write_dataset=True, **common)
+        finally:
+            _invalidate_listings(store)
+            location.fs.invalidate_cache()
         return
     with atomic_path(location.local_path) as tmp:
         # A zip member cannot be rewritten, and the tree's metadata is written in several
@@ -218,6 +240,12 @@ def write(
         finally:
             if zip_store:
                 remove_path(folder)
+
+
+def _invalidate_listings(store: Any) -> None:
+    fs = getattr(getattr(store, "_store", store), "fs", None)  # through a FreshStore
+    if fs is not None:
+        fs.invalidate_cache()
 
 
 def _pack_zip(folder: str, zip_path: str) -> None:
@@ -252,8 +280,11 @@ def file_writer(
     kwds.setdefault("overwrite", True)
     target = filename if not isinstance(filename, str) and not hasattr(
         filename, "__fspath__") else as_location(filename)
+    verify = kwds.pop("verify", False)
     write(
         target, signal, chunks=chunks, compressor=compressor, close_file=close_file,
         write_dataset=write_dataset, show_progressbar=show_progressbar,
         store_type=store_type, **kwds,
     )
+    if verify:
+        verify_written(target, signal, format=NAME)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a seeded random generator and one process-based dask cluster."""
+"""Shared fixtures: a seeded random generator, one process-based dask cluster, and real
+S3 (moto) and HTTP (Range) servers on loopback."""
 
 from __future__ import annotations
 
@@ -34,3 +35,32 @@ def client(cluster):
 
     with Client(cluster, set_as_default=True) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 (a subprocess) with the bucket ``lazyio-test``.
+
+    Its ``storage_options`` hold the endpoint and credentials, so they travel to the
+    cluster's workers inside each Location. A server that fails to start fails the tests.
+    """
+    import fsspec
+    from servers import S3Server
+
+    with pytest.MonkeyPatch.context() as mp, S3Server() as server:
+        # botocore looks these up even when credentials are given explicitly
+        mp.setenv("AWS_ACCESS_KEY_ID", server.key)
+        mp.setenv("AWS_SECRET_ACCESS_KEY", server.secret)
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        fsspec.filesystem("s3", **server.storage_options).mkdir(server.bucket)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def http_server(tmp_path_factory):
+    """A threaded HTTP server on 127.0.0.1 honouring ``Range``, serving a temp folder
+    (``.root``), counting requests and bytes (``.stats()``, ``.reset_stats()``)."""
+    from servers import RangeHTTPServer
+
+    with RangeHTTPServer(str(tmp_path_factory.mktemp("http-root"))) as server:
+        yield server
