@@ -16,13 +16,15 @@ from typing import Any
 import h5py
 
 from lazyio import handles
+from lazyio._inspect import refuse_external
 from lazyio.chunks.hdf5 import open_h5
-from lazyio.errors import FormatError, SourceNotFoundError, TargetExistsError
+from lazyio.errors import FormatError, SourceNotFoundError, TargetExistsError, reading
 from lazyio.hierarchy.node import H5Node
 from lazyio.hierarchy.signal import read_file_tree, write_signal_tree
 from lazyio.hierarchy.writer import ArrayWriter
 from lazyio.location import Location, as_location
 from lazyio.signal_dict import as_signal_dict, signal_axes_indices
+from lazyio.verify import verify_written
 from lazyio.write.atomic import atomic_path
 from lazyio.write.hdf5 import H5ChunkTarget, encodable_pipeline, open_for_targets
 
@@ -63,6 +65,7 @@ def read(
     """Read every signal of a .hspy file (see :func:`lazyio.load`)."""
     location = as_location(source)
     kwds.pop("mode", None)  # no handle is kept, so there is no file mode to choose
+    allow_external = bool(kwds.pop("allow_external", False))
     if kwds:
         _logger.debug("hspy reader ignores %s", sorted(kwds))
     if not location.exists():
@@ -70,11 +73,16 @@ def read(
     head = location.read_head(8)
     if not is_hdf5(head):
         raise FormatError(f"{location}: not an HDF5 file (no HDF5 signature)")
-    f = open_h5(location, token=location.modified_token())
     try:
-        return read_file_tree(H5Node(f["/"], location), lazy=lazy, chunks=chunks)
+        with reading(location):
+            f = open_h5(location, token=location.modified_token())
+            refuse_external(f, location, allow_external)
+            root = H5Node(f["/"], location, allow_external=allow_external)
+            return read_file_tree(root, lazy=lazy, chunks=chunks)
     except KeyError as err:
         raise FormatError(f"{location}: damaged HyperSpy file ({err})") from err
+    except RecursionError as err:
+        raise FormatError(f"{location}: metadata nested too deeply to read") from err
     finally:
         if not lazy:
             handles.close_location(location)
@@ -199,11 +207,14 @@ def file_writer(
     """RosettaSciIO-compatible writer (replaces an existing file, as RosettaSciIO does);
     see :func:`lazyio.save` and :func:`write` for the parameters."""
     kwds.setdefault("overwrite", True)
+    verify = kwds.pop("verify", False)
     write(
         as_location(filename), signal, chunks=chunks, compression=compression,
         close_file=close_file, write_dataset=write_dataset,
         show_progressbar=show_progressbar, **kwds,
     )
+    if verify:
+        verify_written(as_location(filename), signal, format=NAME)
 
 
 with contextlib.suppress(ImportError):  # registers blosc, zstd, lz4, ... filters with HDF5

@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 
 from lazyio.chunks.memmap import memmap_distributed
-from lazyio.errors import FormatError, TargetExistsError, UnsupportedError
+from lazyio.errors import FormatError, TargetExistsError, UnsupportedError, reading
 from lazyio.location import Location, as_location
 from lazyio.npy_header import MAGIC, NpyHeader, read_header
 from lazyio.signal_dict import as_signal_dict, default_axes, make_signal_dict
+from lazyio.verify import verify_written
 from lazyio.write.npy import write_npy
 
 __all__ = ["EXTENSIONS", "NAME", "file_reader", "file_writer", "read", "sniff", "write"]
@@ -97,6 +98,7 @@ def read(
     mmap_mode: str | None = None,
     max_header_size: int | None = None,
     allow_pickle: bool = False,
+    allow_external: bool = False,
     **kwds: Any,
 ) -> list[dict[str, Any]]:
     """Read a ``.npy`` file into one signal dictionary.
@@ -129,6 +131,9 @@ def read(
     allow_pickle : bool, default False
         Accepted for compatibility with :func:`numpy.load`; ``True`` is refused, since
         lazyio never unpickles.
+    allow_external : bool, default False
+        Accepted for symmetry with the HDF5 formats; a ``.npy`` file never refers to
+        other files.
     **kwds
         ``fix_imports`` and ``encoding`` of :func:`numpy.load` are accepted and change
         nothing (they concern pickled arrays only).
@@ -143,7 +148,8 @@ def read(
         raise TypeError(f"unexpected keyword arguments for .npy: {', '.join(sorted(unknown))}")
     if allow_pickle:
         raise UnsupportedError("allow_pickle=True: lazyio never unpickles data")
-    header = read_header(location, max_header_size)
+    with reading(location):
+        header = read_header(location, max_header_size)
     pos = None
     if positions is not None:
         pos = np.asarray(positions)
@@ -244,4 +250,7 @@ def file_writer(filename: Any, signal: Any, **kwargs: Any) -> None:
     """RosettaSciIO-compatible writer (overwrites, as RosettaSciIO does); see
     :func:`lazyio.save` and :func:`write` (``chunks``, ``show_progressbar``)."""
     kwargs.setdefault("overwrite", True)
+    verify = kwargs.pop("verify", False)
     write(as_location(filename), signal, **kwargs)
+    if verify:
+        verify_written(as_location(filename), signal, format=NAME)

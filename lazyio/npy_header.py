@@ -127,9 +127,12 @@ def parse_header(fp: IO[bytes], where: str, max_header_size: int | None = None) 
             raise FormatError(f"{where}: unsupported .npy format version {version}")
     except FormatError:
         raise
-    except (ValueError, SyntaxError, struct.error, EOFError) as err:
+    except (ValueError, SyntaxError, TypeError, struct.error, EOFError) as err:
+        # TypeError: numpy compares the header's keys, which a damaged header may mix
         raise FormatError(f"{where}: cannot parse the .npy header ({err})") from err
     _check_dtype(dtype, where)
+    if any(int(s) < 0 for s in shape):
+        raise FormatError(f"{where}: the .npy header declares a negative shape {shape}")
     return NpyHeader(
         version=tuple(version),
         shape=tuple(int(s) for s in shape),

@@ -28,7 +28,8 @@ import numpy as np
 from dask.base import tokenize
 
 from lazyio import handles
-from lazyio.chunks.grid import target_chunk_bytes
+from lazyio._inspect import refuse_external
+from lazyio.chunks.grid import auto_block_bytes
 from lazyio.chunks.hdf5 import H5Source, open_h5
 from lazyio.errors import (
     FormatError,
@@ -37,6 +38,7 @@ from lazyio.errors import (
     SourceNotFoundError,
     TargetExistsError,
     UnsupportedError,
+    reading,
 )
 from lazyio.location import Location, as_location
 from lazyio.signal_dict import as_signal_dict, make_signal_dict
@@ -55,10 +57,12 @@ from lazyio.usid_schema import (
     nd_chunks,
     next_index,
     read_dimensions,
+    rows_block,
     set_attr,
     split_descriptor,
     write_ancillary,
 )
+from lazyio.verify import verify_written
 from lazyio.write import rechunk_to_storage, store
 from lazyio.write.atomic import atomic_path
 from lazyio.write.hdf5 import H5ChunkTarget, encodable_pipeline, open_for_targets
@@ -234,7 +238,7 @@ def _auto_chunks(view: USIDView, chunks: Any) -> tuple[tuple[int, ...], ...]:
     if chunks is None or chunks == "auto":
         return nd_chunks(
             view.pos_shape, view.spec_shape, view.source.storage_chunks,
-            view.dtype.itemsize, target_chunk_bytes(),
+            view.dtype.itemsize, auto_block_bytes(),
         )
     # explicit chunks are the caller's choice; blocks that split storage chunks still read
     # correctly, each task decoding the storage chunks it touches
@@ -281,6 +285,7 @@ def read(
         first; dimensions of size 1 are squeezed.
     """
     location = as_location(source)
+    allow_external = bool(kwds.pop("allow_external", False))
     if kwds:
         _logger.debug("usid reader ignores %s", sorted(kwds))
     if non_uniform is None:
@@ -294,18 +299,20 @@ def read(
     if not location.read_head(8).startswith(HDF5_MAGIC):
         raise FormatError(f"{location}: not an HDF5 file (no HDF5 signature)")
     token = location.modified_token()
-    f = open_h5(location, token=token)
     try:
-        paths = [dataset_path] if dataset_path is not None else find_main(f)
-        if not paths:
-            raise FormatError(f"{location}: no USID main dataset in this HDF5 file")
-        signals: list[dict[str, Any]] = []
-        for path in paths:
-            signals += _read_main(
-                location, f, path, lazy=lazy, chunks=chunks, non_uniform=non_uniform,
-                token=token,
-            )
-        return signals
+        with reading(location):
+            f = open_h5(location, token=token)
+            refuse_external(f, location, allow_external)
+            paths = [dataset_path] if dataset_path is not None else find_main(f)
+            if not paths:
+                raise FormatError(f"{location}: no USID main dataset in this HDF5 file")
+            signals: list[dict[str, Any]] = []
+            for path in paths:
+                signals += _read_main(
+                    location, f, path, lazy=lazy, chunks=chunks, non_uniform=non_uniform,
+                    token=token,
+                )
+            return signals
     finally:
         if not lazy:
             handles.close_location(location)
@@ -329,6 +336,26 @@ def _check_writable(location: Location, data: Any) -> None:
         )
 
 
+def _align_to_storage(
+    data: da.Array, pos_shape: tuple[int, ...], spec_shape: tuple[int, ...],
+    chunk_shape: tuple[int, int],
+) -> da.Array:
+    """Rechunk N-D data so that every block is a C-order run of whole 2-D storage chunks.
+
+    dask's reshape then maps each block to one 2-D block. Blocks that split trailing
+    dimensions would be merged by the reshape instead, and every write task re-reads a whole
+    merged block: a 256 MiB array with no navigation axes peaked at 3.3 GiB that way.
+    """
+    target = max(1, auto_block_bytes() // max(1, np.dtype(data.dtype).itemsize))
+    rows_per_chunk, cols_per_chunk = chunk_shape
+    if cols_per_chunk < math.prod(spec_shape):  # spectra split: one position per block
+        block = (1,) * len(pos_shape) + rows_block(spec_shape, cols_per_chunk, target)
+    else:
+        per_row = max(1, math.prod(spec_shape))
+        block = rows_block(pos_shape, rows_per_chunk, max(1, target // per_row)) + spec_shape
+    return data.rechunk(block)
+
+
 def _write_into(
     h5file: h5py.File, signal: dict[str, Any], *, chunks: Any, show_progressbar: bool,
     options: dict[str, Any],
@@ -344,6 +371,9 @@ def _write_into(
     pos_dims = dimensions_from_axes([axes[i] for i in nav], pos_shape, "Pos")
     spec_dims = dimensions_from_axes([axes[i] for i in sig], spec_shape, "Spec")
     rows, cols = math.prod(pos_shape), math.prod(spec_shape)
+    chunk_shape = main_chunks(chunks, pos_shape, spec_shape, np.dtype(data.dtype))
+    if isinstance(data, da.Array) and chunk_shape is not None:
+        data = _align_to_storage(data, pos_shape, spec_shape, chunk_shape)
     data2d = data.reshape(rows, cols)
 
     metadata = signal.get("metadata") or {}
@@ -371,7 +401,6 @@ def _write_into(
     pos_inds, pos_vals = write_ancillary(channel, "Position", pos_dims, False)
     spec_inds, spec_vals = write_ancillary(channel, "Spectroscopic", spec_dims, True)
 
-    chunk_shape = main_chunks(chunks, pos_shape, spec_shape, np.dtype(data.dtype))
     dset = channel.create_dataset(
         name, shape=(rows, cols), dtype=data.dtype, chunks=chunk_shape, **options
     )
@@ -477,7 +506,10 @@ def file_writer(filename: Any, signal: dict[str, Any], **kwds: Any) -> None:
     """RosettaSciIO-compatible writer (replaces an existing file unless ``append=True``);
     see :func:`lazyio.save` and :func:`write`."""
     kwds.setdefault("overwrite", True)
+    verify = kwds.pop("verify", False)
     write(as_location(filename), signal, **kwds)
+    if verify:
+        verify_written(as_location(filename), signal, format=NAME)
 
 
 with contextlib.suppress(ImportError):  # registers blosc, zstd, lz4, ... filters with HDF5

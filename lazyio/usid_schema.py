@@ -194,7 +194,8 @@ def find_main(h5file: h5py.File, first_only: bool = False) -> list[str]:
             and "Position_Indices" in obj.attrs
             and main_problem(obj) is None
         ):
-            found.append("/" + name)
+            # h5py gives bytes for a name that is not UTF-8 (a damaged file)
+            found.append("/" + (name if isinstance(name, str) else name.decode(errors="replace")))
             if first_only:
                 return name  # a non-None return stops the visit
         return None
@@ -305,14 +306,19 @@ def parse_dimensions(
     return dims, order
 
 
-def grid_indices(sizes: Sequence[int]) -> np.ndarray:
-    """The (steps, dimensions) index matrix of a C-ordered grid, slowest dimension first."""
+def grid_indices(sizes: Sequence[int], start: int = 0, stop: int | None = None) -> np.ndarray:
+    """The (steps, dimensions) index matrix of a C-ordered grid, slowest dimension first.
+
+    ``start`` and ``stop`` select a run of steps, so big grids can be written in slabs.
+    """
     steps = math.prod(sizes)
-    out = np.empty((steps, len(sizes)), dtype=INDICES_DTYPE)
+    stop = steps if stop is None else min(stop, steps)
+    flat = np.arange(start, max(start, stop), dtype=np.int64)
+    out = np.empty((flat.size, len(sizes)), dtype=INDICES_DTYPE)
     stride = steps
     for axis, size in enumerate(sizes):
         stride //= size
-        out[:, axis] = (np.arange(steps, dtype=np.int64) // stride) % size
+        out[:, axis] = (flat // stride) % size
     return out
 
 
@@ -539,25 +545,36 @@ def dimensions_from_axes(
     return dims
 
 
+_ANCILLARY_SLAB = 2**20  # steps per slab: ancillaries of huge grids are written in pieces
+
+
 def write_ancillary(
     group: h5py.Group, prefix: str, dims: list[Dimension], spectroscopic: bool
 ) -> tuple[h5py.Dataset, h5py.Dataset]:
-    """Create ``<prefix>_Indices`` and ``<prefix>_Values`` of a C-ordered grid of ``dims``."""
+    """Create ``<prefix>_Indices`` and ``<prefix>_Values`` of a C-ordered grid of ``dims``.
+
+    Written in slabs of steps, so memory stays bounded however many steps the grid has.
+    """
     sizes = [d.size for d in dims]
-    inds = grid_indices(sizes)
-    vals = np.empty(inds.shape, dtype=np.float32)
-    for col, dim in enumerate(dims):
-        vals[:, col] = np.asarray(dim.values, dtype=np.float64)[inds[:, col]]
-    if spectroscopic:
-        inds, vals = inds.T, vals.T
-    out = []
-    for suffix, data in (("Indices", inds), ("Values", vals)):
-        dset = group.create_dataset(f"{prefix}_{suffix}", data=np.ascontiguousarray(data))
+    steps = math.prod(sizes)
+    shape = (len(dims), steps) if spectroscopic else (steps, len(dims))
+    inds_dset = group.create_dataset(f"{prefix}_Indices", shape=shape, dtype=INDICES_DTYPE)
+    vals_dset = group.create_dataset(f"{prefix}_Values", shape=shape, dtype=np.float32)
+    axis_values = [np.asarray(d.values, dtype=np.float64) for d in dims]
+    for start in range(0, steps, _ANCILLARY_SLAB):
+        inds = grid_indices(sizes, start, start + _ANCILLARY_SLAB)
+        vals = np.empty(inds.shape, dtype=np.float32)
+        for col, values in enumerate(axis_values):
+            vals[:, col] = values[inds[:, col]]
+        stop = start + inds.shape[0]
+        where = np.s_[:, start:stop] if spectroscopic else np.s_[start:stop, :]
+        inds_dset[where] = inds.T if spectroscopic else inds
+        vals_dset[where] = vals.T if spectroscopic else vals
+    for dset in (inds_dset, vals_dset):
         dset.attrs["labels"] = string_array([d.name for d in dims])
         dset.attrs["units"] = string_array([d.units for d in dims])
         dset.attrs["type"] = np.zeros(len(dims), dtype=np.int64)  # pyUSID's DimType.DEFAULT
-        out.append(dset)
-    return out[0], out[1]
+    return inds_dset, vals_dset
 
 
 def main_chunks(

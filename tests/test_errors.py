@@ -408,3 +408,152 @@ def test_pickle_codec_on_numeric_array_refused(tmp_path: Path, lazy: bool) -> No
         assert_lazyio_error(info, path)
     finally:
         assert not sentinel.exists()
+
+
+# ------------------------------------------------------------------------------ corpus
+
+from malformed import CASES, SENTINEL, outside_snapshot
+
+# eager reads of truncated files take the lazy path's steps: those run lazily only
+CORPUS = [pytest.param(c, lazy, id=f"{'lazy' if lazy else 'eager'}-{c.id}")
+          for c in CASES for lazy in (True, False) if lazy or "truncated" not in c.name]
+
+
+@pytest.mark.parametrize(("case", "lazy"), CORPUS)
+def test_malformed_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: Any,
+                          lazy: bool) -> None:
+    """Every malformed file is refused with a lazyio error naming it (and the problem),
+    without evaluating anything or touching any other file."""
+    monkeypatch.chdir(tmp_path)  # where an injected `touch` would land
+    path = case.build(tmp_path)
+    before = outside_snapshot(tmp_path, path)
+    with pytest.raises(case.error) as info:
+        load_and_compute(path, lazy, **case.load_kwds)
+    assert_lazyio_error(info, path, *case.words)
+    assert not (tmp_path / SENTINEL).exists()
+    assert outside_snapshot(tmp_path, path) == before
+
+
+EXTERNAL = [c for c in CASES if c.error.__name__ == "UnsafeFileError" and c.kind in
+            ("hspy", "usid")]
+# lazyio finds USID main datasets in the file itself: a main dataset behind an external
+# link is not followed even when allowed (its ancillary references live in the other file)
+ALLOWED = [c for c in EXTERNAL if c.id != "usid-external-link"]
+
+
+@pytest.mark.parametrize("case", EXTERNAL, ids=[c.id for c in EXTERNAL])
+def test_external_references_are_not_opened(tmp_path: Path, case: Any) -> None:
+    """The referenced file is a FIFO: opening it would block, so a load that returns
+    (refused) proves lazyio decided before HDF5 resolved the reference."""
+    import threading
+
+    path = case.build(tmp_path)
+    for name in ("outside.h5", "outside.raw"):
+        target = tmp_path / name
+        if target.exists():
+            target.unlink()
+            os.mkfifo(target)
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            lazyio.load(path, format=case.kind)
+            outcome.append(None)
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+            outcome.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():  # blocked in open(): release it, then fail
+        for name in ("outside.h5", "outside.raw"):
+            if (tmp_path / name).exists():
+                os.close(os.open(tmp_path / name, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail(f"{case.id}: lazyio opened the file the reference points at")
+    assert isinstance(outcome[0], lazyio.UnsafeFileError), outcome
+
+
+@pytest.mark.parametrize("case", ALLOWED, ids=[c.id for c in ALLOWED])
+def test_external_references_allowed_on_request(tmp_path: Path, case: Any) -> None:
+    path = case.build(tmp_path)
+    if case.name == "external-storage":
+        expected = DATA_F4
+    else:
+        expected = DATA_F4 * 2  # the outside file holds twice the data
+    for lazy in (True, False):
+        got = load_and_compute(path, lazy, allow_external=True, format=case.kind)[0]
+        np.testing.assert_array_equal(got, expected)
+
+
+DATA_F4 = np.arange(4 * 5 * 6, dtype="f4").reshape(4, 5, 6)
+
+
+@pytest.mark.timeout(60)
+def test_untrusted_mode(tmp_path: Path) -> None:
+    """untrusted=True parses HDF5 in a child first; normal files read as usual, and a
+    child killed by a signal (what a crash of the HDF5 library looks like) is refused."""
+
+    good = tmp_path / "good.hspy"
+    lazyio.save(good, DATA_F4, show_progressbar=False)
+    got = lazyio.load(good, untrusted=True)[0]["data"].compute()
+    np.testing.assert_array_equal(got, DATA_F4)
+    for name in ("npy", "zspy"):
+        p = tmp_path / f"good.{name}"
+        lazyio.save(p, DATA_F4, show_progressbar=False)
+        np.testing.assert_array_equal(lazyio.load(p, untrusted=True)[0]["data"], DATA_F4)
+    # A malformed file still gets its ordinary in-process error after the child's look.
+    bad = tmp_path / "bad.hspy"
+    bad.write_bytes(good.read_bytes()[:3000])
+    with pytest.raises(LazyioError) as info:
+        load_and_compute(bad, True, untrusted=True)
+    assert_lazyio_error(info, bad)
+
+
+def test_untrusted_mode_child_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child's verdict: death by signal or a hang become UnsafeFileError; the
+    caller's process survives. The child is made to crash by running a script that
+    aborts (as the HDF5 library does on some malformed files)."""
+    import sys
+
+    from lazyio import _inspect
+
+    good = tmp_path / "good.hspy"
+    lazyio.save(good, DATA_F4, show_progressbar=False)
+    crash = tmp_path / "crash.py"
+    crash.write_text("import os\nos.abort()\n")
+    real_run = _inspect.subprocess.run
+
+    def run(cmd: list[str], **kw: Any) -> Any:
+        return real_run([sys.executable, str(crash)], **kw)
+
+    monkeypatch.setattr(_inspect.subprocess, "run", run)
+    with pytest.raises(lazyio.UnsafeFileError) as info:
+        lazyio.load(good, untrusted=True)
+    assert_lazyio_error(info, good, "SIGABRT", "crashed")
+    crash.write_text("import time\ntime.sleep(30)\n")
+    with pytest.raises(lazyio.UnsafeFileError) as info:
+        _inspect.inspect_untrusted(str(good), timeout=1)
+    assert_lazyio_error(info, good, "took over")
+
+
+# A mutation of lazyio's own small .hspy (found by benchmarks/fuzz.py) on which HDF5 2.0
+# loops forever reading a string attribute: a hang no Python code can interrupt.
+HDF5_HANG = [("flip", 193488809, 142840088, 42557065),
+             ("splice", 1179831475, 1971293444, 621429685)]
+
+
+@pytest.mark.timeout(60)
+def test_untrusted_mode_survives_a_library_hang(tmp_path: Path) -> None:
+    from malformed import DATA as CORPUS_DATA
+    from malformed import mutate_bytes, write_valid
+
+    raw = write_valid("hspy", tmp_path / "orig.hspy", CORPUS_DATA).read_bytes()
+    for mutation in HDF5_HANG:
+        raw = mutate_bytes(raw, *mutation)
+    path = tmp_path / "hang.hspy"
+    path.write_bytes(raw)
+    # Either the child is stopped and the file refused, or (a future HDF5 that no longer
+    # loops) the file is refused in-process: the caller gets an answer either way.
+    with pytest.raises(LazyioError) as info:
+        load_and_compute(path, True, untrusted=5)
+    assert_lazyio_error(info, path)

@@ -18,11 +18,15 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from lazyio.errors import FormatError
 from lazyio.hierarchy.node import Node, decode_strings
 from lazyio.hierarchy.versions import parse_old_datetime
 
 __all__ = ["decode_attribute", "group_to_dict", "read_dataset"]
 
+# HyperSpy metadata is a few levels deep; a hostile file could nest thousands of groups to
+# exhaust the stack or (zip stores list every member per group) the CPU.
+MAX_DEPTH = 256
 _SEQUENCE_GROUP = re.compile(r"_(list|tuple)_(\d+)_(.*)", re.DOTALL)
 
 
@@ -91,6 +95,11 @@ def group_to_dict(
 
     ``read_signal(node) -> dict`` decodes ``_sig_`` groups (signals stored in metadata).
     """
+    if node.path.count("/") > MAX_DEPTH:
+        raise FormatError(
+            f"{node.where}: metadata nested more than {MAX_DEPTH} levels deep "
+            f"(at {node.path[:60]}...); refused"
+        )
     out: dict[str, Any] = {}
     for key, raw in node.attrs().items():
         value = decode_attribute(raw)

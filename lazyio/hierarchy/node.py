@@ -23,7 +23,13 @@ import zarr
 from lazyio.chunks import aligned_chunks, to_dask
 from lazyio.chunks.hdf5 import H5Source
 from lazyio.chunks.zarr import ObjectZarrSource, ZarrSource
-from lazyio.errors import CorruptChunkError, FormatError, LazyioWarning, UnsupportedError
+from lazyio.errors import (
+    CorruptChunkError,
+    FormatError,
+    LazyioWarning,
+    UnsafeFileError,
+    UnsupportedError,
+)
 from lazyio.location import Location
 from lazyio.stores import StoreSpec, list_dir, node_kind, read_json, set_bytes
 
@@ -69,21 +75,46 @@ def decode_strings(values: np.ndarray) -> np.ndarray:
     return values
 
 
+# A remote task fetches its chunks, then decodes them: smaller blocks let the tasks overlap
+# the two (a 134 MB gzip .hspy over HTTP read 1.7x faster in 4 MiB blocks than in 16 MiB).
+REMOTE_BLOCK_BYTES = 4 * 2**20
+
+
+def _grid(node: Any, name: str, source: Any, chunks: Any) -> Any:
+    location = getattr(source, "location", None)
+    remote = location is not None and getattr(location, "local_path", "") is None
+    try:
+        return aligned_chunks(source.shape, source.storage_chunks, source.dtype, chunks,
+                              limit=REMOTE_BLOCK_BYTES if remote else None)
+    except ValueError as err:
+        if chunks not in (None, "auto"):
+            raise  # the caller's request, not the file, is at fault
+        raise FormatError(f"{node.where}: {node.path}/{name}: {err}") from err
+
+
 # ----------------------------------------------------------------------------------- HDF5
 
 
 class H5Node:
     """A group of an HDF5 file opened with h5py."""
 
-    def __init__(self, group: h5py.Group, location: Location) -> None:
+    def __init__(
+        self, group: h5py.Group, location: Location, path: str | None = None,
+        allow_external: bool = False,
+    ) -> None:
         self.group = group
         self.location = location
-        self.path = group.name
+        # the path from the file's root: an external link's target has another name
+        self.path = path or group.name
         self.where = str(location)
+        self.allow_external = allow_external
 
     def attrs(self) -> dict[str, Any]:
         out = {}
         for key in self.group.attrs:
+            if not isinstance(key, str):  # h5py gives bytes for names that are not UTF-8
+                raise FormatError(f"{self.where}: {self.path} has an attribute named {key!r}, "
+                                  "which is not text")
             try:
                 out[key] = self.group.attrs[key]
             except (OSError, TypeError, ValueError) as err:
@@ -98,15 +129,15 @@ class H5Node:
     def members(self) -> dict[str, str]:
         out = {}
         for name in self.group:
+            if not isinstance(name, str):
+                raise FormatError(f"{self.where}: {self.path} has a member named {name!r}, "
+                                  "which is not text")
             link = self.group.get(name, getlink=True)
-            if isinstance(link, h5py.ExternalLink):
-                warnings.warn(
-                    f"{self.where}: {self.path}/{name} is an external link to "
-                    f"{link.filename}; not followed",
-                    LazyioWarning,
-                    stacklevel=2,
+            if isinstance(link, h5py.ExternalLink) and not self.allow_external:
+                raise UnsafeFileError(
+                    f"{self.where}: {self._sub(name)} is an external link to "
+                    f"{link.filename}; pass allow_external=True to follow it"
                 )
-                continue
             obj = self.group.get(name)
             if isinstance(obj, h5py.Group):
                 out[name] = "group"
@@ -114,16 +145,34 @@ class H5Node:
                 out[name] = "array"
         return out
 
+    def _sub(self, name: str) -> str:
+        return f"{self.path.rstrip('/')}/{name}"
+
+    def _source(self, name: str, dset: h5py.Dataset) -> H5Source:
+        # A dataset reached through an external link lives in another file: its byte
+        # offsets mean nothing in ours, so it is read through h5py by its path from our root.
+        foreign = dset.file.filename != self.group.file.filename or dset.name != self._sub(name)
+        return H5Source.from_dataset(self.location, dset, name=self._sub(name) if foreign
+                                     else None)
+
     def child(self, name: str) -> H5Node:
-        return H5Node(self.group[name], self.location)
+        return H5Node(self.group[name], self.location, self._sub(name), self.allow_external)
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        dset = self.group[name]
+        if h5py.check_ref_dtype(dset.dtype) is not None:
+            raise FormatError(
+                f"{self.where}: {self._sub(name)} holds HDF5 object references, not data"
+            )
+        return dset
 
     def read_array(self, name: str) -> np.ndarray:
-        dset = self.group[name]
+        dset = self._dataset(name)
         if h5py.check_string_dtype(dset.dtype) is not None:
             return decode_strings(np.asarray(dset.asstr()[()], dtype=object))
         if dset.dtype.kind in "biufc":
             # the same decoding path as lazy reads: corrupt chunks are named, not opaque
-            return H5Source.from_dataset(self.location, dset)[()]
+            return self._source(name, dset)[()]
         try:
             return decode_strings(np.asarray(dset[()]))
         except OSError as err:
@@ -132,11 +181,11 @@ class H5Node:
             ) from err
 
     def lazy_array(self, name: str, chunks: Any = "auto") -> da.Array:
-        dset = self.group[name]
+        dset = self._dataset(name)
         if h5py.check_string_dtype(dset.dtype) is not None:
             return da.from_array(self.read_array(name), chunks=-1)
-        source = H5Source.from_dataset(self.location, dset)
-        grid = aligned_chunks(source.shape, source.storage_chunks, source.dtype, chunks)
+        source = self._source(name, dset)
+        grid = _grid(self, name, source, chunks)
         return to_dask(source, grid, prefix=f"hspy-{name}", token_extra=source.token)
 
     # writing -------------------------------------------------------------------------
@@ -153,7 +202,7 @@ class H5Node:
                 )
 
     def require_group(self, name: str) -> H5Node:
-        return H5Node(self.group.require_group(name), self.location)
+        return H5Node(self.group.require_group(name), self.location, self._sub(name))
 
     def delete(self, name: str) -> None:
         if name in self.group:
@@ -300,6 +349,8 @@ class ZarrNode:
             shape=tuple(arr.shape),
             dtype=arr.dtype if isinstance(arr.dtype, np.dtype) else np.dtype(object),
             storage_chunks=chunks,
+            # a store replaced after this array was made is refused, not misread
+            token=self.spec.location.modified_token() if self.spec.location else "",
         )
 
     def read_array(self, name: str) -> np.ndarray:
@@ -310,7 +361,7 @@ class ZarrNode:
         source = self._source(name)
         if source.dtype.kind == "O" and not isinstance(source, ObjectZarrSource):
             return da.from_array(self.read_array(name), chunks=-1)
-        grid = aligned_chunks(source.shape, source.storage_chunks, source.dtype, chunks)
+        grid = _grid(self, name, source, chunks)
         return to_dask(source, grid, prefix=f"zspy-{name}")
 
     # writing -------------------------------------------------------------------------

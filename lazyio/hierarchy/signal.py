@@ -72,6 +72,20 @@ def _axes(group: Node, ndim: int) -> list[dict[str, Any]]:
     )
 
 
+def _check_sizes(group: Node, axes: list[dict[str, Any]], shape: tuple[int, ...]) -> None:
+    for i, (axis, n) in enumerate(zip(axes, shape, strict=True)):
+        size = axis.get("size") if isinstance(axis, dict) else None
+        try:
+            size = None if size is None else int(size)
+        except (TypeError, ValueError):
+            size = None
+        if size is not None and size != n:
+            raise FormatError(
+                f"{group.where}: {group.path}/data has {n} elements along axis {i} but "
+                f"its axis-{i} says {size}"
+            )
+
+
 def read_signal_group(
     group: Node, version: tuple[int, int], *, lazy: bool, chunks: Any = "auto"
 ) -> dict[str, Any]:
@@ -98,14 +112,18 @@ def read_signal_group(
     attrs = group.attrs()
     signal["package"] = decode_attribute(attrs.get("package", "")) or ""
     signal["package_version"] = decode_attribute(attrs.get("package_version", "")) or ""
-    data = read_dataset(group, "data", lazy=lazy, chunks=chunks, members=members)
-    if lazy and not isinstance(data, da.Array):
+    # The lazy view costs no data read; checking the axes against it first means a header
+    # declaring an absurd shape is refused before an eager read tries to allocate it.
+    data = read_dataset(group, "data", lazy=True, chunks=chunks, members=members)
+    axes = _axes(group, data.ndim)
+    _check_sizes(group, axes, tuple(data.shape))
+    if not lazy:
+        data = read_dataset(group, "data", lazy=False, members=members)
+    elif not isinstance(data, da.Array):
         data = da.from_array(data, chunks=-1)
     signal["attributes"]["_lazy"] = bool(lazy)
     signal["data"] = data
     metadata = migrate_metadata(signal["metadata"], version)
-    ndim = data.ndim
-    axes = _axes(group, ndim)
     signal["axes"] = migrate_axes(axes, metadata, version)
     for name, key in (("learning_results", "learning_results"),
                       ("peak_learning_results", "peak_learning_results"),

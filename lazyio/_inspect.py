@@ -1,0 +1,195 @@
+"""Safety checks on HDF5 files before lazyio trusts them.
+
+Two checks:
+
+* :func:`refuse_external` walks the links and datasets of an open file *without resolving
+  them* and refuses external links, virtual datasets and external raw storage (all of which
+  make HDF5 open other files named by the file) unless the caller allowed them.
+* :func:`inspect_untrusted` runs this module as a script on the file in a child process,
+  which opens the file and touches everything the HDF5 library parses when lazyio opens it
+  (the hierarchy, attributes, dataset headers, chunk indexes, small datasets). If the HDF5
+  C library crashes on a malformed file, the child dies instead of the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["inspect_untrusted", "refuse_external"]
+
+# Small datasets are read whole in the child: lazyio reads them eagerly as metadata.
+SMALL_BYTES = 1 << 16
+DEFAULT_TIMEOUT = 60.0
+
+
+def walk(h5file: Any) -> Iterator[tuple[str, str, Any]]:
+    """Every link of ``h5file`` without following external or soft links.
+
+    Yields ``(path, kind, value)``: ``kind`` is ``"external"`` (value: ``(file, path)``),
+    ``"group"`` or ``"dataset"`` (value: the low-level object id). Iterative and walking
+    from each parent's id, so a 10,000-level hierarchy costs linear time and no Python
+    recursion (h5py's ``visititems`` looks every name up from the root: quadratic).
+    """
+    from h5py import h5d, h5g, h5l, h5o
+
+    seen: set[tuple[int, Any]] = set()
+    stack: list[tuple[Any, str]] = [(h5file.id, "")]
+    while stack:
+        gid, path = stack.pop()
+        links: list[tuple[bytes, int]] = []
+        gid.links.iterate(lambda name, info, out=links: out.append((name, info.type)),
+                          info=True)
+        for name, ltype in links:
+            full = f"{path}/{name.decode(errors='replace')}"
+            if ltype == h5l.TYPE_EXTERNAL:
+                yield full, "external", gid.links.get_val(name)
+            elif ltype == h5l.TYPE_HARD:
+                try:
+                    oid = h5o.open(gid, name)
+                    key = (oid.fileno, h5o.get_info(oid).addr)
+                except (KeyError, OSError, ValueError, RuntimeError):
+                    continue  # unreadable: the reader reports it in context
+                if key in seen:  # hard links can form cycles
+                    continue
+                seen.add(key)
+                if isinstance(oid, h5g.GroupID):
+                    stack.append((oid, full))
+                    yield full, "group", oid
+                elif isinstance(oid, h5d.DatasetID):
+                    yield full, "dataset", oid
+
+
+def external_references(h5file: Any) -> list[str]:
+    """Describe every link or dataset of ``h5file`` that points at another file."""
+    from h5py import h5d
+
+    found: list[str] = []
+    for path, kind, value in walk(h5file):
+        if kind == "external":
+            found.append(f"{path} is an external link to {value[0].decode(errors='replace')}"
+                         f":{value[1].decode(errors='replace')}")
+        elif kind == "dataset":
+            plist = value.get_create_plist()
+            if plist.get_layout() == h5d.VIRTUAL:
+                files = sorted({plist.get_virtual_filename(i)
+                                for i in range(plist.get_virtual_count())})
+                found.append(f"{path} is a virtual dataset reading {', '.join(files)}")
+            elif plist.get_external_count():
+                files = sorted({plist.get_external(i)[0].decode(errors="replace")
+                                for i in range(plist.get_external_count())})
+                found.append(f"{path} stores its data in external file(s) {', '.join(files)}")
+    return found
+
+
+def refuse_external(h5file: Any, where: Any, allow_external: bool) -> None:
+    """Raise :class:`UnsafeFileError` if ``h5file`` refers to other files, unless allowed.
+
+    Parameters
+    ----------
+    h5file : h5py.File
+        The open file (its links are listed, not followed).
+    where : str or Location
+        Names the file in the error.
+    allow_external : bool
+        Accept external links, virtual datasets and external storage.
+    """
+    if allow_external:
+        return
+    from lazyio import handles
+    from lazyio.errors import UnsafeFileError
+
+    # the walk opens every object: once per version of the file and process is enough
+    token = where.modified_token() if hasattr(where, "modified_token") else ""
+    if token and token != "unknown":
+        found = handles.acquire(("external-scan", where, token),
+                                lambda: external_references(h5file))
+    else:
+        found = external_references(h5file)
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise UnsafeFileError(
+            f"{where}: refers to other files, which lazyio does not follow by default: "
+            f"{found[0]}{more}; pass allow_external=True if you trust it"
+        )
+
+
+def inspect_untrusted(path: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Parse the HDF5 file at ``path`` in a child process first.
+
+    Raises
+    ------
+    UnsafeFileError
+        The child was killed by a signal (the HDF5 library crashed) or timed out.
+    """
+    from lazyio.errors import UnsafeFileError
+
+    # Run this file as a script (isolated mode): the child imports h5py and numpy only,
+    # not lazyio, dask or fsspec, which halves its start-up time.
+    cmd = [sys.executable, "-I", os.path.abspath(__file__), os.fspath(path)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as err:
+        raise UnsafeFileError(
+            f"{path}: inspecting the file in a child process took over {timeout:g} s; "
+            "refused as untrusted"
+        ) from err
+    if done.returncode < 0:
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:
+            name = f"signal {-done.returncode}"
+        raise UnsafeFileError(
+            f"{path}: the HDF5 library crashed ({name}) while a child process parsed the "
+            "file; refused as untrusted"
+        )
+    # Any other outcome (including a Python error in the child) is left to the in-process
+    # read, which raises the proper lazyio error.
+
+
+def _walk(path: str) -> None:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        _read_attrs(f.id)
+        for _path, kind, oid in walk(f):
+            if kind == "external":
+                continue
+            _read_attrs(oid)
+            if kind != "dataset":
+                continue
+            with contextlib.suppress(OSError, TypeError, ValueError, RuntimeError):
+                dset = h5py.Dataset(oid)
+                _ = dset.dtype, dset.shape, dset.chunks, dset.compression
+                if dset.chunks is not None:
+                    oid.chunk_iter(lambda _info: None)
+                if dset.size * dset.dtype.itemsize <= SMALL_BYTES:
+                    dset[()]
+
+
+def _read_attrs(oid: Any) -> None:
+    import h5py
+
+    attrs = h5py.AttributeManager(h5py.Group(oid) if isinstance(oid, h5py.h5g.GroupID)
+                                  else h5py.Dataset(oid))
+    for key in list(attrs):
+        with contextlib.suppress(OSError, TypeError, ValueError, RuntimeError):
+            attrs[key]
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of the child process: exit 0 when the file parsed, 1 on a Python error."""
+    try:
+        _walk(argv[0])
+    except Exception:  # noqa: BLE001 - the parent re-raises a proper error in-process
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
