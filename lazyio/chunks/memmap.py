@@ -37,7 +37,7 @@ from lazyio.chunks import to_dask
 from lazyio.chunks.grid import aligned_chunks, regular_chunks, target_chunk_bytes
 from lazyio.chunks.slicing import apply_residual, split_index
 from lazyio.errors import FormatError, SourceNotFoundError, UnsupportedError
-from lazyio.location import Location, as_location
+from lazyio.location import Location, as_location, remote_errors
 
 __all__ = ["MemmapSource", "contiguous_chunks", "memmap_distributed"]
 
@@ -55,7 +55,8 @@ def _open_map(location: Location, token: str) -> mmap.mmap:
 
     # The token (mtime and size) is in the key: a rewritten file is never read through a
     # map of its previous version.
-    return handles.acquire(("memmap", location, token), opener)
+    return handles.acquire(("memmap", location, token),
+                           handles.opened_unchanged(location, token, opener))
 
 
 def _release(mm: mmap.mmap, start: int, stop: int) -> None:
@@ -242,7 +243,8 @@ class MemmapSource:
             raws = [self.location.read_bytes(starts[0], ends[0])]
         else:
             fs, path = self.location.fs, self.location.path
-            raws = fs.cat_ranges([path] * len(starts), starts, ends)
+            with remote_errors(self.location.url):
+                raws = fs.cat_ranges([path] * len(starts), starts, ends, on_error="raise")
         tail = (slice(None), *box[g + 1 :], slice(None))
         for lead, raw, start in zip(leads, raws, starts, strict=True):
             if len(raw) != run_items * itemsize:

@@ -14,6 +14,7 @@ import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from itertools import product
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy as np
 
 from lazyio import handles
 from lazyio.chunks.hdf5 import BLOSC, DEFLATE, SHUFFLE, ZSTD
+from lazyio.chunks.shuffle import shuffle
 
 __all__ = ["H5ChunkTarget", "encodable_pipeline", "open_for_targets"]
 
@@ -48,9 +50,8 @@ def open_for_targets(h5file: h5py.File) -> Iterator[str]:
 
 
 def _encoder(fid: int, values: tuple[int, ...], itemsize: int) -> Any:
-    if fid == SHUFFLE:
-        codec = numcodecs.Shuffle(elementsize=values[0] if values else itemsize)
-        return codec.encode
+    if fid == SHUFFLE:  # numpy, not numcodecs: it releases the GIL
+        return partial(shuffle, itemsize=values[0] if values else itemsize)
     if fid == DEFLATE:
         level = values[0] if values else 4
         return lambda buf: zlib.compress(buf, level)
