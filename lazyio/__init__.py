@@ -6,23 +6,32 @@ from __future__ import annotations
 from typing import Any
 
 from lazyio._api import load, save
+
+# convert and info are bound eagerly: a lazy import of the submodule would shadow them
+from lazyio.convert import convert
 from lazyio.errors import (
+    AccessDeniedError,
     CorruptChunkError,
     FormatError,
     LazyioError,
     LazyioWarning,
     NonUniformAxisError,
     SourceNotFoundError,
+    StaleFileError,
     TargetExistsError,
     UnknownFormatError,
+    UnsafeFileError,
     UnsupportedError,
+    VerificationError,
 )
 from lazyio.handles import close_all
+from lazyio.info import info
 from lazyio.location import Location
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessDeniedError",
     "CorruptChunkError",
     "FormatError",
     "LazyioError",
@@ -30,14 +39,21 @@ __all__ = [
     "Location",
     "NonUniformAxisError",
     "SourceNotFoundError",
+    "StaleFileError",
     "TargetExistsError",
     "UnknownFormatError",
+    "UnsafeFileError",
     "UnsupportedError",
+    "VerificationError",
     "__version__",
     "close_all",
+    "convert",
+    "from_xarray",
+    "info",
     "load",
     "memmap_distributed",
     "save",
+    "to_xarray",
 ]
 
 
@@ -47,6 +63,10 @@ def __getattr__(name: str) -> Any:
         from lazyio.chunks.memmap import memmap_distributed
 
         return memmap_distributed
+    if name in ("to_xarray", "from_xarray"):
+        from lazyio import interop
+
+        return getattr(interop, name)
     if name in ("hspy", "zspy", "npy", "usid"):
         import importlib
 

@@ -1,11 +1,41 @@
-"""The ``lazyio`` command line (``python -m lazyio``)."""
+"""The ``lazyio`` command line (``python -m lazyio``): info, convert, demo.
+
+Errors are reported on one line (``lazyio: error: ...``) on stderr, without a traceback:
+exit code 2 for a bad command line, 1 for a failure. Without a command, the demo runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import sys
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
 
 from lazyio.errors import LazyioError
+
+# Failures reported in one line; anything else is a bug and keeps its traceback.
+_FAILURES = (LazyioError, OSError, ValueError, TypeError, KeyError, ImportError,
+             NotImplementedError, RuntimeError)
+
+
+# 254 MB of uint16: "a few hundred MB", written and read in every format within a minute
+DEMO_SHAPE = (88, 88, 128, 128)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so :func:`main` returns the code."""
+
+    def error(self, message: str) -> Any:
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+class _UsageError(Exception):
+    pass
 
 
 def _shape(text: str) -> tuple[int, int, int, int]:
@@ -13,6 +43,162 @@ def _shape(text: str) -> tuple[int, int, int, int]:
     if len(parts) != 4 or min(parts) < 1:
         raise argparse.ArgumentTypeError("shape needs four positive sizes, e.g. 64,64,128,128")
     return parts  # type: ignore[return-value]
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _storage_options(pairs: list[str] | None) -> dict[str, Any] | None:
+    """``KEY=VALUE`` pairs; values parsed as JSON where they can be, dotted keys nest."""
+    if not pairs:
+        return None
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise _UsageError(f"--storage-option needs KEY=VALUE, got {pair!r}")
+        *parents, leaf = key.split(".")
+        node = options
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = _value(value)
+    return options
+
+
+def _chunks(text: str) -> Any:
+    lowered = text.strip().lower()
+    if lowered in ("auto", "none", "default"):
+        return None
+    if lowered in ("true", "h5py"):
+        return True
+    try:
+        return tuple(int(p) for p in lowered.replace("x", ",").split(",") if p)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"chunks must be sizes like 16,16,-1,-1, 'auto' or 'true', not {text!r}"
+        ) from None
+
+
+def _compressor(text: str) -> Any:
+    """A numcodecs codec from ``zstd:3``, ``blosc:lz4:5``, ``gzip:6`` or a JSON config."""
+    import numcodecs
+
+    try:
+        if text.lstrip().startswith("{"):
+            return numcodecs.get_codec(json.loads(text))
+        name, *args = text.split(":")
+        name = name.strip().lower()
+        if name == "blosc":
+            cname = args[0] if args else "zstd"
+            clevel = int(args[1]) if len(args) > 1 else 5
+            return numcodecs.Blosc(cname=cname, clevel=clevel, shuffle=numcodecs.Blosc.SHUFFLE)
+        config: dict[str, Any] = {"id": name}
+        if args:
+            config["level"] = int(args[0])
+        return numcodecs.get_codec(config)
+    except (ValueError, KeyError, TypeError) as err:
+        raise argparse.ArgumentTypeError(
+            f"unknown compressor {text!r} ({err}); e.g. zstd:3, blosc:lz4:5, gzip:6"
+        ) from None
+
+
+def _compression(text: str) -> tuple[Any, Any]:
+    """``gzip``, ``gzip:9``, ``lzf``, ``szip`` or ``none`` -> (compression, options)."""
+    name, _, level = text.partition(":")
+    name = name.strip().lower()
+    if name in ("none", "off", ""):
+        return None, None
+    if name not in ("gzip", "lzf", "szip"):
+        raise argparse.ArgumentTypeError(
+            f"compression must be gzip[:level], lzf, szip or none, not {text!r}"
+        )
+    try:
+        return name, int(level) if level else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad compression level in {text!r}") from None
+
+
+@contextlib.contextmanager
+def _scheduler(name: str | None) -> Iterator[None]:
+    """Run the block on a local dask scheduler by name, or on a cluster by address."""
+    if not name:
+        yield
+        return
+    if "://" in name:
+        from distributed import Client
+
+        with Client(name, timeout="20s"):
+            yield
+        return
+    if name not in ("threads", "processes", "synchronous", "sync", "single-threaded"):
+        raise _UsageError(f"--scheduler must be threads, processes, synchronous or a "
+                          f"scheduler address such as tcp://127.0.0.1:8786, not {name!r}")
+    import dask
+
+    with dask.config.set(scheduler=name):
+        yield
+
+
+@contextlib.contextmanager
+def _warnings_to_stderr() -> Iterator[None]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                print(f"lazyio: warning: {w.message}", file=sys.stderr)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from lazyio.info import info
+
+    with _warnings_to_stderr():
+        result = info(args.source, format=args.format,
+                      storage_options=_storage_options(args.storage_option))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result)
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from lazyio.convert import convert
+
+    kwds: dict[str, Any] = {}
+    if args.compression is not None:
+        compression, level = args.compression
+        kwds["compression"] = compression
+        if level is not None:
+            kwds["compression_opts"] = level
+    if args.compressor is not None:
+        kwds["compressor"] = args.compressor
+    start = time.perf_counter()
+    with _scheduler(args.scheduler), _warnings_to_stderr():
+        written = convert(
+            args.src, args.dst, format=args.format, chunks=args.chunks,
+            overwrite=args.overwrite, verify=args.verify,
+            storage_options=_storage_options(args.storage_option),
+            target_storage_options=_storage_options(args.target_storage_option),
+            show_progressbar=not args.no_progress, **kwds,
+        )
+    elapsed = time.perf_counter() - start
+    from lazyio.info import _bytes, info
+
+    for url in written:
+        # a summary from metadata only; the data were just streamed
+        summary = info(url, storage_options=_storage_options(
+            args.target_storage_option or args.storage_option))
+        nbytes = sum(s.nbytes for s in summary.signals)
+        verified = ", verified" if args.verify else ""
+        print(f"{url}: {summary.format}, {_bytes(nbytes)} in {elapsed:.2f} s "
+              f"({nbytes / 1e6 / max(elapsed, 1e-9):.1f} MB/s){verified}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -32,21 +218,89 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if all(r["correct"] for r in rows) else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``lazyio`` command."""
-    parser = argparse.ArgumentParser(prog="lazyio", description=__doc__)
-    sub = parser.add_subparsers(dest="command")
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lazyio", description="Lazy, streamed access to .hspy, .zspy, "
+                     ".npy and h5USID files. Without a command, runs the demo.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    formats = ["hspy", "zspy", "npy", "usid"]
+
+    info = sub.add_parser("info", help="describe a file (format, signals, chunks, axes)")
+    info.add_argument("source", help="a path or fsspec URL (s3://, https://, memory://...)")
+    info.add_argument("--format", choices=formats, help="skip format detection")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                      help="fsspec option (repeatable; JSON values; dotted keys nest)")
+    info.set_defaults(func=_info)
+
+    conv = sub.add_parser("convert", help="convert between formats, streamed")
+    conv.add_argument("src", help="the file to convert (path or URL)")
+    conv.add_argument("dst", help="the target (path or URL); format from its extension")
+    conv.add_argument("--format", choices=formats, help="target format")
+    conv.add_argument("--chunks", type=_chunks, help="storage chunks, e.g. 16,16,-1,-1")
+    group = conv.add_mutually_exclusive_group()
+    group.add_argument("--compression", type=_compression,
+                       help="HDF5 targets: gzip[:level], lzf, szip or none")
+    group.add_argument("--compressor", type=_compressor,
+                       help="zspy targets: a numcodecs codec, e.g. zstd:3, blosc:lz4:5")
+    conv.add_argument("--overwrite", action="store_true", help="replace an existing target")
+    conv.add_argument("--scheduler", metavar="NAME_OR_ADDRESS",
+                      help="threads, processes, synchronous, or tcp://host:port of a "
+                           "distributed scheduler")
+    conv.add_argument("--verify", action="store_true",
+                      help="re-read the result and compare chunk checksums")
+    conv.add_argument("--no-progress", action="store_true", help="no progress bar")
+    conv.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                      help="fsspec option for the source (and a target of the same kind)")
+    conv.add_argument("--target-storage-option", action="append", metavar="KEY=VALUE",
+                      help="fsspec option for the target")
+    conv.set_defaults(func=_convert)
+
     demo = sub.add_parser("demo", help="write and read a generated dataset in every format")
     demo.add_argument("--outdir", default="demo-output")
-    demo.add_argument("--shape", type=_shape, default=(64, 64, 128, 128))
+    demo.add_argument("--shape", type=_shape, default=DEMO_SHAPE,
+                      help="scan y, scan x, detector y, detector x (default 88,88,128,128)")
     demo.add_argument("--progress", action="store_true", help="show progress bars")
     demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lazyio`` command; returns the exit code.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 on success, 1 on failure, 2 for a bad command line.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["demo", *argv]  # the demo is the default job
-    args = parser.parse_args(argv)
+    parser = _parser()
     try:
+        args = parser.parse_args(argv)
         return args.func(args)
-    except LazyioError as err:
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    except _UsageError as err:
         print(f"lazyio: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("lazyio: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader went away (``lazyio info x --json | head``): not a failure to report;
+        # point stdout at devnull so the interpreter's final flush stays quiet
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except _FAILURES as err:
+        message = str(err) or type(err).__name__
+        if isinstance(err, KeyError | ImportError):
+            message = f"{type(err).__name__}: {message}"
+        print(f"lazyio: error: {message}", file=sys.stderr)
+        return 1

@@ -52,7 +52,7 @@ def _signal(data: da.Array) -> dict[str, Any]:
 
 
 def run_demo(
-    outdir: str = "demo-output", shape: tuple[int, int, int, int] = (64, 64, 128, 128),
+    outdir: str = "demo-output", shape: tuple[int, int, int, int] = (88, 88, 128, 128),
     show_progressbar: bool = False,
 ) -> list[dict[str, Any]]:
     """Write the dataset in each format, read it back lazily, and measure both ways.

@@ -38,14 +38,12 @@ def uses_distributed() -> bool:
 
 
 @contextlib.contextmanager
-def progress(show: bool, label: str = "") -> Iterator[None]:
-    """Show dask's local progress bar while the block runs (see :func:`store` for clusters)."""
-    if not show:
-        yield
-        return
-    from dask.diagnostics import ProgressBar
+def progress(show: bool, label: str = "", nbytes: int | None = None) -> Iterator[None]:
+    """Show a tqdm bar (bytes and MB/s when ``nbytes`` is known) over local dask
+    computations in the block; see :func:`store` for clusters and :mod:`lazyio.progress`."""
+    from lazyio.progress import progress_bar
 
-    with ProgressBar(minimum=1.0):
+    with progress_bar(show, label, nbytes):
         yield
 
 
@@ -91,7 +89,7 @@ def store(
     if uses_distributed():
         _store_distributed(arrays, list(targets), show_progressbar, lock)
         return
-    with progress(show_progressbar):
+    with progress(show_progressbar, "writing", sum(a.nbytes for a in arrays)):
         da.store(arrays, list(targets), lock=lock, compute=True)
 
 
@@ -99,7 +97,8 @@ def _store_distributed(
     arrays: list[da.Array], targets: list[Any], show_progressbar: bool, lock: Any
 ) -> None:
     from distributed import default_client, futures_of, wait
-    from distributed import progress as cluster_progress
+
+    from lazyio.progress import cluster_progress
 
     client = default_client()
     region_pairs = [(a, t) for a, t in zip(arrays, targets, strict=True)
@@ -108,20 +107,23 @@ def _store_distributed(
         stored = da.store([a for a, _ in region_pairs], [t for _, t in region_pairs],
                           lock=lock, compute=False)
         persisted = stored.persist()
-        if show_progressbar:
-            cluster_progress(persisted)
+        cluster_progress(persisted, show_progressbar)
         wait(futures_of(persisted))
         for future in futures_of(persisted):
             future.result()  # re-raise a task's error here
     for array, target in zip(arrays, targets, strict=True):
         if getattr(target, "single_writer", False):
-            _single_writer(client, array, target)
+            _single_writer(client, array, target, show_progressbar)
 
 
-def _single_writer(client: Any, array: da.Array, target: Any) -> None:
+def _single_writer(
+    client: Any, array: da.Array, target: Any, show_progressbar: bool = False
+) -> None:
     """Encode blocks on the workers; write them here, a bounded window at a time."""
     from dask.array.core import slices_from_chunks
     from distributed import as_completed
+
+    from lazyio.progress import step_bar
 
     regions = slices_from_chunks(array.chunks)
     blocks = array.to_delayed().ravel()
@@ -137,8 +139,10 @@ def _single_writer(client: Any, array: da.Array, target: Any) -> None:
         return client.compute(encode(region, block))
 
     pending = as_completed([f for f in (submit() for _ in range(window)) if f is not None])
-    for future in pending:
-        target.write_encoded(future.result())
-        nxt = submit()
-        if nxt is not None:
-            pending.add(nxt)
+    with step_bar(show_progressbar, "writing", array.nbytes, len(regions)) as step:
+        for future in pending:
+            target.write_encoded(future.result())
+            step()
+            nxt = submit()
+            if nxt is not None:
+                pending.add(nxt)

@@ -1,0 +1,223 @@
+"""``lazyio.convert``: any supported format to any other, streamed in bounded memory.
+
+The source is loaded lazily and each signal's dask array is saved with
+:func:`lazyio.save`, so no more than (chunk size x workers) is ever in memory. What the
+target format cannot hold (``.npy`` keeps no axes or metadata, h5USID keeps axes, title and
+quantity but no models) is named in a :class:`~lazyio.errors.LazyioWarning`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+from lazyio.errors import LazyioWarning
+from lazyio.location import Location, as_location
+
+__all__ = ["convert", "lost_in_conversion"]
+
+CONVERT_BLOCK_BYTES = 32 * 2**20
+
+# metadata that h5USID files hold as such (the rest is kept as flattened attributes)
+_USID_METADATA = {("General", "title"), ("General", "original_filename"),
+                  ("Signal", "quantity"), ("Signal", "signal_type")}
+
+
+def _protocol(location: Location) -> str:
+    return location.url.split("://", 1)[0] if "://" in location.url else "file"
+
+
+def _target_name(location: Location, index: int, count: int) -> Location:
+    """``dst`` itself for one signal; ``stem_<i>.ext`` beside it for several."""
+    if count == 1:
+        return location
+    stem, ext = os.path.splitext(location.url.rstrip("/"))
+    return Location(f"{stem}_{index}{ext}", location.storage_options)
+
+
+def _is_default_axis(axis: dict[str, Any]) -> bool:
+    return (axis.get("axis") is None and not axis.get("name") and not axis.get("units")
+            and float(axis.get("scale", 1.0)) == 1.0 and float(axis.get("offset", 0.0)) == 0.0)
+
+
+def _flat_keys(tree: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    if not isinstance(tree, dict):
+        return [prefix]
+    keys: list[tuple[str, ...]] = []
+    for key, value in tree.items():
+        keys += _flat_keys(value, (*prefix, str(key)))
+    return keys
+
+
+def lost_in_conversion(signal: dict[str, Any], target_format: str) -> list[str]:
+    """What of ``signal`` a file of ``target_format`` cannot hold, in words.
+
+    Parameters
+    ----------
+    signal : dict
+        A signal dictionary, as :func:`lazyio.load` returns.
+    target_format : {"hspy", "zspy", "npy", "usid"}
+        The format it is to be written in.
+
+    Returns
+    -------
+    list of str
+        Empty when nothing is lost.
+    """
+    lost = []
+    models = bool(signal.get("models"))
+    learning = bool((signal.get("attributes") or {}).get("learning_results"))
+    if target_format == "npy":
+        if any(not _is_default_axis(a) for a in signal.get("axes", [])):
+            lost.append("axes calibration (names, units, scales, offsets)")
+        if any(a.get("navigate") for a in signal.get("axes", [])):
+            lost.append("navigation/signal roles of the axes")
+        meta_keys = [k for k in _flat_keys(signal.get("metadata") or {})
+                     if k not in {("General", "title"), ("Signal", "signal_type")}]
+        if meta_keys or (signal.get("metadata") or {}).get("General", {}).get("title"):
+            lost.append("metadata")
+        if signal.get("original_metadata"):
+            lost.append("original_metadata")
+    elif target_format == "usid":
+        extra = [k for k in _flat_keys(signal.get("metadata") or {})
+                 if k[:2] not in _USID_METADATA and len(k) > 1]
+        if extra or signal.get("original_metadata"):
+            lost.append("metadata other than title and quantity (stored as flattened "
+                        "attributes of the Measurement group, read back under "
+                        "original_metadata['parameters'])")
+    if target_format in ("npy", "usid"):
+        if models:
+            lost.append("models")
+        if learning:
+            lost.append("learning results")
+    return lost
+
+
+def convert(
+    src: Any,
+    dst: Any,
+    *,
+    format: str | None = None,
+    chunks: Any = None,
+    overwrite: bool = False,
+    verify: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    target_storage_options: dict[str, Any] | None = None,
+    show_progressbar: bool = True,
+    **writer_kwds: Any,
+) -> list[str]:
+    """Convert a file from any supported format to any other, streamed.
+
+    The source is loaded lazily (metadata only) and each signal is written with
+    :func:`lazyio.save` chunk by chunk, on whatever dask scheduler is active (a
+    ``distributed`` client included), so memory stays bounded by chunk size x workers.
+    Metadata and axes are carried over where the target can hold them; what it cannot
+    hold is named in a :class:`~lazyio.errors.LazyioWarning`.
+
+    Parameters
+    ----------
+    src : str, os.PathLike or Location
+        The file to convert: a local path or an fsspec URL; its format is detected.
+    dst : str, os.PathLike or Location
+        Where to write. With several signals in ``src``, they are written to
+        ``<stem>_0<ext>``, ``<stem>_1<ext>``, ... beside ``dst``.
+    format : {"hspy", "zspy", "npy", "usid"}, optional
+        Format of ``dst``; by default taken from its extension.
+    chunks : tuple of int, True or None
+        Storage chunks of the target (see :func:`lazyio.save`); ``-1`` (or ``None``) in a
+        tuple with one entry per axis stands for the whole axis.
+    overwrite : bool, default False
+        Replace an existing target; otherwise it raises
+        :class:`~lazyio.errors.TargetExistsError` before anything is written.
+    verify : bool, default False
+        Re-read what was written and compare it with the source chunk by chunk
+        (``lazyio.save(..., verify=True)``).
+    storage_options : dict, optional
+        fsspec options for ``src`` (and for ``dst`` when it uses the same protocol and
+        ``target_storage_options`` is not given).
+    target_storage_options : dict, optional
+        fsspec options for ``dst``.
+    show_progressbar : bool, default True
+        Show a progress bar with throughput while writing.
+    **writer_kwds
+        Options of the target's writer (``compression`` for hspy, ``compressor`` and
+        ``zarr_format`` for zspy, ...).
+
+    Returns
+    -------
+    list of str
+        The URLs (or paths) written, one per signal.
+    """
+    from lazyio._api import load, save
+    from lazyio.plugins import format_from_extension
+
+    source = as_location(src, storage_options)
+    if target_storage_options is None and isinstance(dst, str | os.PathLike):
+        same = _protocol(as_location(dst)) == _protocol(source)
+        target_storage_options = storage_options if same else None
+    target = as_location(dst, target_storage_options)
+    target_format = format or format_from_extension(target)
+    import dask
+    from dask.utils import parse_bytes
+
+    # Blocks smaller than dask's default (128 MiB): a conversion holds a few blocks per
+    # thread (read, rechunked, encoded), and smaller blocks keep that well below the array.
+    limit = min(parse_bytes(dask.config.get("array.chunk-size")), CONVERT_BLOCK_BYTES)
+    with dask.config.set({"array.chunk-size": limit}):
+        signals = load(source, lazy=True)
+    if verify:
+        writer_kwds["verify"] = True
+    written = []
+    for i, signal in enumerate(signals):
+        out = _target_name(target, i, len(signals))
+        lost = lost_in_conversion(signal, target_format)
+        if lost:
+            warnings.warn(
+                f"{out}: the {target_format} format cannot hold the {', '.join(lost)} of "
+                f"{source.name}; they are not written", LazyioWarning, stacklevel=2,
+            )
+        save(out, signal, format=target_format, overwrite=overwrite,
+             chunks=_storage_chunks(chunks, signal, target_format),
+             show_progressbar=show_progressbar, **writer_kwds)
+        written.append(out.url)
+    return written
+
+
+def _storage_chunks(chunks: Any, signal: dict[str, Any], target_format: str) -> Any:
+    data = signal["data"]
+    shape = tuple(int(s) for s in data.shape)
+    if chunks is None:
+        return _default_chunks(signal, target_format)
+    # USID chunks are 2-D (rows, columns), so only N-D chunk tuples are resolved here.
+    if not isinstance(chunks, tuple | list) or target_format == "usid" or len(chunks) != len(
+            shape):
+        return tuple(chunks) if isinstance(chunks, list) else chunks
+    return tuple(s if c in (-1, None) else min(int(c), s) or 1
+                 for c, s in zip(chunks, shape, strict=True))
+
+
+def _default_chunks(signal: dict[str, Any], target_format: str) -> Any:
+    """The writer's default, unless it would make one huge chunk of the whole array.
+
+    HyperSpy's formats store at least one whole signal per chunk; a source without
+    navigation axes (a ``.npy`` file) is one signal, so a big one would be written as one
+    chunk, held whole in memory. Such arrays get chunks of whole trailing axes instead.
+    """
+    from lazyio.plugins import get_plugin
+
+    data = signal["data"]
+    limit = int(getattr(get_plugin(target_format), "TARGET_CHUNK_BYTES", 0))
+    has_navigation = any(a.get("navigate") for a in signal.get("axes", []))
+    if not limit or has_navigation or target_format == "usid" or data.nbytes <= limit:
+        return None
+    chunks = [1] * data.ndim
+    running = data.dtype.itemsize
+    for i in reversed(range(data.ndim)):
+        if running * data.shape[i] <= limit:
+            chunks[i] = int(data.shape[i])
+            running *= data.shape[i]
+        else:
+            chunks[i] = max(1, limit // running)
+            break
+    return tuple(chunks)

@@ -1,0 +1,448 @@
+"""``lazyio.info``: what a file holds and how it is stored, from its metadata alone.
+
+The file is opened lazily (as :func:`lazyio.load` does), and each signal's storage layout
+(chunks, compression, bytes on disk) is read from the description of the array that its
+dask graph reads from: the HDF5 dataset's creation properties, the Zarr array's metadata
+document, or the ``.npy`` header. No array data are read.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import zipfile
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lazyio.location import Location, as_location
+
+__all__ = ["AxisInfo", "FileInfo", "SignalInfo", "info"]
+
+# HDF5 filter ids (H5Zpublic.h and the registered plugin ids) -> short names
+_H5_FILTERS = {1: "gzip", 2: "shuffle", 3: "fletcher32", 4: "szip", 5: "nbit",
+               6: "scaleoffset", 307: "bzip2", 32000: "lzf", 32001: "blosc", 32004: "lz4",
+               32008: "bitshuffle", 32015: "zstd"}
+
+
+@dataclass(frozen=True)
+class AxisInfo:
+    """One axis of a signal: calibration and role.
+
+    ``scale`` and ``offset`` are ``None`` for a non-uniform axis (``non_uniform=True``),
+    whose first and last values are then given as ``low`` and ``high``.
+    """
+
+    name: str
+    size: int
+    units: str
+    navigate: bool
+    scale: float | None = None
+    offset: float | None = None
+    non_uniform: bool = False
+    low: float | None = None
+    high: float | None = None
+
+    def calibration(self) -> str:
+        """``"offset + i*scale"`` or ``"non-uniform [low .. high]"``, for tables."""
+        if self.non_uniform:
+            return f"non-uniform [{self.low:g} .. {self.high:g}]"
+        return f"{self.offset:g} + i*{self.scale:g}"
+
+
+@dataclass(frozen=True)
+class SignalInfo:
+    """One signal of a file: array, storage layout and axes (prints as a table).
+
+    Attributes
+    ----------
+    title : str
+    shape : tuple of int
+    dtype : str
+    dataset : str or None
+        Where the array lives in the file (HDF5 dataset or Zarr array path).
+    storage_chunks : tuple of int or None
+        Chunk shape on disk (``None``: contiguous, as in ``.npy``).
+    dask_chunks : tuple of int
+        The largest dask block along each axis, as lazyio reads the file.
+    npartitions : int
+        Number of dask blocks (tasks of a full read).
+    compression : str or None
+        The filter/codec pipeline, e.g. ``"shuffle+gzip(4)"``.
+    nbytes : int
+        Size of the array in memory.
+    stored_nbytes : int or None
+        Bytes the array occupies in the file, where the format tells.
+    axes : list of AxisInfo
+    """
+
+    title: str
+    shape: tuple[int, ...]
+    dtype: str
+    dataset: str | None
+    storage_chunks: tuple[int, ...] | None
+    dask_chunks: tuple[int, ...]
+    npartitions: int
+    compression: str | None
+    nbytes: int
+    stored_nbytes: int | None
+    axes: list[AxisInfo] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dictionary (tuples as lists)."""
+        return _plain(asdict(self))
+
+    def _rows(self) -> list[tuple[str, str]]:
+        on_disk = _bytes(self.stored_nbytes) if self.stored_nbytes is not None else "?"
+        ratio = ""
+        if self.stored_nbytes:
+            ratio = f" (x{self.nbytes / self.stored_nbytes:.2f})"
+        return [
+            ("dataset", self.dataset or "-"),
+            ("shape", f"{self.shape} {self.dtype}"),
+            ("storage chunks", str(self.storage_chunks) if self.storage_chunks else
+             "contiguous"),
+            ("dask chunks", f"{self.dask_chunks}, {self.npartitions} block(s)"),
+            ("compression", self.compression or "none"),
+            ("size", f"{_bytes(self.nbytes)} in memory, {on_disk} on disk{ratio}"),
+        ]
+
+    def _text_lines(self) -> list[str]:
+        width = max(len(k) for k, _ in self._rows())
+        lines = [f"  {k:<{width}}  {v}" for k, v in self._rows()]
+        table = [("axis", "name", "size", "units", "nav", "calibration")]
+        table += [(str(j), a.name or "-", str(a.size), a.units or "-",
+                   "yes" if a.navigate else "no", a.calibration())
+                  for j, a in enumerate(self.axes)]
+        widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
+        lines += ["  " + "  ".join(cell.ljust(w) for cell, w in
+                                   zip(row, widths, strict=True)).rstrip()
+                  for row in table]
+        return lines
+
+    def _html_tables(self) -> str:
+        esc = html.escape
+        rows = "".join(f"<tr><th style='text-align:left'>{esc(k)}</th>"
+                       f"<td style='text-align:left'>{esc(v)}</td></tr>"
+                       for k, v in self._rows())
+        head = "".join(f"<th>{h}</th>" for h in
+                       ("axis", "name", "size", "units", "navigate", "calibration"))
+        body = "".join(
+            "<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in (
+                j, a.name, a.size, a.units, "yes" if a.navigate else "no",
+                a.calibration())) + "</tr>"
+            for j, a in enumerate(self.axes))
+        return f"<table>{rows}</table><table><tr>{head}</tr>{body}</table>"
+
+    def __str__(self) -> str:
+        return "\n".join([self.title or "(untitled)", *self._text_lines()])
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        return f"<div><b>{html.escape(self.title or '(untitled)')}</b>{self._html_tables()}</div>"
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What :func:`info` returns: the file's format and its signals.
+
+    Printing it gives a plain-text table; in Jupyter it renders as HTML.
+
+    Attributes
+    ----------
+    url : str
+    format : str
+        ``"hspy"``, ``"zspy"``, ``"npy"`` or ``"usid"``.
+    spec_version : str or None
+        HyperSpy's ``file_format_version``, the ``.npy`` format version, or the version
+        of pyUSID that wrote an h5USID file (when it says).
+    size_on_disk : int or None
+        Bytes of the file (or of the whole directory of a Zarr store).
+    signals : list of SignalInfo
+    """
+
+    url: str
+    format: str
+    spec_version: str | None
+    size_on_disk: int | None
+    signals: list[SignalInfo] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dictionary (what ``lazyio info --json`` prints)."""
+        return _plain(asdict(self))
+
+    def __str__(self) -> str:
+        version = f" {self.spec_version}" if self.spec_version else ""
+        size = _bytes(self.size_on_disk) if self.size_on_disk is not None else "?"
+        lines = [f"{self.url}", (f"  format: {self.format}{version}, {size} on disk, "
+                 f"{len(self.signals)} signal(s)")]
+        for i, sig in enumerate(self.signals):
+            lines.append(f"  [{i}] {sig.title or '(untitled)'}")
+            lines += ["    " + line for line in sig._text_lines()]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        esc = html.escape
+        version = f" {esc(self.spec_version)}" if self.spec_version else ""
+        size = _bytes(self.size_on_disk) if self.size_on_disk is not None else "?"
+        parts = [(f"<div><b>{esc(self.url)}</b><br>format: <code>{esc(self.format)}</code>"
+                 f"{version}, {size} on disk, {len(self.signals)} signal(s)")]
+        for i, sig in enumerate(self.signals):
+            parts.append(f"<details open><summary>[{i}] {esc(sig.title or '(untitled)')}"
+                         f"</summary>{sig._html_tables()}</details>")
+        parts.append("</div>")
+        return "".join(parts)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+def info(
+    source: Any, *, format: str | None = None, storage_options: dict[str, Any] | None = None
+) -> FileInfo:
+    """Describe a file: format, spec version, and for each signal its shape, dtype,
+    storage and dask chunks, compression, axes and sizes, reading metadata only.
+
+    Parameters
+    ----------
+    source : str, os.PathLike or Location
+        A local path or an fsspec URL (``s3://``, ``https://``, ``memory://``, ...).
+    format : {"hspy", "zspy", "npy", "usid"}, optional
+        Skip detection (see :func:`lazyio.load`).
+    storage_options : dict, optional
+        Passed to fsspec for URLs.
+
+    Returns
+    -------
+    FileInfo
+        Prints as a text table, renders as HTML in Jupyter, and converts to a
+        JSON-serialisable dict with :meth:`FileInfo.to_dict`.
+
+    Examples
+    --------
+    >>> lazyio.info("scan.hspy")  # doctest: +SKIP
+    >>> lazyio.info("s3://bucket/scan.zspy", storage_options={"anon": True}).to_dict()
+    ... # doctest: +SKIP
+    """
+    from lazyio._api import load
+    from lazyio.plugins import detect_format, get_plugin
+
+    location = as_location(source, storage_options)
+    name = format or detect_format(location)
+    get_plugin(name)  # an unknown format= fails here, naming the known ones
+    # non-uniform USID dimensions are described, not warned about
+    kwds = {"non_uniform": "axis"} if name == "usid" else {}
+    signals = load(location, format=name, lazy=True, **kwds)
+    return FileInfo(
+        url=location.url,
+        format=name,
+        spec_version=_spec_version(location, name, signals),
+        size_on_disk=_size_on_disk(location),
+        signals=[_signal_info(s) for s in signals],
+    )
+
+
+def _spec_version(location: Location, name: str, signals: list[dict[str, Any]]) -> str | None:
+    if name == "npy":
+        from lazyio.npy_header import read_header
+
+        major, minor = read_header(location).version
+        return f"{major}.{minor}"
+    source = _find_source(signals[0]["data"]) if signals else None
+    attrs: dict[str, Any] = {}
+    if name in ("hspy", "usid"):
+        from lazyio.chunks.hdf5 import open_h5
+
+        attrs = dict(open_h5(location, token=location.modified_token()).attrs)
+    elif name == "zspy" and source is not None and hasattr(source, "store"):
+        from lazyio.stores import node_kind, open_store
+
+        _, _, meta = node_kind(open_store(source.store), "")
+        meta = meta or {}
+        attrs = meta.get("attributes", {}) or {}
+        if not attrs:
+            from lazyio.stores import read_json
+
+            attrs = read_json(open_store(source.store), ".zattrs") or {}
+    key = "pyUSID_version" if name == "usid" else "file_format_version"
+    value = attrs.get(key)
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if value is None:
+        return None
+    fmt = attrs.get("file_format")
+    fmt = fmt.decode(errors="replace") if isinstance(fmt, bytes) else fmt
+    prefix = f"{fmt} " if fmt and name != "usid" else ("pyUSID " if name == "usid" else "")
+    return f"{prefix}{value}"
+
+
+def _size_on_disk(location: Location) -> int | None:
+    try:
+        if location.isdir():
+            return int(location.fs.du(location.path, total=True))
+        return location.size()
+    except (OSError, ValueError, NotImplementedError):
+        return None
+
+
+def _find_source(array: Any) -> Any:
+    """The chunk source embedded in the graph of an array lazyio built (or ``None``)."""
+    import dask.array as da
+
+    if not isinstance(array, da.Array):
+        return None
+    for layer in array.dask.layers.values():
+        for value, index in getattr(layer, "indices", ()):
+            if index is None and hasattr(value, "shape") and hasattr(value, "dtype") and (
+                    hasattr(value, "location") or hasattr(value, "store")
+                    or hasattr(value, "source")):
+                return value
+    return None
+
+
+def _axis_info(axis: dict[str, Any]) -> AxisInfo:
+    common = {"name": str(axis.get("name") or ""), "units": str(axis.get("units") or ""),
+              "size": int(axis.get("size", 0)), "navigate": bool(axis.get("navigate"))}
+    if axis.get("axis") is not None:
+        values = np.asarray(axis["axis"], dtype=np.float64)
+        return AxisInfo(**common, non_uniform=True,
+                        low=float(values[0]) if values.size else math.nan,
+                        high=float(values[-1]) if values.size else math.nan)
+    return AxisInfo(**common, scale=float(axis.get("scale", 1.0)),
+                    offset=float(axis.get("offset", 0.0)))
+
+
+def _signal_info(signal: dict[str, Any]) -> SignalInfo:
+    import dask.array as da
+
+    data = signal["data"]
+    layout = _storage_layout(_find_source(data))
+    title = signal.get("metadata", {}).get("General", {}).get("title", "")
+    dask_chunks = tuple(int(c) for c in data.chunksize) if isinstance(data, da.Array) else \
+        tuple(int(s) for s in data.shape)
+    return SignalInfo(
+        title=str(title),
+        shape=tuple(int(s) for s in data.shape),
+        dtype=str(data.dtype),
+        dataset=layout["dataset"],
+        storage_chunks=layout["chunks"],
+        dask_chunks=dask_chunks,
+        npartitions=int(getattr(data, "npartitions", 1)),
+        compression=layout["compression"],
+        nbytes=int(data.nbytes),
+        stored_nbytes=layout["stored"],
+        axes=[_axis_info(a) for a in signal.get("axes", [])],
+    )
+
+
+def _storage_layout(source: Any) -> dict[str, Any]:
+    from lazyio.chunks.hdf5 import H5Source
+    from lazyio.chunks.memmap import MemmapSource
+    from lazyio.chunks.zarr import ObjectZarrSource, ZarrSource
+
+    empty = {"dataset": None, "chunks": None, "compression": None, "stored": None}
+    inner = getattr(source, "source", None)
+    if isinstance(inner, H5Source):  # a USID view over its 2-D main dataset
+        source = inner
+    if isinstance(source, H5Source):
+        return _hdf5_layout(source)
+    if isinstance(source, ZarrSource | ObjectZarrSource):
+        return _zarr_layout(source.store, source.path)
+    if isinstance(source, MemmapSource):
+        return {**empty, "stored": int(source.stored_nbytes)}
+    return empty
+
+
+def _hdf5_layout(source: Any) -> dict[str, Any]:
+    from lazyio.chunks.hdf5 import open_h5
+
+    dset = open_h5(source.location, token=source.token)[source.dataset]
+    plist = dset.id.get_create_plist()
+    names = []
+    for i in range(plist.get_nfilters()):
+        fid, _flags, values, raw_name = plist.get_filter(i)
+        label = _H5_FILTERS.get(int(fid)) or raw_name.decode(errors="replace") or str(fid)
+        if int(fid) == 1 and len(values):
+            label = f"gzip({values[0]})"
+        names.append(label)
+    return {
+        "dataset": dset.name,
+        "chunks": tuple(int(c) for c in dset.chunks) if dset.chunks else None,
+        "compression": "+".join(names) or None,
+        "stored": int(dset.id.get_storage_size()),
+    }
+
+
+def _codec_name(config: dict[str, Any]) -> str:
+    # Zarr v2: {"id": ..., options}; Zarr v3: {"name": ..., "configuration": {...}}
+    name = config.get("id") or config.get("name") or "?"
+    options = config.get("configuration", config)
+    shown = {k: v for k, v in options.items()
+             if k not in ("id", "name", "blocksize", "typesize", "endian", "checksum")
+             and not isinstance(v, dict | list)}
+    args = ", ".join(f"{k}={v}" for k, v in shown.items())
+    return f"{name}({args})" if args else str(name)
+
+
+def _zarr_layout(spec: Any, path: str) -> dict[str, Any]:
+    from lazyio.stores import node_kind, open_store
+
+    _, fmt, meta = node_kind(open_store(spec), path)
+    meta = meta or {}
+    if fmt == 3:
+        chunks = tuple(meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape")
+                       or ()) or None
+        codecs = []
+        for codec in meta.get("codecs") or []:
+            if codec.get("name") == "sharding_indexed":
+                conf = codec.get("configuration", {})
+                inner = [_codec_name(c) for c in conf.get("codecs", [])
+                         if c.get("name") not in ("bytes", "transpose")]
+                codecs.append(f"sharding(chunks={tuple(conf.get('chunk_shape', ()))}"
+                              + (f": {'+'.join(inner)}" if inner else "") + ")")
+            elif codec.get("name") not in ("bytes", "transpose"):
+                codecs.append(_codec_name(codec))
+    else:
+        chunks = tuple(meta.get("chunks") or ()) or None
+        codecs = [_codec_name(c) for c in (*(meta.get("filters") or ()),
+                                           meta.get("compressor")) if c]
+    return {"dataset": "/" + path.strip("/"), "chunks": chunks,
+            "compression": "+".join(codecs) or None,
+            "stored": _zarr_stored_bytes(spec, path)}
+
+
+def _zarr_stored_bytes(spec: Any, path: str) -> int | None:
+    location = getattr(spec, "location", None)
+    try:
+        if spec.kind == "dir" and location is not None:
+            return int(location.fs.du(f"{location.path.rstrip('/')}/{path.strip('/')}",
+                                      total=True))
+        if spec.kind == "zip" and location is not None and location.local_path:
+            prefix = path.strip("/") + "/"
+            with zipfile.ZipFile(location.local_path) as zf:
+                return sum(i.compress_size for i in zf.infolist()
+                           if i.filename.startswith(prefix))
+    except (OSError, ValueError, NotImplementedError):
+        return None
+    return None

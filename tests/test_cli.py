@@ -1,0 +1,234 @@
+"""The ``lazyio`` command line: info, convert, demo, and its errors (no tracebacks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import lazyio
+from lazyio.cli import main
+
+FORMATS = {"hspy": ".hspy", "zspy": ".zspy", "npy": ".npy", "usid": ".h5"}
+
+
+def make_signal(rng: np.random.Generator) -> dict:
+    data = rng.integers(0, 1000, size=(4, 6, 8, 10), dtype=np.uint16)
+    axes = [{"name": n, "units": "nm", "size": s, "scale": 0.5, "offset": float(i),
+             "navigate": i < 2}
+            for i, (n, s) in enumerate(zip("yxab", data.shape, strict=True))]
+    return {"data": data, "axes": axes, "metadata": {"General": {"title": "scan"}},
+            "original_metadata": {"detector": {"gain": 2}}}
+
+
+@pytest.fixture
+def source(tmp_path, rng):
+    signal = make_signal(rng)
+    path = str(tmp_path / "scan.hspy")
+    lazyio.save(path, signal, show_progressbar=False)
+    return path, signal
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("lazyio: error: ")
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def test_info_text_and_json(source, capsys):
+    path, _ = source
+    assert main(["info", path]) == 0
+    out = capsys.readouterr().out
+    assert "hspy" in out
+    assert "storage chunks" in out
+    assert main(["info", path, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["format"] == "hspy"
+    assert doc["signals"][0]["shape"] == [4, 6, 8, 10]
+    assert doc["signals"][0]["axes"][0]["name"] == "y"
+
+
+def test_info_remote_with_storage_options(rng, capsys):
+    url = "memory://lazyio-cli-test/scan.zspy"
+    lazyio.save(url, make_signal(rng), overwrite=True, show_progressbar=False)
+    # memory:// takes no options; a JSON value and a dotted key must still parse and pass
+    assert main(["info", url, "--json", "--storage-option", "skip_instance_cache=true"]) == 0
+    assert json.loads(capsys.readouterr().out)["format"] == "zspy"
+
+
+@pytest.mark.parametrize("dst_fmt", list(FORMATS))
+@pytest.mark.parametrize("src_fmt", list(FORMATS))
+def test_convert_every_pair(tmp_path, rng, capsys, src_fmt, dst_fmt):
+    signal = make_signal(rng)
+    src = str(tmp_path / f"src{FORMATS[src_fmt]}")
+    dst = str(tmp_path / f"dst{FORMATS[dst_fmt]}")
+    lazyio.save(src, signal, show_progressbar=False)
+    assert main(["convert", src, dst, "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert dst in captured.out
+    assert "MB/s" in captured.out
+    [out] = lazyio.load(dst)
+    np.testing.assert_array_equal(out["data"].compute(), signal["data"])
+    if dst_fmt == "npy" and src_fmt != "npy":
+        assert "lazyio: warning:" in captured.err
+        assert "cannot hold" in captured.err
+        assert "metadata" in captured.err
+    if "npy" not in (src_fmt, dst_fmt):
+        assert [a["name"] for a in out["axes"]] == ["y", "x", "a", "b"]
+        assert [a["units"] for a in out["axes"]] == ["nm"] * 4
+        assert [a["offset"] for a in out["axes"]] == [0.0, 1.0, 2.0, 3.0]
+        assert [a["navigate"] for a in out["axes"]] == [True, True, False, False]
+        assert out["metadata"]["General"]["title"] == "scan"
+    if {src_fmt, dst_fmt} <= {"hspy", "zspy"}:
+        assert out["original_metadata"] == {"detector": {"gain": 2}}
+        assert "warning" not in captured.err
+
+
+def test_convert_library_warns_what_is_lost(source, tmp_path):
+    path, _ = source
+    with pytest.warns(lazyio.LazyioWarning, match=r"npy format cannot hold the axes"):
+        written = lazyio.convert(path, tmp_path / "out.npy", show_progressbar=False)
+    assert written == [str(tmp_path / "out.npy")]
+
+
+def test_convert_options(source, tmp_path, capsys):
+    path, _ = source
+    zspy = str(tmp_path / "out.zspy")
+    assert main(["convert", path, zspy, "--compressor", "zstd:3", "--chunks", "2,3,-1,-1",
+                 "--no-progress"]) == 0
+    [sig] = lazyio.info(zspy).signals
+    assert sig.compression == "zstd(level=3)"
+    assert sig.storage_chunks == (2, 3, 8, 10)
+    hspy = str(tmp_path / "out.hspy")
+    assert main(["convert", zspy, hspy, "--compression", "lzf", "--no-progress",
+                 "--scheduler", "synchronous"]) == 0
+    assert lazyio.info(hspy).signals[0].compression.endswith("lzf")
+    # an existing target is refused, then replaced with --overwrite
+    capsys.readouterr()
+    assert main(["convert", zspy, hspy, "--no-progress"]) == 1
+    assert "exists" in one_error_line(capsys.readouterr().err)
+    assert main(["convert", zspy, hspy, "--no-progress", "--overwrite",
+                 "--compression", "gzip:1", "--scheduler", "threads"]) == 0
+    assert "gzip(1)" in lazyio.info(hspy).signals[0].compression
+
+
+def test_convert_verify(source, tmp_path, capsys):
+    path, signal = source
+    dst = str(tmp_path / "checked.zspy")
+    assert main(["convert", path, dst, "--verify", "--no-progress"]) == 0
+    assert "verified" in capsys.readouterr().out
+    np.testing.assert_array_equal(lazyio.load(dst)[0]["data"].compute(), signal["data"])
+
+
+def test_convert_progress_bar_shows_throughput(source, tmp_path, capsys, monkeypatch):
+    path, _ = source
+    monkeypatch.setattr("lazyio.progress.DELAY", 0)  # a tiny file is written at once
+    assert main(["convert", path, str(tmp_path / "p.npy")]) == 0
+    err = capsys.readouterr().err
+    assert "writing" in err
+    assert "B/s" in err
+
+
+@pytest.mark.parametrize("target", ["cl.zspy", "cl.hspy"])
+def test_convert_on_a_cluster(source, tmp_path, cluster, capsys, target):
+    path, signal = source
+    dst = str(tmp_path / target)
+    assert main(["convert", path, dst, "--scheduler", cluster.scheduler_address,
+                 "--no-progress"]) == 0
+    np.testing.assert_array_equal(lazyio.load(dst)[0]["data"].compute(), signal["data"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "words"),
+    [
+        (["info", "{tmp}/nothere.hspy"], 1, "No such file"),
+        (["convert", "{tmp}/nothere.hspy", "{tmp}/x.npy"], 1, "No such file"),
+        (["info", "{tmp}/junk.bin"], 1, "junk.bin"),
+        (["convert", "{src}", "{tmp}/out.xyz"], 1, "cannot tell the format"),
+        (["info", "{src}", "--format", "tiff"], 2, "invalid choice"),
+        (["convert", "{src}", "{tmp}/o.zspy", "--chunks", "a,b"], 2, "chunks must be"),
+        (["convert", "{src}", "{tmp}/o.zspy", "--compressor", "nope"], 2, "compressor"),
+        (["convert", "{src}", "{tmp}/o.hspy", "--compression", "rar"], 2, "compression"),
+        (["convert", "{src}", "{tmp}/o.hspy", "--scheduler", "fast"], 2, "--scheduler"),
+        (["info", "{src}", "--storage-option", "novalue"], 2, "KEY=VALUE"),
+        (["frobnicate"], 2, "invalid choice"),
+        (["convert", "{src}"], 2, "required"),
+    ],
+)
+def test_errors_are_one_line(source, tmp_path, capsys, argv, code, words):
+    path, _ = source
+    (tmp_path / "junk.bin").write_bytes(b"not an array")
+    argv = [a.format(tmp=tmp_path, src=path) for a in argv]
+    assert main(argv) == code
+    assert words in one_error_line(capsys.readouterr().err)
+
+
+def test_help_exits_zero(capsys):
+    assert main(["--help"]) == 0
+    assert "convert" in capsys.readouterr().out
+
+
+def test_demo_small(tmp_path, capsys):
+    outdir = tmp_path / "demo"
+    assert main(["demo", "--shape", "4,4,16,16", "--outdir", str(outdir)]) == 0
+    out = capsys.readouterr().out
+    for fmt in ("hspy", "zspy", "npy"):
+        assert fmt in out
+        assert (outdir / f"virtual_bf_{fmt}.png").read_bytes().startswith(b"\x89PNG")
+        assert (outdir / f"mean_pattern_{fmt}.png").exists()
+    assert "write MB/s" in out
+    assert "False" not in out  # every format read back the right images
+
+
+def run(*args: str, cwd: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lazyio", *args], cwd=cwd, check=False,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_subprocess_info_and_error(source, tmp_path):
+    path, _ = source
+    done = run("info", path, "--json", cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["signals"][0]["title"] == "scan"
+    failed = run("convert", str(tmp_path / "missing.zspy"), str(tmp_path / "x.npy"),
+                 cwd=str(tmp_path))
+    assert failed.returncode == 1
+    assert "missing.zspy" in one_error_line(failed.stderr)
+    assert not os.path.exists(tmp_path / "x.npy")
+
+
+def test_subprocess_convert_streams_in_bounded_memory(tmp_path):
+    # 512 MiB of .npy (sparse, so cheap to make) converted to .zspy: what the conversion
+    # adds to the process's peak memory must stay far below the array's size
+    src = tmp_path / "big.npy"
+    big = np.lib.format.open_memmap(src, mode="w+", dtype=np.uint16,
+                                    shape=(128, 64, 128, 128))
+    big[:, :, 60:68, 60:68] = 7
+    big.flush()
+    del big
+    script = textwrap.dedent(f"""
+        import resource, sys
+        import dask.array, h5py, zarr
+        from lazyio.cli import main
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        code = main(["convert", {str(src)!r}, {str(tmp_path / "big.zspy")!r},
+                     "--no-progress", "--scheduler", "threads"])
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(after - before)
+        sys.exit(code)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
+                          timeout=240, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    added_mib = float(done.stdout.strip().splitlines()[-1])
+    assert added_mib < 300, added_mib  # the array is 512 MiB; about 180 MiB measured
+    [sig] = lazyio.info(str(tmp_path / "big.zspy")).signals
+    assert sig.shape == (128, 64, 128, 128)
+    assert sig.storage_chunks[1:] == (64, 128, 128)  # whole trailing axes, not one chunk

@@ -1,0 +1,39 @@
+"""Every notebook in ``notebooks/`` runs without error on this venv's Python (nbclient)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+
+
+def test_there_are_notebooks_stored_without_outputs():
+    assert len(NOTEBOOKS) >= 4
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [], f"{path.name} is stored with outputs"
+                assert cell.execution_count is None, path.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs(path, tmp_path):
+    nb = nbformat.read(path, as_version=4)
+    # first, prove the kernel is this venv's Python (jupyter_client maps the kernel spec's
+    # "python" to sys.executable)
+    nb.cells.insert(0, nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
+    client = NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()  # raises CellExecutionError, naming the cell, on any error
+    printed = "".join(o.get("text", "") for o in nb.cells[0].outputs).strip()
+    assert Path(printed).resolve() == Path(sys.executable).resolve()
+    errors = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
+              if o.output_type == "error"]
+    assert not errors
