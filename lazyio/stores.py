@@ -10,6 +10,7 @@ and reading such arrays' chunks.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -227,9 +228,21 @@ async def _collect(it: AsyncIterator[str]) -> list[str]:
     return [x async for x in it]
 
 
+def _local_root(store: Store) -> str | None:
+    # A local directory is read with plain file calls: each call through zarr's async
+    # store is a round trip to its event loop thread, and opening a .zspy makes ~100.
+    return os.fspath(store.root) if type(store) is LocalStore else None
+
+
 def list_dir(store: Store, prefix: str) -> list[str]:
     """Names directly below ``prefix`` (sorted)."""
     prefix = prefix.strip("/")
+    root = _local_root(store)
+    if root is not None:
+        try:
+            return sorted(os.listdir(os.path.join(root, prefix)))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
     names = sync(_collect(store.list_dir(prefix + "/" if prefix else "")))
     # fsspec's HTTP listing (links of an index page) names sub-directories "name/"
     return sorted({n.rstrip("/") for n in names if n.rstrip("/")})
@@ -237,6 +250,13 @@ def list_dir(store: Store, prefix: str) -> list[str]:
 
 def get_bytes(store: Store, key: str) -> bytes | None:
     """The value of ``key``, or ``None`` if it does not exist."""
+    root = _local_root(store)
+    if root is not None:
+        try:
+            with open(os.path.join(root, key.lstrip("/")), "rb") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
     buf = sync(store.get(key.lstrip("/"), prototype=default_buffer_prototype()))
     return None if buf is None else buf.to_bytes()
 
