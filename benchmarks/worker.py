@@ -91,6 +91,10 @@ def write(spec: dict[str, Any]) -> dict[str, Any]:
     data = _source(spec)
     if impl == "lazyio":
         import lazyio
+        from lazyio.plugins import available_plugins
+
+        # the plugins import before the clock starts, as RosettaSciIO's module does
+        available_plugins()
 
         def run() -> None:
             lazyio.save(dst, signal_dict(data, lazy=True), format=fmt, overwrite=True,

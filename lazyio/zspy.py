@@ -33,6 +33,7 @@ from lazyio.signal_dict import as_signal_dict, signal_axes_indices
 from lazyio.stores import FreshStore, StoreSpec, node_kind, open_store
 from lazyio.verify import verify_written
 from lazyio.write.atomic import atomic_path, remove_path
+from lazyio.write.zarr import zarr_target
 
 __all__ = ["file_reader", "file_writer", "read", "sniff", "write"]
 
@@ -103,16 +104,6 @@ def read(
         return read_file_tree(ZarrNode(spec, store, "", fmt), lazy=lazy, chunks=chunks)
 
 
-class _ZarrTarget:
-    """A zarr array as a region-write target (picklable: workers write their regions)."""
-
-    def __init__(self, array: zarr.Array) -> None:
-        self.array = array
-
-    def __setitem__(self, region: tuple[slice, ...], block: Any) -> None:
-        self.array[region] = block
-
-
 def _write_store(
     store: Any,
     spec: StoreSpec,
@@ -133,7 +124,7 @@ def _write_store(
             raise FormatError(f"{spec}: not a Zarr hierarchy to update")
         zarr_format = fmt
     writer = ArrayWriter(
-        lambda node, name, arr: _ZarrTarget(arr),
+        lambda node, name, arr: zarr_target(arr),
         chunks=chunks,
         target_bytes=TARGET_CHUNK_BYTES,
         signal_axes=signal_axes_indices(signal),

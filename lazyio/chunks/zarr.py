@@ -23,7 +23,7 @@ from lazyio.chunks.slicing import apply_residual, split_index
 from lazyio.errors import CorruptChunkError, UnsupportedError
 from lazyio.stores import StoreSpec, get_bytes, open_store, zarr_array
 
-__all__ = ["ZarrSource", "ObjectZarrSource", "SAFE_OBJECT_CODECS"]
+__all__ = ["SAFE_OBJECT_CODECS", "LocalV2Layout", "ObjectZarrSource", "ZarrSource", "local_v2_layout"]
 
 # Object codecs that decode data without executing anything from the file.
 SAFE_OBJECT_CODECS = frozenset({"vlen-array", "vlen-utf8", "vlen-bytes", "json2", "msgpack2"})
@@ -146,26 +146,32 @@ class _DirectPlan:
         return True
 
 
-def _direct_plan(source: ZarrSource) -> _DirectPlan | None:
-    """A plan when the array is a plain local Zarr v2 one, else None (zarr-python reads)."""
-    location = source.store.location
-    if source.store.kind != "dir" or location is None or location.local_path is None:
-        return None
-    root = os.path.join(location.local_path, *source.path.strip("/").split("/"))
+@dataclass(frozen=True)
+class LocalV2Layout:
+    """What lazyio needs to read or write a plain local Zarr v2 array's chunk files."""
+
+    root: str
+    separator: str
+    compressor: dict[str, Any] | None
+    fill_value: int | float
+    dtype: np.dtype
+    chunks: tuple[int, ...]
+
+
+def local_v2_layout(root: str) -> LocalV2Layout | None:
+    """The layout of the Zarr v2 array in directory ``root`` when lazyio can handle its
+    chunk files itself (numeric, C order, no filters, a known compressor, a numeric fill
+    value); ``None`` otherwise, and zarr-python does the work."""
     try:
         with open(os.path.join(root, ".zarray"), "rb") as f:
             meta = json.load(f)
-    except (OSError, ValueError):
+        dtype = np.dtype(meta.get("dtype"))
+    except (OSError, ValueError, TypeError):
         return None  # Zarr v3, or not a plain array: zarr-python knows
     compressor = meta.get("compressor")
-    try:
-        dtype = np.dtype(meta.get("dtype"))
-    except TypeError:
-        return None
     if (
         meta.get("zarr_format") != 2 or meta.get("filters") or meta.get("order") != "C"
-        or dtype != source.dtype or dtype.kind not in "biufc"
-        or tuple(meta.get("chunks", ())) != tuple(source.storage_chunks)
+        or dtype.kind not in "biufc"
         or (compressor is not None and compressor.get("id") not in _DIRECT_COMPRESSORS)
     ):
         return None
@@ -174,10 +180,27 @@ def _direct_plan(source: ZarrSource) -> _DirectPlan | None:
         fill = 0 if fill is None else None
     if fill is None:
         return None  # NaN/Infinity strings, base64 fill values: zarr-python decodes them
+    return LocalV2Layout(
+        root=root, separator=meta.get("dimension_separator") or ".", compressor=compressor,
+        fill_value=fill, dtype=dtype, chunks=tuple(int(c) for c in meta.get("chunks", ())),
+    )
+
+
+def _direct_plan(source: ZarrSource) -> _DirectPlan | None:
+    """A plan when the array is a plain local Zarr v2 one, else None (zarr-python reads)."""
+    location = source.store.location
+    if source.store.kind != "dir" or location is None or location.local_path is None:
+        return None
+    layout = local_v2_layout(os.path.join(location.local_path, *source.path.strip("/").split("/")))
+    if (
+        layout is None or layout.dtype != source.dtype
+        or layout.chunks != tuple(source.storage_chunks)
+    ):
+        return None
     return _DirectPlan(
-        root=root, separator=meta.get("dimension_separator") or ".",
-        compressor=_codec(compressor, root) if compressor else None,
-        fill_value=fill, dtype=dtype,
+        root=layout.root, separator=layout.separator,
+        compressor=_codec(layout.compressor, layout.root) if layout.compressor else None,
+        fill_value=layout.fill_value, dtype=layout.dtype,
     )
 
 
