@@ -531,7 +531,11 @@ def test_write_larger_than_worker_memory(tmp_path):
         _rows, dtype=np.uint32
     )
     path = tmp_path / "big.npy"
-    with LocalCluster(
+    # A paused worker (at 80% of its limit) waits for memory to be freed and the write
+    # would hang; without pausing, a write that outgrew its memory is killed at 95% and
+    # the assertions below fail instead.
+    no_pause = {"distributed.worker.memory.pause": False}
+    with dask.config.set(no_pause), LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
         host="127.0.0.1", memory_limit=limit, silence_logs=40,
     ) as lc, Client(lc, set_as_default=True) as c:
