@@ -9,6 +9,7 @@ of xarray's ``CachingFileManager``.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import threading
 from collections import OrderedDict
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 
 __all__ = [
     "HandleCache", "acquire", "check_unchanged", "close_all", "close_location",
-    "close_matching", "default_cache", "opened_unchanged",
+    "close_matching", "default_cache", "opened_unchanged", "read_map",
 ]
 
 _logger = logging.getLogger("lazyio")
@@ -200,3 +201,17 @@ def opened_unchanged(location: Any, token: str, opener: Callable[[], T]) -> Call
         return handle
 
     return open_checked
+
+
+def read_map(location: Any, token: str) -> mmap.mmap:
+    """A read-only memory map of the local file at ``location``, shared per process.
+
+    ``token`` (:meth:`~lazyio.location.Location.modified_token`) is in the key, so a
+    rewritten file is never read through a map of its previous version.
+    """
+
+    def opener() -> mmap.mmap:
+        with open(location.local_path, "rb") as f:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+    return acquire(("mmap", location, token), opened_unchanged(location, token, opener))

@@ -16,6 +16,7 @@ from typing import Any
 import h5py
 
 from lazyio import handles
+from lazyio._api import save
 from lazyio._inspect import refuse_external
 from lazyio.chunks.hdf5 import open_h5
 from lazyio.errors import FormatError, SourceNotFoundError, TargetExistsError, reading
@@ -24,7 +25,6 @@ from lazyio.hierarchy.signal import read_file_tree, write_signal_tree
 from lazyio.hierarchy.writer import ArrayWriter
 from lazyio.location import Location, as_location
 from lazyio.signal_dict import as_signal_dict, signal_axes_indices
-from lazyio.verify import verify_written
 from lazyio.write.atomic import atomic_path
 from lazyio.write.hdf5 import H5ChunkTarget, encodable_pipeline, open_for_targets
 
@@ -207,14 +207,11 @@ def file_writer(
     """RosettaSciIO-compatible writer (replaces an existing file, as RosettaSciIO does);
     see :func:`lazyio.save` and :func:`write` for the parameters."""
     kwds.setdefault("overwrite", True)
-    verify = kwds.pop("verify", False)
-    write(
-        as_location(filename), signal, chunks=chunks, compression=compression,
+    save(
+        filename, signal, format=NAME, chunks=chunks, compression=compression,
         close_file=close_file, write_dataset=write_dataset,
         show_progressbar=show_progressbar, **kwds,
     )
-    if verify:
-        verify_written(as_location(filename), signal, format=NAME)
 
 
 with contextlib.suppress(ImportError):  # registers blosc, zstd, lz4, ... filters with HDF5

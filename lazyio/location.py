@@ -19,15 +19,16 @@ import fsspec
 
 from lazyio.errors import AccessDeniedError, SourceNotFoundError
 
-__all__ = ["Location", "as_location", "remote_errors"]
+__all__ = ["Location", "as_location", "storage_errors"]
 
 # Small reads (headers, sniffing) of remote files must not pull fsspec's default 5 MB block.
 _REMOTE_BLOCK = 2**16
 
 
 @contextlib.contextmanager
-def remote_errors(url: str) -> Iterator[None]:
-    """Turn fsspec's missing-object and permission errors into lazyio's, naming ``url``."""
+def storage_errors(url: str) -> Iterator[None]:
+    """Turn missing-file and permission errors (of fsspec or the OS) into lazyio's,
+    naming ``url``."""
     try:
         yield
     except SourceNotFoundError:
@@ -115,7 +116,7 @@ class Location:
         # fsspec's HTTP exists() and isdir() download the resource (to list links in it):
         # info() is one HEAD request there, and one request on object stores.
         try:
-            with remote_errors(self.url):
+            with storage_errors(self.url):
                 return self.fs.info(self.path)
         except SourceNotFoundError:
             return None
@@ -161,19 +162,16 @@ class Location:
 
     def open(self, mode: str = "rb", **kwargs: Any) -> Any:
         """Open the file through fsspec (or the builtin ``open`` for local files)."""
-        if self.local_path is not None:
-            try:
+        with storage_errors(self.url):
+            if self.local_path is not None:
                 return open(self.local_path, mode)
-            except FileNotFoundError as err:
-                raise SourceNotFoundError(f"No such file: '{self.url}'") from err
-        if "r" in mode:
-            kwargs.setdefault("block_size", _REMOTE_BLOCK)
-        with remote_errors(self.url):
+            if "r" in mode:
+                kwargs.setdefault("block_size", _REMOTE_BLOCK)
             return self.fs.open(self.path, mode, **kwargs)
 
     def read_bytes(self, start: int, stop: int) -> bytes:
         """Read the byte range ``[start, stop)`` (one range request remotely)."""
-        with remote_errors(self.url):
+        with storage_errors(self.url):
             return self.fs.cat_file(self.path, start=start, end=stop)
 
     def read_head(self, nbytes: int) -> bytes:
@@ -184,7 +182,7 @@ class Location:
             with self.open("rb") as f:
                 return f.read(nbytes)
         try:
-            with remote_errors(self.url):
+            with storage_errors(self.url):
                 return self.fs.cat_file(self.path, start=0, end=nbytes)
         except (SourceNotFoundError, IsADirectoryError):
             # an object-store prefix (a directory) has no bytes; a missing object is

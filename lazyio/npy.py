@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from lazyio._api import save
 from lazyio.chunks.memmap import memmap_distributed
 from lazyio.errors import FormatError, TargetExistsError, UnsupportedError, reading
 from lazyio.location import Location, as_location
 from lazyio.npy_header import MAGIC, NpyHeader, read_header
 from lazyio.signal_dict import as_signal_dict, default_axes, make_signal_dict
-from lazyio.verify import verify_written
 from lazyio.write.npy import write_npy
 
 __all__ = ["EXTENSIONS", "NAME", "file_reader", "file_writer", "read", "sniff", "write"]
@@ -250,7 +250,4 @@ def file_writer(filename: Any, signal: Any, **kwargs: Any) -> None:
     """RosettaSciIO-compatible writer (overwrites, as RosettaSciIO does); see
     :func:`lazyio.save` and :func:`write` (``chunks``, ``show_progressbar``)."""
     kwargs.setdefault("overwrite", True)
-    verify = kwargs.pop("verify", False)
-    write(as_location(filename), signal, **kwargs)
-    if verify:
-        verify_written(as_location(filename), signal, format=NAME)
+    save(filename, signal, format=NAME, **kwargs)

@@ -111,6 +111,11 @@ def _make_store(spec: StoreSpec, read_only: bool) -> Store:
 _METADATA_NAMES = frozenset({".zattrs", ".zgroup", ".zarray", ".zmetadata", "zarr.json"})
 
 
+def _is_doc(key: str) -> bool:
+    """Whether ``key`` names a metadata document (not a chunk)."""
+    return key.rsplit("/", 1)[-1] in _METADATA_NAMES
+
+
 class _MetadataCache(WrapperStore):
     """Remember a remote read-only store's metadata documents and listings.
 
@@ -132,14 +137,14 @@ class _MetadataCache(WrapperStore):
         return str(self._store)
 
     async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
-        if byte_range is not None or key.rsplit("/", 1)[-1] not in _METADATA_NAMES:
+        if byte_range is not None or not _is_doc(key):
             return await self._store.get(key, prototype, byte_range)
         if key not in self._docs:
             self._docs[key] = await self._store.get(key, prototype)
         return self._docs[key]
 
     async def exists(self, key: str) -> bool:
-        if key.rsplit("/", 1)[-1] in _METADATA_NAMES:
+        if _is_doc(key):
             return await self.get(key, default_buffer_prototype()) is not None
         return await self._store.exists(key)
 
@@ -170,23 +175,19 @@ class FreshStore(WrapperStore):
     def __str__(self) -> str:
         return str(self._store)
 
-    @staticmethod
-    def _is_doc(key: str) -> bool:
-        return key.rsplit("/", 1)[-1] in _METADATA_NAMES
-
     async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
-        if byte_range is None and self._is_doc(key):
+        if byte_range is None and _is_doc(key):
             return self._docs.get(key)
         return await self._store.get(key, prototype, byte_range)
 
     async def exists(self, key: str) -> bool:
-        if self._is_doc(key):
+        if _is_doc(key):
             return key in self._docs
         return await self._store.exists(key)
 
     async def set(self, key: str, value: Any) -> None:
         await self._store.set(key, value)
-        if self._is_doc(key):
+        if _is_doc(key):
             self._docs[key] = value
 
     async def delete(self, key: str) -> None:

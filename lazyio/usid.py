@@ -28,6 +28,7 @@ import numpy as np
 from dask.base import tokenize
 
 from lazyio import handles
+from lazyio._api import save
 from lazyio._inspect import refuse_external
 from lazyio.chunks.grid import auto_block_bytes
 from lazyio.chunks.hdf5 import H5Source, open_h5
@@ -62,7 +63,6 @@ from lazyio.usid_schema import (
     split_descriptor,
     write_ancillary,
 )
-from lazyio.verify import verify_written
 from lazyio.write import rechunk_to_storage, store
 from lazyio.write.atomic import atomic_path
 from lazyio.write.hdf5 import H5ChunkTarget, encodable_pipeline, open_for_targets
@@ -506,10 +506,7 @@ def file_writer(filename: Any, signal: dict[str, Any], **kwds: Any) -> None:
     """RosettaSciIO-compatible writer (replaces an existing file unless ``append=True``);
     see :func:`lazyio.save` and :func:`write`."""
     kwds.setdefault("overwrite", True)
-    verify = kwds.pop("verify", False)
-    write(as_location(filename), signal, **kwds)
-    if verify:
-        verify_written(as_location(filename), signal, format=NAME)
+    save(filename, signal, format=NAME, **kwds)
 
 
 with contextlib.suppress(ImportError):  # registers blosc, zstd, lz4, ... filters with HDF5

@@ -17,6 +17,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from lazyio import handles
+from lazyio._api import save
 from lazyio.errors import (
     FormatError,
     LazyioError,
@@ -31,7 +32,6 @@ from lazyio.hierarchy.writer import ArrayWriter
 from lazyio.location import Location, as_location
 from lazyio.signal_dict import as_signal_dict, signal_axes_indices
 from lazyio.stores import FreshStore, StoreSpec, node_kind, open_store
-from lazyio.verify import verify_written
 from lazyio.write.atomic import atomic_path, remove_path
 from lazyio.write.zarr import zarr_target
 
@@ -269,13 +269,8 @@ def file_writer(
     """RosettaSciIO-compatible writer (replaces an existing store, as RosettaSciIO does);
     see :func:`lazyio.save` and :func:`write` for the parameters."""
     kwds.setdefault("overwrite", True)
-    target = filename if not isinstance(filename, str) and not hasattr(
-        filename, "__fspath__") else as_location(filename)
-    verify = kwds.pop("verify", False)
-    write(
-        target, signal, chunks=chunks, compressor=compressor, close_file=close_file,
-        write_dataset=write_dataset, show_progressbar=show_progressbar,
-        store_type=store_type, **kwds,
+    save(
+        filename, signal, format=NAME, chunks=chunks, compressor=compressor,
+        close_file=close_file, write_dataset=write_dataset,
+        show_progressbar=show_progressbar, store_type=store_type, **kwds,
     )
-    if verify:
-        verify_written(target, signal, format=NAME)

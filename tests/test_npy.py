@@ -496,7 +496,7 @@ def test_lazy_arrays_compute_on_process_workers(tmp_path, rng, client):
     # The blocks were read by the worker processes, not by this one.
     worker_keys = client.run(lambda: sorted({k[0] for k in lazyio.handles.default_cache.keys()}))  # noqa: SIM118 - HandleCache is not a dict
     assert len(pids) == 2
-    assert all("memmap" in keys for keys in worker_keys.values())
+    assert all("mmap" in keys for keys in worker_keys.values())
 
 
 def test_streamed_write_from_process_workers(tmp_path, client):

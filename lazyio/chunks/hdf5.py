@@ -13,7 +13,6 @@ import bz2
 import functools
 import logging
 import math
-import mmap
 import os
 import zlib
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from lazyio.errors import (
     LazyioError,
     SourceNotFoundError,
 )
-from lazyio.location import Location, remote_errors
+from lazyio.location import Location, storage_errors
 
 __all__ = ["H5Source", "open_h5", "chunk_index"]
 
@@ -110,15 +109,6 @@ def _open_raw(location: Location, token: str) -> int:
     path = location.local_path
     return handles.acquire(("fd", location, token), handles.opened_unchanged(
         location, token, lambda: os.open(path, os.O_RDONLY)))
-
-
-def _open_mmap(location: Location, token: str) -> mmap.mmap:
-    def opener() -> mmap.mmap:
-        with open(location.local_path, "rb") as f:
-            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-
-    return handles.acquire(("mmap", location, token),
-                           handles.opened_unchanged(location, token, opener))
 
 
 @dataclass(frozen=True)
@@ -261,7 +251,7 @@ class H5Source:
         start = self.offset + first_row * row_items * self.dtype.itemsize
         nbytes = rows * row_items * self.dtype.itemsize
         if self.location.local_path is not None:
-            mm = _open_mmap(self.location, self.token)
+            mm = handles.read_map(self.location, self.token)
             if start + nbytes > len(mm):
                 raise CorruptChunkError(
                     f"{self.location}: dataset {self.dataset} extends past the end of the file "
@@ -287,24 +277,35 @@ class H5Source:
         fs, path = self.location.fs, self.location.path
         starts = [o for o, _ in ranges]
         ends = [o + s for o, s in ranges]
-        with remote_errors(self.location.url):
+        with storage_errors(self.location.url):
             # one concurrent batch of range requests (fsspec's async filesystems)
             return fs.cat_ranges([path] * len(ranges), starts, ends, on_error="raise")
 
-    def _decode(self, raw: bytes, mask: int, coords: tuple[int, ...]) -> np.ndarray:
-        chunk_shape = self.storage_chunks
+    def _corrupt(self, coords: tuple[int, ...], err: Exception) -> CorruptChunkError:
+        return CorruptChunkError(
+            f"{self.location}: chunk {coords} of dataset {self.dataset} cannot be decoded "
+            f"({type(err).__name__}: {err})"
+        )
+
+    def _undo_filters(
+        self, raw: bytes, mask: int, coords: tuple[int, ...], first: int = 0
+    ) -> Any:
+        """Undo the filters from the last down to number ``first`` (bytes-like result)."""
         try:
             buf: Any = raw
-            for i, (fid, values) in reversed(list(enumerate(self.filters))):
-                if mask & (1 << i):
-                    continue  # HDF5 skipped this (optional) filter for this chunk
-                buf = _decoder(fid, values, self.dtype.itemsize)(buf)
-            return np.frombuffer(buf, dtype=self.dtype).reshape(chunk_shape)
+            for i, (fid, values) in reversed(list(enumerate(self.filters))[first:]):
+                if not mask & (1 << i):  # a set bit: HDF5 skipped this optional filter
+                    buf = _decoder(fid, values, self.dtype.itemsize)(buf)
+            return buf
         except Exception as err:
-            raise CorruptChunkError(
-                f"{self.location}: chunk {coords} of dataset {self.dataset} cannot be decoded "
-                f"({type(err).__name__}: {err})"
-            ) from err
+            raise self._corrupt(coords, err) from err
+
+    def _decode(self, raw: bytes, mask: int, coords: tuple[int, ...]) -> np.ndarray:
+        buf = self._undo_filters(raw, mask, coords)
+        try:
+            return np.frombuffer(buf, dtype=self.dtype).reshape(self.storage_chunks)
+        except ValueError as err:  # a decoded chunk of the wrong size
+            raise self._corrupt(coords, err) from err
 
     def _read_small_chunks(
         self, box: tuple[slice, ...], ranges_per_axis: list[range], index: ChunkIndex
@@ -335,10 +336,7 @@ class H5Source:
             coords = tuple(int(i) + r.start for i, r in zip(
                 np.unravel_index(n, [len(r) for r in ranges_per_axis]), ranges_per_axis,
                 strict=True))
-            raise CorruptChunkError(
-                f"{self.location}: chunk {coords} of dataset {self.dataset} cannot be decoded "
-                f"({type(err).__name__}: {err})"
-            ) from err
+            raise self._corrupt(coords, err) from err
         if shuffle_last:
             values = filters[0][1]
             flat = unshuffle_rows(flat, values[0] if values else itemsize)
@@ -397,15 +395,6 @@ class H5Source:
     def _unshuffle_into(
         self, raw: bytes, mask: int, coords: tuple[int, ...], out: np.ndarray
     ) -> bool:
-        try:
-            buf: Any = raw
-            for i, (fid, values) in reversed(list(enumerate(self.filters))[1:]):
-                if not mask & (1 << i):
-                    buf = _decoder(fid, values, self.dtype.itemsize)(buf)
-        except Exception as err:
-            raise CorruptChunkError(
-                f"{self.location}: chunk {coords} of dataset {self.dataset} cannot be decoded "
-                f"({type(err).__name__}: {err})"
-            ) from err
+        buf = self._undo_filters(raw, mask, coords, first=1)  # all but the shuffle
         values = self.filters[0][1]
         return unshuffle_into(buf, values[0] if values else self.dtype.itemsize, out)

@@ -37,7 +37,7 @@ from lazyio.chunks import to_dask
 from lazyio.chunks.grid import aligned_chunks, regular_chunks, target_chunk_bytes
 from lazyio.chunks.slicing import apply_residual, split_index
 from lazyio.errors import FormatError, SourceNotFoundError, UnsupportedError
-from lazyio.location import Location, as_location, remote_errors
+from lazyio.location import Location, as_location, storage_errors
 
 __all__ = ["MemmapSource", "contiguous_chunks", "memmap_distributed"]
 
@@ -46,17 +46,6 @@ Chunks = tuple[tuple[int, ...], ...]
 # A remote range request costs about as much as transferring this many bytes (latency x
 # bandwidth of an object store); reads merge runs of bytes while merging is cheaper.
 _REQUEST_COST = 256 * 1024
-
-
-def _open_map(location: Location, token: str) -> mmap.mmap:
-    def opener() -> mmap.mmap:
-        with open(location.local_path, "rb") as f:
-            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-
-    # The token (mtime and size) is in the key: a rewritten file is never read through a
-    # map of its previous version.
-    return handles.acquire(("memmap", location, token),
-                           handles.opened_unchanged(location, token, opener))
 
 
 def _release(mm: mmap.mmap, start: int, stop: int) -> None:
@@ -155,7 +144,7 @@ class MemmapSource:
             # the first array over the map), so its pages are released exactly when the
             # last of them is gone. The trailing Ellipsis keeps a 0-d result an array: a
             # numpy scalar would lose a non-native byte order.
-            mm = _open_map(self.location, self.token)
+            mm = handles.read_map(self.location, self.token)
             records = self._view(mm)
             first, last = self._span(outer)
             weakref.finalize(records, _release, mm, self.offset + first, self.offset + last)
@@ -173,7 +162,7 @@ class MemmapSource:
         if math.prod(out_shape) == 0:
             return np.empty(out_shape, dtype=self.dtype)
         if self.location.local_path is not None:
-            mm = _open_map(self.location, self.token)
+            mm = handles.read_map(self.location, self.token)
             block = self._expose(self._view(mm))[(index, *rest)]  # fancy index: a copy
             rows = slice(int(index.min()), int(index.max()) + 1)
             first, last = self._span((rows, *(slice(0, s) for s in self.records[1:])))
@@ -243,7 +232,7 @@ class MemmapSource:
             raws = [self.location.read_bytes(starts[0], ends[0])]
         else:
             fs, path = self.location.fs, self.location.path
-            with remote_errors(self.location.url):
+            with storage_errors(self.location.url):
                 raws = fs.cat_ranges([path] * len(starts), starts, ends, on_error="raise")
         tail = (slice(None), *box[g + 1 :], slice(None))
         for lead, raw, start in zip(leads, raws, starts, strict=True):

@@ -8,6 +8,7 @@ numcodecs codecs: nothing is ever unpickled.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import zipfile
@@ -77,76 +78,6 @@ _DIRECT_COMPRESSORS = frozenset({"blosc", "zstd", "zlib", "gzip", "bz2", "lz4", 
 
 
 @dataclass(frozen=True)
-class _DirectPlan:
-    """How to read a local Zarr v2 array's chunk files without zarr-python.
-
-    zarr-python 3 runs every read through its event loop and thread pool, which costs
-    more than decoding for small chunks; here each task reads its chunk files and
-    decodes them with numcodecs (which releases the GIL), as for HDF5.
-    """
-
-    root: str
-    separator: str
-    compressor: Any
-    fill_value: Any
-    dtype: np.dtype
-
-    def _chunk(self, coords: tuple[int, ...], chunk_shape: tuple[int, ...], where: str) -> Any:
-        name = os.path.join(self.root, self.separator.join(map(str, coords)))
-        try:
-            with open(name, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
-            return None
-        try:
-            buf = self.compressor.decode(raw) if self.compressor is not None else raw
-            return np.frombuffer(buf, dtype=self.dtype).reshape(chunk_shape)
-        except Exception as err:
-            raise CorruptChunkError(
-                f"{where}: chunk {coords} of array cannot be decoded ({type(err).__name__}: "
-                f"{err})"
-            ) from err
-
-    def read(self, box: tuple[slice, ...], source: ZarrSource) -> np.ndarray:
-        cs = source.storage_chunks
-        where = f"{source.store}: array {source.path}"
-        out_shape = tuple(s.stop - s.start for s in box)
-        out = np.empty(out_shape, dtype=source.dtype)
-        if out.size == 0:
-            return out
-        grid = [range(s.start // c, -(-s.stop // c)) for s, c in zip(box, cs, strict=True)]
-        for coords in product(*grid):
-            src, dst = [], []
-            for s, ci, k in zip(box, coords, cs, strict=True):
-                lo, hi = max(s.start, ci * k), min(s.stop, (ci + 1) * k)
-                src.append(slice(lo - ci * k, hi - ci * k))
-                dst.append(slice(lo - s.start, hi - s.start))
-            target = out[tuple(dst)]
-            if target.shape == cs and target.flags.c_contiguous and self._into(coords, target):
-                continue  # decoded straight into place
-            chunk = self._chunk(coords, cs, where)
-            target[...] = self.fill_value if chunk is None else chunk[tuple(src)]
-        return out
-
-    def _into(self, coords: tuple[int, ...], target: np.ndarray) -> bool:
-        """Decode a whole chunk straight into a contiguous ``target``; False if it cannot."""
-        if self.compressor is None or getattr(self.compressor, "codec_id", "") != "blosc":
-            return False
-        name = os.path.join(self.root, self.separator.join(map(str, coords)))
-        try:
-            with open(name, "rb") as f:
-                raw = f.read()
-            # bytes 4-7 of a Blosc header: the decoded size; a short chunk would leave
-            # stale bytes in place
-            if len(raw) < 16 or int.from_bytes(raw[4:8], "little") != target.nbytes:
-                return False
-            self.compressor.decode(raw, out=target.view(np.uint8).reshape(-1))
-        except Exception:  # noqa: BLE001  (missing or bad chunk: the checked path reports it)
-            return False
-        return True
-
-
-@dataclass(frozen=True)
 class LocalV2Layout:
     """What lazyio needs to read or write a plain local Zarr v2 array's chunk files."""
 
@@ -156,6 +87,20 @@ class LocalV2Layout:
     fill_value: int | float
     dtype: np.dtype
     chunks: tuple[int, ...]
+
+    def chunk_path(self, coords: tuple[int, ...]) -> str:
+        return os.path.join(self.root, self.separator.join(map(str, coords)))
+
+    def codec(self) -> Any:
+        """The numcodecs codec of the chunk files (``None``: stored raw)."""
+        if self.compressor is None:
+            return None
+        return _codec_from_json(json.dumps(self.compressor, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=32)
+def _codec_from_json(config: str) -> Any:
+    return numcodecs.get_codec(json.loads(config))
 
 
 def local_v2_layout(root: str) -> LocalV2Layout | None:
@@ -186,6 +131,63 @@ def local_v2_layout(root: str) -> LocalV2Layout | None:
     )
 
 
+@dataclass(frozen=True)
+class _DirectPlan:
+    """How to read a local Zarr v2 array's chunk files without zarr-python.
+
+    zarr-python 3 runs every read through its event loop and thread pool, which costs
+    more than decoding for small chunks; here each task reads its chunk files and
+    decodes them with numcodecs (which releases the GIL), as for HDF5.
+    """
+
+    layout: LocalV2Layout
+
+    def read(self, box: tuple[slice, ...], source: ZarrSource) -> np.ndarray:
+        layout, cs = self.layout, self.layout.chunks
+        out = np.empty(tuple(s.stop - s.start for s in box), dtype=source.dtype)
+        if out.size == 0:
+            return out
+        codec = layout.codec()
+        grid = [range(s.start // c, -(-s.stop // c)) for s, c in zip(box, cs, strict=True)]
+        for coords in product(*grid):
+            src, dst = [], []
+            for s, ci, k in zip(box, coords, cs, strict=True):
+                lo, hi = max(s.start, ci * k), min(s.stop, (ci + 1) * k)
+                src.append(slice(lo - ci * k, hi - ci * k))
+                dst.append(slice(lo - s.start, hi - s.start))
+            target = out[tuple(dst)]
+            try:
+                with open(layout.chunk_path(coords), "rb") as f:
+                    raw = f.read()
+            except FileNotFoundError:
+                target[...] = layout.fill_value  # never written: the fill value
+                continue
+            try:
+                if _decode_into(codec, raw, target):
+                    continue
+                buf = codec.decode(raw) if codec is not None else raw
+                target[...] = np.frombuffer(buf, dtype=layout.dtype).reshape(cs)[tuple(src)]
+            except Exception as err:
+                raise CorruptChunkError(
+                    f"{source.store}: array {source.path}: chunk {coords} cannot be decoded "
+                    f"({type(err).__name__}: {err})"
+                ) from err
+        return out
+
+
+def _decode_into(codec: Any, raw: bytes, target: np.ndarray) -> bool:
+    """Decode a Blosc chunk straight into a whole, contiguous ``target`` if it is one."""
+    if (
+        getattr(codec, "codec_id", "") != "blosc" or not target.flags.c_contiguous
+        # bytes 4-7 of a Blosc header: the decoded size; a short chunk would leave
+        # stale bytes in place (the general path reports it)
+        or len(raw) < 16 or int.from_bytes(raw[4:8], "little") != target.nbytes
+    ):
+        return False
+    codec.decode(raw, out=target.view(np.uint8).reshape(-1))
+    return True
+
+
 def _direct_plan(source: ZarrSource) -> _DirectPlan | None:
     """A plan when the array is a plain local Zarr v2 one, else None (zarr-python reads)."""
     location = source.store.location
@@ -197,11 +199,7 @@ def _direct_plan(source: ZarrSource) -> _DirectPlan | None:
         or layout.chunks != tuple(source.storage_chunks)
     ):
         return None
-    return _DirectPlan(
-        root=layout.root, separator=layout.separator,
-        compressor=_codec(layout.compressor, layout.root) if layout.compressor else None,
-        fill_value=layout.fill_value, dtype=layout.dtype,
-    )
+    return _DirectPlan(layout)
 
 
 def _codec(config: dict[str, Any] | None, where: str) -> Any:

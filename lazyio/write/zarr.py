@@ -9,14 +9,11 @@ chunk boundaries, are written by zarr-python.
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 from dataclasses import dataclass
 from itertools import product
 from typing import Any
 
-import numcodecs
 import numpy as np
 import zarr
 from zarr.storage import LocalStore
@@ -24,11 +21,6 @@ from zarr.storage import LocalStore
 from lazyio.chunks.zarr import LocalV2Layout, local_v2_layout
 
 __all__ = ["ZarrRegionTarget", "zarr_target"]
-
-
-@functools.lru_cache(maxsize=16)
-def _codec(config_json: str) -> Any:
-    return numcodecs.get_codec(json.loads(config_json))
 
 
 @dataclass(frozen=True)
@@ -44,7 +36,7 @@ class ZarrRegionTarget:
             return
         layout = self.layout
         block = np.asarray(block)
-        codec = _codec(json.dumps(layout.compressor)) if layout.compressor else None
+        codec = layout.codec()
         grid = [range(r.start // c, -(-r.stop // c))
                 for r, c in zip(region, layout.chunks, strict=True)]
         for coords in product(*grid):
@@ -59,7 +51,7 @@ class ZarrRegionTarget:
                 piece = full
             raw = np.ascontiguousarray(piece, dtype=layout.dtype)
             data = codec.encode(raw) if codec is not None else raw.tobytes()
-            name = os.path.join(layout.root, layout.separator.join(map(str, coords)))
+            name = layout.chunk_path(coords)
             os.makedirs(os.path.dirname(name), exist_ok=True)
             with open(name, "wb") as f:
                 f.write(data)
