@@ -72,7 +72,7 @@ def _ceilings(data: np.ndarray, chunks: tuple[int, ...], root: str) -> tuple[flo
     writer's ceiling)."""
     import h5py
 
-    from lazyio.write.hdf5 import H5ChunkTarget, encodable_pipeline
+    from lazyio.backends.hdf5.target import H5ChunkTarget, encodable_pipeline
 
     path = os.path.join(root, "ceiling.h5")
     with h5py.File(path, "w") as f:

@@ -81,12 +81,12 @@ class _Shuffle:
         self.itemsize = itemsize
 
     def encode(self, buf: Any) -> Any:
-        from lazyio.chunks.shuffle import shuffle
+        from lazyio.backends.hdf5.shuffle import shuffle
 
         return shuffle(buf, self.itemsize)
 
     def decode(self, buf: Any) -> Any:
-        from lazyio.chunks.shuffle import unshuffle
+        from lazyio.backends.hdf5.shuffle import unshuffle
 
         return unshuffle(buf, self.itemsize)
 

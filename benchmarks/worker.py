@@ -91,7 +91,7 @@ def write(spec: dict[str, Any]) -> dict[str, Any]:
     data = _source(spec)
     if impl == "lazyio":
         import lazyio
-        from lazyio.plugins import available_plugins
+        from lazyio.formats import available_plugins
 
         # the plugins import before the clock starts, as RosettaSciIO's module does
         available_plugins()

@@ -60,7 +60,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # Format modules import on first use, so `import lazyio` stays cheap.
     if name == "memmap_distributed":
-        from lazyio.chunks.memmap import memmap_distributed
+        from lazyio.backends.raw.memmap import memmap_distributed
 
         return memmap_distributed
     if name in ("to_xarray", "from_xarray"):
@@ -70,5 +70,7 @@ def __getattr__(name: str) -> Any:
     if name in ("hspy", "zspy", "npy", "usid"):
         import importlib
 
-        return importlib.import_module(f"lazyio.{name}")
+        from lazyio.formats import _registry
+
+        return importlib.import_module(_registry()[name])
     raise AttributeError(f"module 'lazyio' has no attribute {name!r}")

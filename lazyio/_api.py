@@ -7,8 +7,8 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from lazyio.errors import reading
+from lazyio.formats import detect_format, format_from_extension, get_plugin
 from lazyio.location import Location, as_location
-from lazyio.plugins import detect_format, format_from_extension, get_plugin
 
 __all__ = ["load", "save"]
 
@@ -82,9 +82,9 @@ def load(
 
 
 def _inspect_first(location: Location, timeout: float | None) -> None:
-    from lazyio._inspect import DEFAULT_TIMEOUT, inspect_untrusted
+    from lazyio.backends.hdf5.safety import DEFAULT_TIMEOUT, inspect_untrusted
     from lazyio.errors import UnsupportedError
-    from lazyio.hspy import is_hdf5
+    from lazyio.formats.hspy import is_hdf5
 
     if location.isdir() or not location.exists():
         return  # a Zarr directory (or nothing, reported by the reader): no HDF5 parsing

@@ -150,7 +150,7 @@ def convert(
         The URLs (or paths) written, one per signal.
     """
     from lazyio._api import load, save
-    from lazyio.plugins import format_from_extension
+    from lazyio.formats import format_from_extension
 
     source = as_location(src, storage_options)
     if target_storage_options is None and isinstance(dst, str | os.PathLike):
@@ -204,7 +204,7 @@ def _default_chunks(signal: dict[str, Any], target_format: str) -> Any:
     navigation axes (a ``.npy`` file) is one signal, so a big one would be written as one
     chunk, held whole in memory. Such arrays get chunks of whole trailing axes instead.
     """
-    from lazyio.plugins import get_plugin
+    from lazyio.formats import get_plugin
 
     data = signal["data"]
     limit = int(getattr(get_plugin(target_format), "TARGET_CHUNK_BYTES", 0))

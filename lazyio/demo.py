@@ -11,7 +11,7 @@ import dask.array as da
 import numpy as np
 
 import lazyio
-from lazyio.plugins import available_plugins
+from lazyio.formats import available_plugins
 
 __all__ = ["make_dataset", "run_demo"]
 

@@ -17,8 +17,8 @@ from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 __all__ = [
-    "HandleCache", "acquire", "check_unchanged", "close_all", "close_location",
-    "close_matching", "default_cache", "opened_unchanged", "read_map",
+    "HandleCache", "Memo", "acquire", "check_unchanged", "close_all", "close_location",
+    "close_matching", "default_cache", "default_memo", "memo", "opened_unchanged", "read_map",
 ]
 
 _logger = logging.getLogger("lazyio")
@@ -115,6 +115,56 @@ class HandleCache:
 default_cache = HandleCache(maxsize=int(os.environ.get("LAZYIO_MAX_OPEN_FILES", "128")))
 
 
+class Memo:
+    """A bounded, thread-safe LRU of values derived from files (chunk indexes, read plans,
+    scan results). Nothing in it is an open file, so it never uses up a file slot of
+    :data:`default_cache`; keys carry the file's version token, so a rewritten file is
+    never described by a stale entry."""
+
+    def __init__(self, maxsize: int = 1024) -> None:
+        self.maxsize = maxsize
+        self._values: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.RLock()
+
+    def get(self, key: Hashable, build: Callable[[], T]) -> T:
+        """Return the value memoised under ``key``, building it on first use."""
+        with self._lock:
+            try:
+                value = self._values[key]
+            except KeyError:
+                pass
+            else:
+                self._values.move_to_end(key)
+                return value
+        value = build()  # outside the lock: building may read a file
+        with self._lock:
+            self._values[key] = value
+            while len(self._values) > self.maxsize:
+                self._values.popitem(last=False)
+        return value
+
+    def forget_matching(self, predicate: Callable[[Hashable], bool]) -> int:
+        """Forget every value whose key satisfies ``predicate``; return how many."""
+        with self._lock:
+            keys = [k for k in self._values if predicate(k)]
+            for k in keys:
+                del self._values[k]
+            return len(keys)
+
+    def clear(self) -> None:
+        """Forget every value."""
+        with self._lock:
+            self._values.clear()
+
+
+default_memo = Memo()
+
+
+def memo(key: Hashable, build: Callable[[], T]) -> T:
+    """A value derived from a file, memoised per process (see :class:`Memo`)."""
+    return default_memo.get(key, build)
+
+
 def acquire(key: Hashable, opener: Callable[[], T]) -> T:
     """Acquire a handle from the process-wide cache."""
     return default_cache.acquire(key, opener)
@@ -133,6 +183,8 @@ def close_location(location: Hashable) -> int:
         parts = key if isinstance(key, tuple) else (key,)
         return any(p == location or getattr(p, "location", None) == location for p in parts)
 
+    # what was derived from the file goes too: a rewritten file must be described anew
+    default_memo.forget_matching(on_location)
     return default_cache.close_matching(on_location)
 
 
@@ -155,6 +207,7 @@ def close_all(client: Any = None) -> int | dict[str, int]:
         process's count under ``"local"`` and each worker's count under its address.
     """
     closed = default_cache.close_all()
+    default_memo.clear()
     if client is None or client is False:
         return closed
     if client is True:
@@ -166,6 +219,7 @@ def close_all(client: Any = None) -> int | dict[str, int]:
 
 
 def _close_all_here() -> int:
+    default_memo.clear()
     return default_cache.close_all()
 
 

@@ -10,20 +10,15 @@ from __future__ import annotations
 
 import html
 import math
-import zipfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from lazyio.backends import StorageLayout
 from lazyio.location import Location, as_location
 
 __all__ = ["AxisInfo", "FileInfo", "SignalInfo", "info"]
-
-# HDF5 filter ids (H5Zpublic.h and the registered plugin ids) -> short names
-_H5_FILTERS = {1: "gzip", 2: "shuffle", 3: "fletcher32", 4: "szip", 5: "nbit",
-               6: "scaleoffset", 307: "bzip2", 32000: "lzf", 32001: "blosc", 32004: "lz4",
-               32008: "bitshuffle", 32015: "zstd"}
 
 
 @dataclass(frozen=True)
@@ -246,7 +241,7 @@ def info(
     ... # doctest: +SKIP
     """
     from lazyio._api import load
-    from lazyio.plugins import detect_format, get_plugin
+    from lazyio.formats import detect_format, get_plugin
 
     location = as_location(source, storage_options)
     name = format or detect_format(location)
@@ -265,24 +260,24 @@ def info(
 
 def _spec_version(location: Location, name: str, signals: list[dict[str, Any]]) -> str | None:
     if name == "npy":
-        from lazyio.npy_header import read_header
+        from lazyio.backends.raw.npy_header import read_header
 
         major, minor = read_header(location).version
         return f"{major}.{minor}"
     source = _find_source(signals[0]["data"]) if signals else None
     attrs: dict[str, Any] = {}
     if name in ("hspy", "usid"):
-        from lazyio.chunks.hdf5 import open_h5
+        from lazyio.backends.hdf5.sources import open_h5
 
         attrs = dict(open_h5(location, token=location.modified_token()).attrs)
     elif name == "zspy" and source is not None and hasattr(source, "store"):
-        from lazyio.stores import node_kind, open_store
+        from lazyio.backends.zarr.stores import node_kind, open_store
 
         _, _, meta = node_kind(open_store(source.store), "")
         meta = meta or {}
         attrs = meta.get("attributes", {}) or {}
         if not attrs:
-            from lazyio.stores import read_json
+            from lazyio.backends.zarr.stores import read_json
 
             attrs = read_json(open_store(source.store), ".zattrs") or {}
     key = "pyUSID_version" if name == "usid" else "file_format_version"
@@ -345,104 +340,31 @@ def _signal_info(signal: dict[str, Any]) -> SignalInfo:
         title=str(title),
         shape=tuple(int(s) for s in data.shape),
         dtype=str(data.dtype),
-        dataset=layout["dataset"],
-        storage_chunks=layout["chunks"],
+        dataset=layout.dataset,
+        storage_chunks=layout.chunks,
         dask_chunks=dask_chunks,
         npartitions=int(getattr(data, "npartitions", 1)),
-        compression=layout["compression"],
+        compression=layout.compression,
         nbytes=int(data.nbytes),
-        stored_nbytes=layout["stored"],
+        stored_nbytes=layout.stored,
         axes=[_axis_info(a) for a in signal.get("axes", [])],
     )
 
 
-def _storage_layout(source: Any) -> dict[str, Any]:
-    from lazyio.chunks.hdf5 import H5Source
-    from lazyio.chunks.memmap import MemmapSource
-    from lazyio.chunks.zarr import ObjectZarrSource, ZarrSource
+def _storage_layout(source: Any) -> StorageLayout:
+    from lazyio.backends.hdf5.layout import dataset_layout
+    from lazyio.backends.hdf5.sources import H5Source
+    from lazyio.backends.raw.memmap import MemmapSource
+    from lazyio.backends.zarr.layout import array_layout
+    from lazyio.backends.zarr.sources import ObjectZarrSource, ZarrSource
 
-    empty = {"dataset": None, "chunks": None, "compression": None, "stored": None}
     inner = getattr(source, "source", None)
     if isinstance(inner, H5Source):  # a USID view over its 2-D main dataset
         source = inner
     if isinstance(source, H5Source):
-        return _hdf5_layout(source)
+        return dataset_layout(source.location, source.dataset, source.token)
     if isinstance(source, ZarrSource | ObjectZarrSource):
-        return _zarr_layout(source.store, source.path)
+        return array_layout(source.store, source.path)
     if isinstance(source, MemmapSource):
-        return {**empty, "stored": int(source.stored_nbytes)}
-    return empty
-
-
-def _hdf5_layout(source: Any) -> dict[str, Any]:
-    from lazyio.chunks.hdf5 import open_h5
-
-    dset = open_h5(source.location, token=source.token)[source.dataset]
-    plist = dset.id.get_create_plist()
-    names = []
-    for i in range(plist.get_nfilters()):
-        fid, _flags, values, raw_name = plist.get_filter(i)
-        label = _H5_FILTERS.get(int(fid)) or raw_name.decode(errors="replace") or str(fid)
-        if int(fid) == 1 and len(values):
-            label = f"gzip({values[0]})"
-        names.append(label)
-    return {
-        "dataset": dset.name,
-        "chunks": tuple(int(c) for c in dset.chunks) if dset.chunks else None,
-        "compression": "+".join(names) or None,
-        "stored": int(dset.id.get_storage_size()),
-    }
-
-
-def _codec_name(config: dict[str, Any]) -> str:
-    # Zarr v2: {"id": ..., options}; Zarr v3: {"name": ..., "configuration": {...}}
-    name = config.get("id") or config.get("name") or "?"
-    options = config.get("configuration", config)
-    shown = {k: v for k, v in options.items()
-             if k not in ("id", "name", "blocksize", "typesize", "endian", "checksum")
-             and not isinstance(v, dict | list)}
-    args = ", ".join(f"{k}={v}" for k, v in shown.items())
-    return f"{name}({args})" if args else str(name)
-
-
-def _zarr_layout(spec: Any, path: str) -> dict[str, Any]:
-    from lazyio.stores import node_kind, open_store
-
-    _, fmt, meta = node_kind(open_store(spec), path)
-    meta = meta or {}
-    if fmt == 3:
-        chunks = tuple(meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape")
-                       or ()) or None
-        codecs = []
-        for codec in meta.get("codecs") or []:
-            if codec.get("name") == "sharding_indexed":
-                conf = codec.get("configuration", {})
-                inner = [_codec_name(c) for c in conf.get("codecs", [])
-                         if c.get("name") not in ("bytes", "transpose")]
-                codecs.append(f"sharding(chunks={tuple(conf.get('chunk_shape', ()))}"
-                              + (f": {'+'.join(inner)}" if inner else "") + ")")
-            elif codec.get("name") not in ("bytes", "transpose"):
-                codecs.append(_codec_name(codec))
-    else:
-        chunks = tuple(meta.get("chunks") or ()) or None
-        codecs = [_codec_name(c) for c in (*(meta.get("filters") or ()),
-                                           meta.get("compressor")) if c]
-    return {"dataset": "/" + path.strip("/"), "chunks": chunks,
-            "compression": "+".join(codecs) or None,
-            "stored": _zarr_stored_bytes(spec, path)}
-
-
-def _zarr_stored_bytes(spec: Any, path: str) -> int | None:
-    location = getattr(spec, "location", None)
-    try:
-        if spec.kind == "dir" and location is not None:
-            return int(location.fs.du(f"{location.path.rstrip('/')}/{path.strip('/')}",
-                                      total=True))
-        if spec.kind == "zip" and location is not None and location.local_path:
-            prefix = path.strip("/") + "/"
-            with zipfile.ZipFile(location.local_path) as zf:
-                return sum(i.compress_size for i in zf.infolist()
-                           if i.filename.startswith(prefix))
-    except (OSError, ValueError, NotImplementedError):
-        return None
-    return None
+        return StorageLayout(stored=int(source.stored_nbytes))
+    return StorageLayout()

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from lazyio.signal_dict import as_signal_dict, make_signal_dict
+from lazyio.signals import as_signal_dict, make_signal_dict
 
 __all__ = ["from_xarray", "to_xarray"]
 

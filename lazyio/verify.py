@@ -22,7 +22,7 @@ import dask.array as da
 import numpy as np
 
 from lazyio.errors import VerificationError
-from lazyio.signal_dict import as_signal_dict
+from lazyio.signals import as_signal_dict
 
 __all__ = ["verify_written"]
 
@@ -138,8 +138,8 @@ def verify_written(
         The file's data differ from the source (or it cannot be read back), naming the
         file, the signal and the first mismatching chunk index.
     """
+    from lazyio.formats import get_plugin
     from lazyio.location import Location, as_location
-    from lazyio.plugins import get_plugin
 
     source = as_signal_dict(signal)
     is_path = isinstance(target, Location | str) or hasattr(target, "__fspath__")
@@ -163,7 +163,7 @@ def verify_written(
 
 def _remove(location: Any) -> None:
     from lazyio import handles
-    from lazyio.write.atomic import remove_path
+    from lazyio.backends.atomic import remove_path
 
     handles.close_location(location)
     try:

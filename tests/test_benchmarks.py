@@ -59,7 +59,7 @@ def test_numpy_shuffle_matches_numcodecs(dtype, rng):
     import numcodecs
     import numpy as np
 
-    from lazyio.chunks.shuffle import shuffle, unshuffle
+    from lazyio.backends.hdf5.shuffle import shuffle, unshuffle
 
     raw = rng.integers(0, 256, size=np.dtype(dtype).itemsize * 1001, dtype=np.uint8).tobytes()
     k = np.dtype(dtype).itemsize
@@ -89,7 +89,7 @@ def test_chunk_reads_equal_h5py(tmp_path, rng, options, dtype, shape, chunks):
     with h5py.File(path, "w") as f:
         f.create_dataset("x", data=data, chunks=chunks, **options)
         f.attrs["file_format"] = "HyperSpy"
-    from lazyio.chunks.hdf5 import H5Source
+    from lazyio.backends.hdf5.sources import H5Source
     from lazyio.location import as_location
 
     with h5py.File(path, "r") as f:
@@ -111,9 +111,9 @@ def test_direct_zarr_reads_equal_zarr(tmp_path, rng, separator, chunks):
     import numpy as np
     import zarr
 
-    from lazyio.chunks.zarr import ZarrSource
+    from lazyio.backends.zarr.sources import ZarrSource
+    from lazyio.backends.zarr.stores import StoreSpec
     from lazyio.location import as_location
-    from lazyio.stores import StoreSpec
 
     data = (rng.random((19, 13, 6)) * 100).astype("<f4")
     data[:8] = 7  # whole chunks equal to the fill value are not written

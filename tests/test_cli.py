@@ -129,7 +129,7 @@ def test_convert_verify(source, tmp_path, capsys):
 
 def test_convert_progress_bar_shows_throughput(source, tmp_path, capsys, monkeypatch):
     path, _ = source
-    monkeypatch.setattr("lazyio.progress.DELAY", 0)  # a tiny file is written at once
+    monkeypatch.setattr("lazyio.backends.progress.DELAY", 0)  # a tiny file is written at once
     assert main(["convert", path, str(tmp_path / "p.npy")]) == 0
     err = capsys.readouterr().err
     assert "writing" in err

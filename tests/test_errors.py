@@ -515,7 +515,7 @@ def test_untrusted_mode_child_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     aborts (as the HDF5 library does on some malformed files)."""
     import sys
 
-    from lazyio import _inspect
+    from lazyio.backends.hdf5 import safety as _inspect
 
     good = tmp_path / "good.hspy"
     lazyio.save(good, DATA_F4, show_progressbar=False)

@@ -18,9 +18,9 @@ import pytest
 
 import lazyio
 from lazyio import npy
-from lazyio.chunks.memmap import memmap_distributed
+from lazyio.backends.atomic import TMP_TAG, atomic_path
+from lazyio.backends.raw.memmap import memmap_distributed
 from lazyio.errors import FormatError, SourceNotFoundError, TargetExistsError, UnsupportedError
-from lazyio.write.atomic import TMP_TAG, atomic_path
 
 STRUCT = np.dtype([("a", "<f4"), ("b", ">i2", (2, 3)), ("c", "S3"), ("d", "?")])
 ALIGNED = np.dtype([("x", "u1"), ("y", "<f8")], align=True)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 import lazyio
-from lazyio.progress import TqdmCallback
+from lazyio.backends.progress import TqdmCallback
 
 
 @pytest.fixture
 def no_delay(monkeypatch):
-    monkeypatch.setattr("lazyio.progress.DELAY", 0)  # small writes finish within the delay
+    monkeypatch.setattr("lazyio.backends.progress.DELAY", 0)  # small writes finish within the delay
 
 
 def array() -> da.Array:

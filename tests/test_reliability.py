@@ -29,8 +29,8 @@ import psutil
 import pytest
 
 import lazyio
+from lazyio.backends.atomic import TMP_TAG
 from lazyio.errors import StaleFileError, VerificationError
-from lazyio.write.atomic import TMP_TAG
 
 KINDS = ["hspy", "zspy", "zspy-zip", "npy", "usid"]
 SUFFIX = {"hspy": ".hspy", "zspy": ".zspy", "zspy-zip": ".zspy", "npy": ".npy", "usid": ".h5"}

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import lazyio
-import lazyio.usid_schema
+import lazyio.formats.usid.schema
 from lazyio import usid
 from lazyio.errors import (
     FormatError,
@@ -339,13 +339,13 @@ def test_lazy_array_is_chunk_aligned_and_reads_one_spectrum_cheaply(tmp_path, rn
     assert all(c % 64 == 0 for c in arr.chunks[2][:-1])
 
     reads = []
-    read_2d = lazyio.usid_schema.USIDView._read_2d
+    read_2d = lazyio.formats.usid.schema.USIDView._read_2d
 
     def spy(self, rows, cols):
         reads.append((rows, cols))
         return read_2d(self, rows, cols)
 
-    monkeypatch.setattr(lazyio.usid_schema.USIDView, "_read_2d", spy)
+    monkeypatch.setattr(lazyio.formats.usid.schema.USIDView, "_read_2d", spy)
     start = time.perf_counter()
     np.testing.assert_array_equal(arr[3, 5].compute(scheduler="sync"), data[3 * 64 + 5])
     assert time.perf_counter() - start < 1.0
@@ -359,7 +359,7 @@ def test_lazy_array_is_chunk_aligned_and_reads_one_spectrum_cheaply(tmp_path, rn
 def _link_grid(grp, main, pos_shape, spec_shape):
     """Ancillary datasets of a C-ordered grid, linked with lazyio's own schema helpers."""
     def anc(prefix, shape, transpose):
-        inds = lazyio.usid_schema.grid_indices(shape)
+        inds = lazyio.formats.usid.schema.grid_indices(shape)
         inds = inds.T if transpose else inds
         labels = np.array([f"{prefix}{i}".encode() for i in range(len(shape))])
         out = []
@@ -392,7 +392,7 @@ def test_sniff_and_format_detection(files, tmp_path):
     with h5py.File(plain, "w") as f:
         f["x"] = np.zeros((3, 4))
     assert not sniff(plain)
-    assert lazyio.plugins.detect_format(as_location(files["multi"])) == "usid"
+    assert lazyio.formats.detect_format(as_location(files["multi"])) == "usid"
 
 
 def test_clear_errors(files, tmp_path):

@@ -19,7 +19,7 @@ import pytest
 
 import lazyio
 from lazyio.errors import FormatError, LazyioError, LazyioWarning
-from lazyio.hierarchy.versions import parse_version
+from lazyio.formats.hyperspy.versions import parse_version
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,4 +1,4 @@
-"""Direct chunk-file writes into local Zarr v2 arrays (lazyio.write.zarr)."""
+"""Direct chunk-file writes into local Zarr v2 arrays (lazyio.backends.zarr.targets)."""
 
 import os
 
@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 import lazyio
-from lazyio.write.zarr import zarr_target
+from lazyio.backends.zarr.targets import zarr_target
 
 
 def _array_dir(path):

@@ -19,8 +19,8 @@ import dask.array as da
 import numpy as np
 
 from lazyio.errors import FormatError
-from lazyio.hierarchy.node import Node, decode_strings
-from lazyio.hierarchy.versions import parse_old_datetime
+from lazyio.formats.hyperspy.node import Node, decode_strings
+from lazyio.formats.hyperspy.versions import parse_old_datetime
 
 __all__ = ["decode_attribute", "group_to_dict", "read_dataset"]
 

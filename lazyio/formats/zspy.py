@@ -18,6 +18,9 @@ from zarr.storage import LocalStore
 
 from lazyio import handles
 from lazyio._api import save
+from lazyio.backends.atomic import atomic_path, remove_path
+from lazyio.backends.zarr.stores import FreshStore, StoreSpec, node_kind, open_store
+from lazyio.backends.zarr.targets import zarr_target
 from lazyio.errors import (
     FormatError,
     LazyioError,
@@ -26,14 +29,11 @@ from lazyio.errors import (
     UnsupportedError,
     reading,
 )
-from lazyio.hierarchy.node import ZarrNode
-from lazyio.hierarchy.signal import read_file_tree, write_signal_tree
-from lazyio.hierarchy.writer import ArrayWriter
+from lazyio.formats.hyperspy.node import ZarrNode
+from lazyio.formats.hyperspy.signal import read_file_tree, write_signal_tree
+from lazyio.formats.hyperspy.writer import ArrayWriter
 from lazyio.location import Location, as_location
-from lazyio.signal_dict import as_signal_dict, signal_axes_indices
-from lazyio.stores import FreshStore, StoreSpec, node_kind, open_store
-from lazyio.write.atomic import atomic_path, remove_path
-from lazyio.write.zarr import zarr_target
+from lazyio.signals import as_signal_dict, signal_axes_indices
 
 __all__ = ["file_reader", "file_writer", "read", "sniff", "write"]
 

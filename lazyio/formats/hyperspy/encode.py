@@ -1,6 +1,6 @@
 """Dictionary -> tree: HyperSpy's metadata encoding, written through a :class:`Node`.
 
-The inverse of :mod:`~lazyio.hierarchy.decode` (its docstring describes the encoding).
+The inverse of :mod:`~lazyio.formats.hyperspy.decode` (its docstring describes the encoding).
 Large arrays are not written here: they are handed to ``write_array``, which the caller
 turns into one streamed :func:`dask.array.store` at the end.
 """
@@ -15,7 +15,7 @@ import dask.array as da
 import numpy as np
 
 from lazyio.errors import LazyioWarning
-from lazyio.hierarchy.node import Node
+from lazyio.formats.hyperspy.node import Node
 
 __all__ = ["dict_to_group"]
 

@@ -14,9 +14,9 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from lazyio.hierarchy.node import Node
-from lazyio.write import rechunk_to_storage, store
-from lazyio.write.layout import storage_chunks
+from lazyio.backends.layout import storage_chunks
+from lazyio.backends.store import rechunk_to_storage, store
+from lazyio.formats.hyperspy.node import Node
 
 __all__ = ["ArrayWriter"]
 

@@ -1,8 +1,8 @@
 """Streamed ``.npy`` writes: the header first, then every block into its region.
 
-A local target is written to a hidden temporary sibling (:func:`~lazyio.write.atomic.
+A local target is written to a hidden temporary sibling (:func:`~lazyio.backends.atomic.
 atomic_path`): the header, with its magic string left blank, and a payload of the final
-size; then :func:`~lazyio.write.store` writes each dask block in place through a memory
+size; then :func:`~lazyio.backends.store.store` writes each dask block in place through a memory
 map that every process opens for itself (:class:`NpyTarget`); then the magic is written,
 the file is synced and renamed. Until that last step no file under the target's name
 exists, and the temporary is not a valid ``.npy`` file, so an interrupted write never
@@ -28,11 +28,11 @@ import dask.array as da
 import numpy as np
 
 from lazyio import handles
+from lazyio.backends.atomic import TMP_TAG, atomic_path
+from lazyio.backends.raw.npy_header import MAGIC, header_bytes
+from lazyio.backends.store import store, uses_distributed
 from lazyio.errors import UnsupportedError
 from lazyio.location import Location
-from lazyio.npy_header import MAGIC, header_bytes
-from lazyio.write import store, uses_distributed
-from lazyio.write.atomic import TMP_TAG, atomic_path
 
 __all__ = ["NpyTarget", "write_npy"]
 

@@ -3,7 +3,7 @@
 zarr-python 3 sends every chunk through its event loop and codec thread pool: writing
 512 MiB in 8 MiB Blosc chunks took 1.55 s through it against 0.70 s encoding with numcodecs
 in the dask tasks and writing the files here. Only plain arrays take this path (see
-:func:`lazyio.chunks.zarr.local_v2_layout`); the rest, and regions that do not start on
+:func:`lazyio.backends.zarr.sources.local_v2_layout`); the rest, and regions that do not start on
 chunk boundaries, are written by zarr-python.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
-from lazyio.chunks.zarr import LocalV2Layout, local_v2_layout
+from lazyio.backends.zarr.sources import LocalV2Layout, local_v2_layout
 
 __all__ = ["ZarrRegionTarget", "zarr_target"]
 

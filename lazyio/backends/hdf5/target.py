@@ -23,8 +23,8 @@ import numcodecs
 import numpy as np
 
 from lazyio import handles
-from lazyio.chunks.hdf5 import BLOSC, DEFLATE, SHUFFLE, ZSTD
-from lazyio.chunks.shuffle import shuffle
+from lazyio.backends.hdf5.shuffle import shuffle
+from lazyio.backends.hdf5.sources import BLOSC, DEFLATE, SHUFFLE, ZSTD
 
 __all__ = ["H5ChunkTarget", "encodable_pipeline", "open_for_targets"]
 
@@ -104,7 +104,7 @@ class H5ChunkTarget:
         return bytes(buf)
 
     #: HDF5 files cannot be written by several processes: a cluster sends encoded chunks
-    #: back to the process that holds the file (see :func:`lazyio.write.store`).
+    #: back to the process that holds the file (see :func:`lazyio.backends.store.store`).
     single_writer = True
 
     def encode_block(

@@ -107,7 +107,7 @@ def refuse_external(h5file: Any, where: Any, allow_external: bool) -> None:
     # the walk opens every object: once per version of the file and process is enough
     token = where.modified_token() if hasattr(where, "modified_token") else ""
     if token and token != "unknown":
-        found = handles.acquire(("external-scan", where, token),
+        found = handles.memo(("external-scan", where, token),
                                 lambda: external_references(h5file))
     else:
         found = external_references(h5file)

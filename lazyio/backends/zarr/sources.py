@@ -1,4 +1,4 @@
-"""Zarr arrays as chunk sources, reopened from a :class:`~lazyio.stores.StoreSpec`.
+"""Zarr arrays as chunk sources, reopened from a :class:`~lazyio.backends.zarr.stores.StoreSpec`.
 
 Numeric arrays are read through zarr-python 3. Zarr v2 object arrays (ragged arrays and
 strings that HyperSpy wrote with ``vlen-array``, ``msgpack2``, ``json2``, ...), which
@@ -20,9 +20,9 @@ import numcodecs
 import numpy as np
 
 from lazyio import handles
-from lazyio.chunks.slicing import apply_residual, split_index
-from lazyio.errors import CorruptChunkError, UnsupportedError
-from lazyio.stores import StoreSpec, get_bytes, open_store, zarr_array
+from lazyio.backends.slicing import apply_residual, split_index
+from lazyio.backends.zarr.stores import StoreSpec, get_bytes, open_store, zarr_array
+from lazyio.errors import CorruptChunkError, LazyioError, UnsupportedError
 
 __all__ = ["SAFE_OBJECT_CODECS", "LocalV2Layout", "ObjectZarrSource", "ZarrSource", "local_v2_layout"]
 
@@ -53,8 +53,7 @@ class ZarrSource:
 
     def _plan(self) -> _DirectPlan | None:
         key = ("zarr-direct", self.store, self.path, self.token)
-        return handles.acquire(key, handles.opened_unchanged(
-            self.store.location, self.token, lambda: _direct_plan(self)))
+        return handles.memo(key, lambda: _checked_plan(self))
 
     def __getitem__(self, key: Any) -> np.ndarray:
         box, residual = split_index(key, self.shape)
@@ -65,6 +64,8 @@ class ZarrSource:
             if self.ndim == 0:
                 return np.asarray(self._array()[()], dtype=self.dtype)
             block = np.asarray(self._array()[box])
+        except LazyioError:
+            raise
         except (RuntimeError, ValueError, TypeError, OSError, KeyError, EOFError,
                 zipfile.BadZipFile) as err:  # a damaged zip member fails in zipfile
             raise CorruptChunkError(
@@ -186,6 +187,12 @@ def _decode_into(codec: Any, raw: bytes, target: np.ndarray) -> bool:
         return False
     codec.decode(raw, out=target.view(np.uint8).reshape(-1))
     return True
+
+
+def _checked_plan(source: ZarrSource) -> _DirectPlan | None:
+    plan = _direct_plan(source)
+    handles.check_unchanged(source.store.location, source.token)
+    return plan
 
 
 def _direct_plan(source: ZarrSource) -> _DirectPlan | None:

@@ -1,6 +1,6 @@
 """Whole files and ``Experiments/<title>`` groups <-> signal dictionaries.
 
-Reading follows the spec of every version (see :mod:`~lazyio.hierarchy.versions`);
+Reading follows the spec of every version (see :mod:`~lazyio.formats.hyperspy.versions`);
 writing produces version 3.3, as RosettaSciIO does, so HyperSpy reads lazyio's files.
 """
 
@@ -14,10 +14,10 @@ import dask.array as da
 import numpy as np
 
 from lazyio.errors import FormatError
-from lazyio.hierarchy.decode import decode_attribute, group_to_dict, read_dataset
-from lazyio.hierarchy.encode import dict_to_group
-from lazyio.hierarchy.node import Node
-from lazyio.hierarchy.versions import (
+from lazyio.formats.hyperspy.decode import decode_attribute, group_to_dict, read_dataset
+from lazyio.formats.hyperspy.encode import dict_to_group
+from lazyio.formats.hyperspy.node import Node
+from lazyio.formats.hyperspy.versions import (
     CURRENT_STR,
     METADATA_GROUPS,
     migrate_axes,

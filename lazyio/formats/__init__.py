@@ -28,10 +28,10 @@ _logger = logging.getLogger("lazyio")
 
 # Detection order matters: a USID file is HDF5 too, so it is checked before hspy.
 FORMATS: dict[str, str] = {
-    "npy": "lazyio.npy",
-    "zspy": "lazyio.zspy",
-    "usid": "lazyio.usid",
-    "hspy": "lazyio.hspy",
+    "npy": "lazyio.formats.npy",
+    "zspy": "lazyio.formats.zspy",
+    "usid": "lazyio.formats.usid.plugin",
+    "hspy": "lazyio.formats.hspy",
 }
 
 HEAD_BYTES = 512

@@ -23,11 +23,11 @@ import dask.array as da
 import h5py
 import numpy as np
 
-from lazyio.chunks.grid import regular_chunks
-from lazyio.chunks.hdf5 import H5Source, open_h5
-from lazyio.chunks.slicing import apply_residual, split_index
+from lazyio.backends.chunking import regular_chunks
+from lazyio.backends.hdf5.sources import H5Source, open_h5
+from lazyio.backends.layout import storage_chunks
+from lazyio.backends.slicing import apply_residual, split_index
 from lazyio.errors import FormatError
-from lazyio.write.layout import storage_chunks
 
 __all__ = [
     "ANCILLARY",
@@ -345,7 +345,7 @@ def _box_steps(box: Sequence[slice], shape: tuple[int, ...]) -> tuple[int, int, 
 class USIDView:
     """A USID main dataset seen as its N-D form: positions, then spectroscopic dimensions.
 
-    A chunk source: it holds the 2-D dataset's :class:`~lazyio.chunks.hdf5.H5Source` and
+    A chunk source: it holds the 2-D dataset's :class:`~lazyio.backends.hdf5.sources.H5Source` and
     the N-D shape, never a file; a box of the N-D array is read as the 2-D rectangle of
     rows and columns that covers it (one contiguous run each when the box is chunk-aligned).
 

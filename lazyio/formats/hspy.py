@@ -17,16 +17,16 @@ import h5py
 
 from lazyio import handles
 from lazyio._api import save
-from lazyio._inspect import refuse_external
-from lazyio.chunks.hdf5 import open_h5
+from lazyio.backends.atomic import atomic_path
+from lazyio.backends.hdf5.safety import refuse_external
+from lazyio.backends.hdf5.sources import open_h5
+from lazyio.backends.hdf5.target import H5ChunkTarget, encodable_pipeline, open_for_targets
 from lazyio.errors import FormatError, SourceNotFoundError, TargetExistsError, reading
-from lazyio.hierarchy.node import H5Node
-from lazyio.hierarchy.signal import read_file_tree, write_signal_tree
-from lazyio.hierarchy.writer import ArrayWriter
+from lazyio.formats.hyperspy.node import H5Node
+from lazyio.formats.hyperspy.signal import read_file_tree, write_signal_tree
+from lazyio.formats.hyperspy.writer import ArrayWriter
 from lazyio.location import Location, as_location
-from lazyio.signal_dict import as_signal_dict, signal_axes_indices
-from lazyio.write.atomic import atomic_path
-from lazyio.write.hdf5 import H5ChunkTarget, encodable_pipeline, open_for_targets
+from lazyio.signals import as_signal_dict, signal_axes_indices
 
 __all__ = ["file_reader", "file_writer", "read", "sniff", "write"]
 

@@ -40,8 +40,8 @@ def uses_distributed() -> bool:
 @contextlib.contextmanager
 def progress(show: bool, label: str = "", nbytes: int | None = None) -> Iterator[None]:
     """Show a tqdm bar (bytes and MB/s when ``nbytes`` is known) over local dask
-    computations in the block; see :func:`store` for clusters and :mod:`lazyio.progress`."""
-    from lazyio.progress import progress_bar
+    computations in the block; see :func:`store` for clusters and :mod:`lazyio.backends.progress`."""
+    from lazyio.backends.progress import progress_bar
 
     with progress_bar(show, label, nbytes):
         yield
@@ -98,7 +98,7 @@ def _store_distributed(
 ) -> None:
     from distributed import default_client, futures_of, wait
 
-    from lazyio.progress import cluster_progress
+    from lazyio.backends.progress import cluster_progress
 
     client = default_client()
     region_pairs = [(a, t) for a, t in zip(arrays, targets, strict=True)
@@ -123,7 +123,7 @@ def _single_writer(
     from dask.array.core import slices_from_chunks
     from distributed import as_completed
 
-    from lazyio.progress import step_bar
+    from lazyio.backends.progress import step_bar
 
     regions = slices_from_chunks(array.chunks)
     blocks = array.to_delayed().ravel()

@@ -3,9 +3,9 @@
 Reads parse the header here (format versions 1, 2 and 3; Fortran order, byte order,
 structured and 0-d arrays), refuse object arrays (nothing is ever unpickled), and check
 that the file holds the payload its header promises. Lazy reads are a
-:func:`~lazyio.chunks.memmap.memmap_distributed` of the payload; eager reads copy it into
+:func:`~lazyio.backends.raw.memmap.memmap_distributed` of the payload; eager reads copy it into
 memory (or map it, with ``mmap_mode``). Writes stream dask arrays block by block into the
-payload (:mod:`lazyio.write.npy`). A ``.npy`` file holds no metadata: only the data are
+payload (:mod:`lazyio.backends.raw.npy_target`). A ``.npy`` file holds no metadata: only the data are
 written, and read signals get default axes.
 """
 
@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from lazyio._api import save
-from lazyio.chunks.memmap import memmap_distributed
+from lazyio.backends.raw.memmap import memmap_distributed
+from lazyio.backends.raw.npy_header import MAGIC, NpyHeader, read_header
+from lazyio.backends.raw.npy_target import write_npy
 from lazyio.errors import FormatError, TargetExistsError, UnsupportedError, reading
 from lazyio.location import Location, as_location
-from lazyio.npy_header import MAGIC, NpyHeader, read_header
-from lazyio.signal_dict import as_signal_dict, default_axes, make_signal_dict
-from lazyio.write.npy import write_npy
+from lazyio.signals import as_signal_dict, default_axes, make_signal_dict
 
 __all__ = ["EXTENSIONS", "NAME", "file_reader", "file_writer", "read", "sniff", "write"]
 

@@ -1,6 +1,6 @@
 """One interface over HDF5 (h5py) and Zarr groups, for the hierarchical formats.
 
-The tree logic (:mod:`~lazyio.hierarchy.decode`, :mod:`~lazyio.hierarchy.encode`) only
+The tree logic (:mod:`~lazyio.formats.hyperspy.decode`, :mod:`~lazyio.formats.hyperspy.encode`) only
 sees :class:`Node`; :class:`H5Node` and :class:`ZarrNode` translate to the libraries.
 Array data never goes through the Node as an open dataset: lazy reads get a picklable
 chunk source and writes a picklable target.
@@ -20,9 +20,10 @@ import numcodecs
 import numpy as np
 import zarr
 
-from lazyio.chunks import aligned_chunks, to_dask
-from lazyio.chunks.hdf5 import H5Source
-from lazyio.chunks.zarr import ObjectZarrSource, ZarrSource
+from lazyio.backends import aligned_chunks, to_dask
+from lazyio.backends.hdf5.sources import H5Source
+from lazyio.backends.zarr.sources import ObjectZarrSource, ZarrSource
+from lazyio.backends.zarr.stores import StoreSpec, list_dir, node_kind, read_json, set_bytes
 from lazyio.errors import (
     CorruptChunkError,
     FormatError,
@@ -31,7 +32,6 @@ from lazyio.errors import (
     UnsupportedError,
 )
 from lazyio.location import Location
-from lazyio.stores import StoreSpec, list_dir, node_kind, read_json, set_bytes
 
 __all__ = ["H5Node", "Node", "ZarrNode"]
 

@@ -9,21 +9,38 @@ opens what it needs through :mod:`lazyio.handles`. Dask embeds the source in eve
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from lazyio.chunks.grid import aligned_chunks, regular_chunks, target_chunk_bytes
+from lazyio.backends.chunking import aligned_chunks, regular_chunks, target_chunk_bytes
 
 __all__ = [
     "ChunkSource",
+    "StorageLayout",
     "aligned_chunks",
     "regular_chunks",
     "target_chunk_bytes",
     "to_dask",
 ]
+
+
+@dataclass(frozen=True)
+class StorageLayout:
+    """How one stored array is laid out: what ``lazyio.info`` shows of its storage.
+
+    ``chunks`` is ``None`` for contiguous storage; ``compression`` names the filters or
+    codecs (``None``: stored raw); ``stored`` counts the bytes it takes in storage, where
+    known.
+    """
+
+    dataset: str | None = None
+    chunks: tuple[int, ...] | None = None
+    compression: str | None = None
+    stored: int | None = None
 
 
 @runtime_checkable

@@ -3,7 +3,7 @@
 A USID main dataset is stored 2-D (positions x spectroscopic values); lazyio returns it in
 its N-D form, position dimensions as navigation axes and spectroscopic dimensions as
 signal axes, each side ordered slowest-varying first as read from the index matrices. The
-N-D dask array is built directly on the 2-D dataset (:class:`~lazyio.usid_schema.USIDView`),
+N-D dask array is built directly on the 2-D dataset (:class:`~lazyio.formats.usid.schema.USIDView`),
 with blocks of whole storage chunks, so no task ever reads the whole dataset.
 
 The schema is read and written with h5py alone: pyUSID is not needed at run time (its last
@@ -29,9 +29,12 @@ from dask.base import tokenize
 
 from lazyio import handles
 from lazyio._api import save
-from lazyio._inspect import refuse_external
-from lazyio.chunks.grid import auto_block_bytes
-from lazyio.chunks.hdf5 import H5Source, open_h5
+from lazyio.backends.atomic import atomic_path
+from lazyio.backends.chunking import auto_block_bytes
+from lazyio.backends.hdf5.safety import refuse_external
+from lazyio.backends.hdf5.sources import H5Source, open_h5
+from lazyio.backends.hdf5.target import H5ChunkTarget, encodable_pipeline, open_for_targets
+from lazyio.backends.store import rechunk_to_storage, store
 from lazyio.errors import (
     FormatError,
     LazyioWarning,
@@ -41,9 +44,7 @@ from lazyio.errors import (
     UnsupportedError,
     reading,
 )
-from lazyio.location import Location, as_location
-from lazyio.signal_dict import as_signal_dict, make_signal_dict
-from lazyio.usid_schema import (
+from lazyio.formats.usid.schema import (
     ANCILLARY,
     Dimension,
     USIDView,
@@ -63,9 +64,8 @@ from lazyio.usid_schema import (
     split_descriptor,
     write_ancillary,
 )
-from lazyio.write import rechunk_to_storage, store
-from lazyio.write.atomic import atomic_path
-from lazyio.write.hdf5 import H5ChunkTarget, encodable_pipeline, open_for_targets
+from lazyio.location import Location, as_location
+from lazyio.signals import as_signal_dict, make_signal_dict
 
 __all__ = ["file_reader", "file_writer", "read", "sniff", "write"]
 
@@ -102,7 +102,7 @@ def sniff(location: Location, head: bytes) -> bool:
 
 
 def _as_dask(view: USIDView, chunks: tuple[tuple[int, ...], ...], token: str) -> da.Array:
-    # Like lazyio.chunks.to_dask, but fancy=True: the view applies any index through
+    # Like lazyio.backends.to_dask, but fancy=True: the view applies any index through
     # split_index, and dask then fuses a selection (one spectrum, one image) into the read
     # instead of reading the whole block first.
     return da.from_array(

@@ -1,7 +1,7 @@
 """The HyperSpy file format's versions: what changed, and how old files are migrated.
 
 Every difference between spec versions 1.0 and 3.3 that a reader must undo lives here, as
-data where possible, so :mod:`~lazyio.hierarchy.decode` stays version-agnostic.
+data where possible, so :mod:`~lazyio.formats.hyperspy.decode` stays version-agnostic.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ pages of a block are unmapped from the process once the block and every view of 
 gone: a cached map would otherwise keep every page it ever touched counted as the
 worker's memory. Remote files (no local path) are read by byte ranges into new arrays.
 
-Graph construction does no per-chunk Python work: :func:`~lazyio.chunks.to_dask` makes a
+Graph construction does no per-chunk Python work: :func:`~lazyio.backends.to_dask` makes a
 lazily materialised ``Blockwise`` layer whose block slices come from ``ArraySliceDep``;
 scan ``positions`` use a ``Blockwise`` layer over a chunked frame-index map.
 """
@@ -33,9 +33,9 @@ from dask.layers import ArraySliceDep
 from dask.utils import parse_bytes
 
 from lazyio import handles
-from lazyio.chunks import to_dask
-from lazyio.chunks.grid import aligned_chunks, regular_chunks, target_chunk_bytes
-from lazyio.chunks.slicing import apply_residual, split_index
+from lazyio.backends import to_dask
+from lazyio.backends.chunking import aligned_chunks, regular_chunks, target_chunk_bytes
+from lazyio.backends.slicing import apply_residual, split_index
 from lazyio.errors import FormatError, SourceNotFoundError, UnsupportedError
 from lazyio.location import Location, as_location, storage_errors
 

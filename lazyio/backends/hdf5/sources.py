@@ -26,8 +26,8 @@ import numcodecs
 import numpy as np
 
 from lazyio import handles
-from lazyio.chunks.shuffle import unshuffle, unshuffle_into, unshuffle_rows
-from lazyio.chunks.slicing import apply_residual, split_index
+from lazyio.backends.hdf5.shuffle import unshuffle, unshuffle_into, unshuffle_rows
+from lazyio.backends.slicing import apply_residual, split_index
 from lazyio.errors import (
     AccessDeniedError,
     CorruptChunkError,
@@ -144,7 +144,7 @@ def chunk_index(location: Location, dataset: str, token: str = "") -> ChunkIndex
                 visit(dset.id.get_chunk_info(i))
         return ChunkIndex(offsets, sizes, masks)
 
-    return handles.acquire(("h5index", location, dataset, token), build)
+    return handles.memo(("h5index", location, dataset, token), build)
 
 
 @dataclass(frozen=True)

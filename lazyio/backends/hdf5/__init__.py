@@ -1,0 +1,1 @@
+"""hdf5 storage: reading and writing together."""

@@ -1,0 +1,1 @@
+"""raw storage: reading and writing together."""

@@ -1,0 +1,1 @@
+"""zarr storage: reading and writing together."""

@@ -1,0 +1,1 @@
+"""The h5USID format."""
