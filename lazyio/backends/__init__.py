@@ -86,7 +86,7 @@ def to_dask(
     """
     meta = np.empty((0,) * len(source.shape), dtype=source.dtype)
     name = f"{prefix}-{tokenize(source, chunks, token_extra)}"
-    return da.from_array(
+    array: da.Array = da.from_array(
         source,
         chunks=chunks,
         name=name,
@@ -95,3 +95,4 @@ def to_dask(
         asarray=False,
         fancy=True,  # sources take any index, so dask pushes selections into the read
     )
+    return array

@@ -49,7 +49,7 @@ class TqdmCallback(Callback):
         self, label: str = "", nbytes: int | None = None, delay: float | None = None,
         **tqdm_kwargs: Any,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # dask leaves Callback untyped
         self.label = label
         self.nbytes = int(nbytes) if nbytes else None
         self.delay = DELAY if delay is None else delay

@@ -84,7 +84,7 @@ def apply_residual(block: np.ndarray, residual: list[Any]) -> np.ndarray:
             basic.append(r)
             if r is None or isinstance(r, slice):
                 out_axis += 1
-    result = block[tuple(basic)]
+    result: np.ndarray = block[tuple(basic)]
     for axis, idx in fancy:
         result = np.take(result, idx, axis=axis)
     return result

@@ -89,7 +89,7 @@ def store(
     if uses_distributed():
         _store_distributed(arrays, list(targets), show_progressbar, lock)
         return
-    with progress(show_progressbar, "writing", sum(a.nbytes for a in arrays)):
+    with progress(show_progressbar, "writing", int(sum(a.nbytes for a in arrays))):
         da.store(arrays, list(targets), lock=lock, compute=True)
 
 
@@ -139,7 +139,7 @@ def _single_writer(
         return client.compute(encode(region, block))
 
     pending = as_completed([f for f in (submit() for _ in range(window)) if f is not None])
-    with step_bar(show_progressbar, "writing", array.nbytes, len(regions)) as step:
+    with step_bar(show_progressbar, "writing", int(array.nbytes), len(regions)) as step:
         for future in pending:
             target.write_encoded(future.result())
             step()

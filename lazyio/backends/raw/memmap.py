@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from itertools import product
-from typing import Any
+from typing import Any, Literal
 
 import dask.array as da
 import numpy as np
@@ -39,6 +39,7 @@ from lazyio.backends.slicing import apply_residual, split_index
 from lazyio.errors import FormatError, SourceNotFoundError, UnsupportedError
 from lazyio.location import Location, as_location, storage_errors
 
+Order = Literal["C", "F"]  # storage order of a memory-mapped array
 __all__ = ["MemmapSource", "contiguous_chunks", "memmap_distributed"]
 
 Chunks = tuple[tuple[int, ...], ...]
@@ -63,7 +64,7 @@ def _release(mm: mmap.mmap, start: int, stop: int) -> None:
         mm.madvise(advice, first, min(stop, len(mm)) - first)
 
 
-def _flat_index(index: Sequence[int], shape: Sequence[int], order: str) -> int:
+def _flat_index(index: Sequence[int], shape: Sequence[int], order: Order) -> int:
     """Position of ``index`` among the items of an array of ``shape`` stored in ``order``."""
     axes = range(len(shape)) if order == "C" else reversed(range(len(shape)))
     flat = 0
@@ -102,7 +103,7 @@ class MemmapSource:
     offset: int
     records: tuple[int, ...]
     file_dtype: np.dtype
-    order: str = "C"
+    order: Order = "C"
     key: str | None = None
     token: str = ""
 
@@ -148,9 +149,13 @@ class MemmapSource:
             records = self._view(mm)
             first, last = self._span(outer)
             weakref.finalize(records, _release, mm, self.offset + first, self.offset + last)
-            return self._expose(records)[(*box, Ellipsis)]
+            whole: tuple[Any, ...] = (*box, Ellipsis)
+            view: np.ndarray = self._expose(records)[whole]
+            return view
         records = self._expose(self._read_records(outer))
-        return records[(*(slice(None),) * n, *inner, Ellipsis)].copy(order="K")
+        rest: tuple[Any, ...] = (*(slice(None),) * n, *inner, Ellipsis)
+        copy: np.ndarray = records[rest].copy(order="K")
+        return copy
 
     def take(self, index: np.ndarray, rest: tuple[slice, ...]) -> np.ndarray:
         """Read ``array[index, *rest]``: whole items along axis 0 (frames of a scan).
@@ -163,7 +168,8 @@ class MemmapSource:
             return np.empty(out_shape, dtype=self.dtype)
         if self.location.local_path is not None:
             mm = handles.read_map(self.location, self.token)
-            block = self._expose(self._view(mm))[(index, *rest)]  # fancy index: a copy
+            picked: tuple[Any, ...] = (index, *rest)
+            block: np.ndarray = self._expose(self._view(mm))[picked]  # fancy index: a copy
             rows = slice(int(index.min()), int(index.max()) + 1)
             first, last = self._span((rows, *(slice(0, s) for s in self.records[1:])))
             _release(mm, self.offset + first, self.offset + last)
@@ -211,13 +217,14 @@ class MemmapSource:
         if n == 0:
             raw = self.location.read_bytes(self.offset, self.offset + itemsize)
             out[...] = np.frombuffer(raw, dtype=np.uint8)
-            return np.ndarray((), dtype=self.file_dtype, buffer=out)
+            scalar: np.ndarray = np.ndarray((), dtype=self.file_dtype, buffer=out)
+            return scalar
         # Group runs along axis g: one request per index of the axes before g, each
         # covering whole trailing rows; pick g trading requests against wasted bytes.
         def cost(g: int) -> int:
             requests = math.prod(lens[:g])
             nbytes = math.prod(lens[: g + 1]) * math.prod(shape[g + 1 :]) * itemsize
-            return requests * _REQUEST_COST + nbytes
+            return int(requests * _REQUEST_COST + nbytes)
 
         g = min(range(n), key=cost)
         run_items = lens[g] * math.prod(shape[g + 1 :])
@@ -319,7 +326,7 @@ def memmap_distributed(
     positions: Any = None,
     offset: int = 0,
     shape: int | Sequence[int] | None = None,
-    order: str = "C",
+    order: Order = "C",
     chunks: Any = "auto",
     block_size_limit: int | str | None = None,
     key: str | None = None,

@@ -134,7 +134,7 @@ def parse_header(fp: IO[bytes], where: str, max_header_size: int | None = None) 
     if any(int(s) < 0 for s in shape):
         raise FormatError(f"{where}: the .npy header declares a negative shape {shape}")
     return NpyHeader(
-        version=tuple(version),
+        version=(int(version[0]), int(version[1])),
         shape=tuple(int(s) for s in shape),
         dtype=dtype,
         fortran_order=bool(fortran),
