@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Literal
 
 
 class LazyioError(Exception):
@@ -65,39 +66,97 @@ class VerificationError(LazyioError):
     """What was written does not read back equal to its source (``verify=True``)."""
 
 
-def _read_errors() -> tuple[type[BaseException], ...]:
+def _library_errors() -> tuple[type[BaseException], ...]:
+    # what h5py, zarr, numcodecs, zipfile, json and numpy raise on damaged input
     import json
     import struct
     import tokenize
     import zipfile
 
     return (OSError, ValueError, KeyError, IndexError, RuntimeError, EOFError, SyntaxError,
-            OverflowError, RecursionError, UnicodeError, struct.error, json.JSONDecodeError,
-            tokenize.TokenError, zipfile.BadZipFile)
+            OverflowError, RecursionError, UnicodeError, TypeError, struct.error,
+            json.JSONDecodeError, tokenize.TokenError, zipfile.BadZipFile)
+
+
+# One wording per kind of error: every translation below goes through these.
+def not_found(target: object, detail: str = "") -> SourceNotFoundError:
+    """The error for a file, object or dataset that does not exist."""
+    return SourceNotFoundError(f"No such file or directory: '{target}'" + _paren(detail))
+
+
+def access_denied(target: object, detail: str = "") -> AccessDeniedError:
+    """The error for storage that refused access."""
+    return AccessDeniedError(f"Access denied to '{target}'" + _paren(detail))
+
+
+def damaged(target: object, err: BaseException) -> FormatError:
+    """The error for a file whose structure or metadata cannot be parsed."""
+    return FormatError(f"{target}: damaged or not a valid file ({_describe(err)})")
+
+
+def corrupt_chunk(target: object, what: str, err: BaseException | str) -> CorruptChunkError:
+    """The error for stored array data that cannot be read or decoded; ``what`` names the
+    dataset and the chunk or region."""
+    detail = err if isinstance(err, str) else _describe(err)
+    return CorruptChunkError(f"{target}: {what} cannot be read ({detail})")
+
+
+def _paren(detail: str) -> str:
+    return f" ({detail})" if detail else ""
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+Scope = Literal["file", "chunk", "storage"]
 
 
 @contextlib.contextmanager
-def reading(where: object) -> Iterator[None]:
-    """Turn the errors libraries raise on a damaged file into :class:`FormatError`.
+def translate(target: object, *, scope: Scope = "file", what: str = "") -> Iterator[None]:
+    """The one place where the errors of storage and file libraries become lazyio's.
 
-    ``where`` names the file. lazyio's own errors pass through, and so do builtin errors
-    raised by lazyio's code itself (argument checks: a bad ``chunks=`` stays a
-    ``ValueError``); a missing file becomes :class:`SourceNotFoundError`. Used around
-    opening a file and reading its metadata, so that h5py, zarr, zipfile or numpy errors on
-    malformed input reach the caller as one error type that names the file.
+    lazyio's own errors pass through. A missing file becomes
+    :class:`SourceNotFoundError` and a refusal :class:`AccessDeniedError`, whatever library
+    raised them. Other library errors mean damage: with ``scope="file"`` (opening a file,
+    reading its metadata) a :class:`FormatError`; with ``scope="chunk"`` (reading array
+    data; ``what`` names the dataset and chunk or region) a :class:`CorruptChunkError`;
+    with ``scope="storage"`` (a byte transfer) they pass unchanged, since a transport
+    failure says nothing about the file.
+    On the file scope, builtin errors raised by lazyio's own code (argument checks: a bad
+    ``chunks=`` stays a ``ValueError``) pass through too.
+
+    Parameters
+    ----------
+    target : object
+        Names the file, object or store in the message (a Location, a URL, a store spec).
+    scope : {"file", "chunk", "storage"}
+        What the block reads.
+    what : str
+        With ``scope="chunk"``: the dataset and the chunk or region being read.
     """
     try:
         yield
     except LazyioError:
         raise
     except FileNotFoundError as err:
-        raise SourceNotFoundError(f"{where}: not found ({err})") from err
-    except _read_errors() as err:
+        raise not_found(target, "" if scope == "file" else str(err)) from err
+    except PermissionError as err:
+        raise access_denied(target, str(err)) from err
+    except _library_errors() as err:
+        if scope == "storage":
+            raise
+        if scope == "chunk":
+            raise corrupt_chunk(target, what or "data", err) from err
         if _raised_by_lazyio(err):
             raise
-        raise FormatError(
-            f"{where}: damaged or not a valid file ({type(err).__name__}: {err})"
-        ) from err
+        raise damaged(target, err) from err
+
+
+def reading(where: object) -> contextlib.AbstractContextManager[None]:
+    """Translate errors while opening a file and reading its metadata (see
+    :func:`translate`)."""
+    return translate(where, scope="file")
 
 
 def _raised_by_lazyio(err: BaseException) -> bool:

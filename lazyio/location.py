@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import fsspec
 
-from lazyio.errors import AccessDeniedError, SourceNotFoundError
+from lazyio.errors import SourceNotFoundError, translate
 
 __all__ = ["Location", "as_location", "storage_errors"]
 
@@ -25,18 +24,10 @@ __all__ = ["Location", "as_location", "storage_errors"]
 _REMOTE_BLOCK = 2**16
 
 
-@contextlib.contextmanager
-def storage_errors(url: str) -> Iterator[None]:
-    """Turn missing-file and permission errors (of fsspec or the OS) into lazyio's,
-    naming ``url``."""
-    try:
-        yield
-    except SourceNotFoundError:
-        raise
-    except FileNotFoundError as err:
-        raise SourceNotFoundError(f"No such file: '{url}' ({err})") from err
-    except PermissionError as err:
-        raise AccessDeniedError(f"Access denied to '{url}' ({err})") from err
+def storage_errors(url: str) -> contextlib.AbstractContextManager[None]:
+    """Translate missing-file and permission errors (of fsspec or the OS) into lazyio's,
+    naming ``url`` (see :func:`lazyio.errors.translate`)."""
+    return translate(url, scope="storage")
 
 
 @dataclass(frozen=True)
