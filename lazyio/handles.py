@@ -103,7 +103,7 @@ class HandleCache:
         self._check_fork()
         with self._lock:
             try:
-                handle = self._handles[key]
+                handle: T = self._handles[key]
             except KeyError:
                 handle = opener()
                 self._handles[key] = handle
@@ -170,7 +170,7 @@ class Memo:
         """Return the value memoised under ``key``, building it on first use."""
         with self._lock:
             try:
-                value = self._values[key]
+                value: T = self._values[key]
             except KeyError:
                 pass
             else:
@@ -254,7 +254,7 @@ def close_all(client: Any = None) -> int | dict[str, int]:
     if client is True:
         from distributed import default_client
 
-        client = default_client()
+        client = default_client()  # type: ignore[no-untyped-call]
     on_workers = client.run(_close_all_here)
     return {"local": closed, **{str(k): int(v) for k, v in on_workers.items()}}
 

@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numcodecs
-import numcodecs.zstd
+import numcodecs  # type: ignore[import-untyped]
+import numcodecs.zstd  # type: ignore[import-untyped]
 import numpy as np
 
 from lazyio.backends.hdf5.shuffle import shuffle, unshuffle
@@ -77,7 +77,7 @@ class Filter:
     id: int
     name: str
     decoder: Callable[[Values, int, int, bool], Codec] | None = None
-    encoder: Callable[[Values, int], Codec] | None = None
+    encoder: Callable[[Values, int], Codec | None] | None = None
     checksum: bool = False
     grows_by: int = 0
     compresses: bool = False
@@ -162,7 +162,7 @@ def _fletcher32_encoder(_values: Values, _itemsize: int) -> Codec:
 # ----------------------------------------------------------------------------- Compressors
 
 
-def _exact(name: str, out: Any, out_nbytes: int, exact: bool) -> Any:
+def _exact(name: str, out: bytes, out_nbytes: int, exact: bool) -> bytes:
     if exact and len(out) != out_nbytes:
         raise FilterError(f"{name}: decoded to {len(out)} bytes where {out_nbytes} were expected")
     return out
@@ -173,7 +173,7 @@ def _deflate_decoder(_values: Values, _itemsize: int, out_nbytes: int, exact: bo
 
     def inflate(buf: Any) -> bytes:
         d = zlib.decompressobj()
-        out = d.decompress(buf, bound)
+        out: bytes = d.decompress(buf, bound)
         # stopped at the bound: only the stream's end may remain
         if not d.eof and (d.decompress(d.unconsumed_tail, 1) or not d.eof):
             raise FilterError(
@@ -192,7 +192,7 @@ def _deflate_encoder(values: Values, _itemsize: int) -> Codec:
 def _bzip2_decoder(_values: Values, _itemsize: int, out_nbytes: int, exact: bool) -> Codec:
     def decompress(buf: Any) -> bytes:
         d = bz2.BZ2Decompressor()
-        out = d.decompress(buf, out_nbytes)
+        out: bytes = d.decompress(buf, out_nbytes)
         if not d.eof and (d.decompress(b"", 1) or not d.eof):
             raise FilterError(
                 f"bzip2: the stream is longer than the chunk ({out_nbytes} bytes) or "
@@ -240,8 +240,10 @@ def _blosc_decoder(_values: Values, _itemsize: int, out_nbytes: int, exact: bool
 def _blosc_encoder(values: Values, itemsize: int) -> Codec | None:
     if len(values) < 7:
         return None
-    return numcodecs.Blosc(cname=_BLOSC_NAMES.get(values[6], "blosclz"), clevel=values[4],
-                           shuffle=values[5], typesize=itemsize).encode
+    codec = numcodecs.Blosc(cname=_BLOSC_NAMES.get(values[6], "blosclz"), clevel=values[4],
+                            shuffle=values[5], typesize=itemsize)
+    encode: Codec = codec.encode
+    return encode
 
 
 def _zstd_content_size(head: bytes) -> int | None:
@@ -277,7 +279,8 @@ def _zstd_decoder(_values: Values, _itemsize: int, out_nbytes: int, exact: bool)
 
 
 def _zstd_encoder(values: Values, _itemsize: int) -> Codec:
-    return numcodecs.Zstd(level=values[0] if values else 3).encode
+    encode: Codec = numcodecs.Zstd(level=values[0] if values else 3).encode
+    return encode
 
 
 def _gzip_label(values: Values) -> str:
