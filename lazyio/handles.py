@@ -4,6 +4,15 @@ Lazy graphs never hold an open file: a task carries a small key (a
 :class:`~lazyio.location.Location`, a mode, ...) and asks this cache for the handle,
 which is opened on first use in each process and reused afterwards. This is the pattern
 of xarray's ``CachingFileManager``.
+
+Three stores, kept apart so that none can starve another:
+
+* :data:`default_cache`, a bounded LRU of files open for *reading*, under typed keys
+  (:class:`FileKey` subclasses); evicting or closing one only costs a reopen;
+* :data:`default_memo`, values derived from files (chunk indexes, scan results), which
+  use up no file slot;
+* :class:`WriterRegistry` instances, files being *written*: never evicted and never
+  closed by :func:`close_all`, because their owner is mid-write.
 """
 
 from __future__ import annotations
@@ -13,16 +22,47 @@ import mmap
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from typing import Any, TypeVar
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
 
 __all__ = [
-    "HandleCache", "Memo", "acquire", "check_unchanged", "close_all", "close_location",
-    "close_matching", "default_cache", "default_memo", "memo", "opened_unchanged", "read_map",
+    "FileKey", "HandleCache", "MapKey", "Memo", "WriterRegistry", "acquire",
+    "check_unchanged", "close_all", "close_location", "close_matching", "default_cache",
+    "default_memo", "memo", "opened_unchanged", "read_map",
 ]
 
 _logger = logging.getLogger("lazyio")
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+
+
+@dataclass(frozen=True)
+class FileKey:
+    """The key of one open file in :data:`default_cache`; one subclass per kind of handle.
+
+    Subclasses add what distinguishes two handles on the same file (mode, version
+    token); ``kind`` names the kind in logs and tests.
+    """
+
+    kind: ClassVar[str] = "file"
+    location: Hashable
+
+
+@dataclass(frozen=True)
+class MapKey(FileKey):
+    """A read-only memory map of a local file (:func:`read_map`)."""
+
+    kind: ClassVar[str] = "mmap"
+    token: str = ""
+
+
+def _on_location(key: Hashable, location: Hashable) -> bool:
+    # typed keys name their location; keys of rooms not yet typed are plain tuples that
+    # hold the location or an object whose location it is (a zarr store spec)
+    parts = key if isinstance(key, tuple) else (key,)
+    return any(p == location or getattr(p, "location", None) == location for p in parts)
 
 
 def _close(handle: Any) -> None:
@@ -63,7 +103,7 @@ class HandleCache:
         self._check_fork()
         with self._lock:
             try:
-                handle = self._handles[key]
+                handle: T = self._handles[key]
             except KeyError:
                 handle = opener()
                 self._handles[key] = handle
@@ -130,7 +170,7 @@ class Memo:
         """Return the value memoised under ``key``, building it on first use."""
         with self._lock:
             try:
-                value = self._values[key]
+                value: T = self._values[key]
             except KeyError:
                 pass
             else:
@@ -176,12 +216,13 @@ def close_matching(predicate: Callable[[Hashable], bool]) -> int:
 
 
 def close_location(location: Hashable) -> int:
-    """Close every handle on ``location``: keys that hold it, or an object whose
-    ``location`` it is (e.g. a zarr store spec). Returns how many were closed."""
+    """Close every read handle on ``location`` (keys whose ``location`` it is, or tuples
+    that hold it or an object whose ``location`` it is, e.g. a zarr store spec) and
+    forget what was derived from it. Files being written are not affected. Returns how
+    many handles were closed."""
 
     def on_location(key: Hashable) -> bool:
-        parts = key if isinstance(key, tuple) else (key,)
-        return any(p == location or getattr(p, "location", None) == location for p in parts)
+        return _on_location(key, location)
 
     # what was derived from the file goes too: a rewritten file must be described anew
     default_memo.forget_matching(on_location)
@@ -213,7 +254,7 @@ def close_all(client: Any = None) -> int | dict[str, int]:
     if client is True:
         from distributed import default_client
 
-        client = default_client()
+        client = default_client()  # type: ignore[no-untyped-call]
     on_workers = client.run(_close_all_here)
     return {"local": closed, **{str(k): int(v) for k, v in on_workers.items()}}
 
@@ -268,4 +309,80 @@ def read_map(location: Any, token: str) -> mmap.mmap:
         with open(location.local_path, "rb") as f:
             return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
-    return acquire(("mmap", location, token), opened_unchanged(location, token, opener))
+    return acquire(MapKey(location, token), opened_unchanged(location, token, opener))
+
+
+class WriterRegistry(Generic[K, T]):
+    """Files open for writing in this process, by key: never evicted, never closed by
+    :func:`close_all` or :func:`close_location`.
+
+    A write's owner registers the file it opened (:meth:`registered`), or tasks open
+    per-process write handles on first use (:meth:`acquire`) and the owner closes them
+    after the write (:meth:`close`). Fork-safe as :class:`HandleCache`.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._handles: dict[K, T] = {}
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+
+    def _check_fork(self) -> None:
+        if os.getpid() != self._pid:
+            self._handles = {}
+            self._lock = threading.RLock()
+            self._pid = os.getpid()
+
+    @contextmanager
+    def registered(self, key: K, handle: T) -> Iterator[K]:
+        """Make ``handle`` reachable under ``key`` for the duration of the block.
+
+        The caller keeps ownership: on exit the handle is unregistered, not closed.
+        """
+        self._check_fork()
+        with self._lock:
+            self._handles[key] = handle
+        try:
+            yield key
+        finally:
+            with self._lock:
+                if self._handles.get(key) is handle:
+                    del self._handles[key]
+
+    def get(self, key: K) -> T | None:
+        """The handle registered under ``key`` in this process, or None."""
+        self._check_fork()
+        with self._lock:
+            return self._handles.get(key)
+
+    def acquire(self, key: K, opener: Callable[[], T]) -> T:
+        """The handle under ``key``, opened with ``opener`` on first use in this process."""
+        self._check_fork()
+        with self._lock:
+            handle = self._handles.get(key)
+            if handle is None:
+                handle = self._handles[key] = opener()
+            return handle
+
+    def close(self, key: K) -> bool:
+        """Close and unregister the handle under ``key``; False if there was none."""
+        self._check_fork()
+        with self._lock:
+            handle = self._handles.pop(key, None)
+        if handle is None:
+            return False
+        _close(handle)
+        return True
+
+    def keys(self) -> list[K]:
+        """The keys of the files open for writing in this process."""
+        self._check_fork()
+        with self._lock:
+            return list(self._handles)
+
+    def __len__(self) -> int:
+        self._check_fork()
+        return len(self._handles)
+
+    def __repr__(self) -> str:
+        return f"WriterRegistry({self.name!r}, {len(self)} open)"

@@ -494,7 +494,7 @@ def test_lazy_arrays_compute_on_process_workers(tmp_path, rng, client):
     for (_, expected), got in zip(arrays.values(), results, strict=True):
         assert_same(got, expected)
     # The blocks were read by the worker processes, not by this one.
-    worker_keys = client.run(lambda: sorted({k[0] for k in lazyio.handles.default_cache.keys()}))  # noqa: SIM118 - HandleCache is not a dict
+    worker_keys = client.run(lambda: sorted({k.kind for k in lazyio.handles.default_cache.keys()}))  # noqa: SIM118 - HandleCache is not a dict
     assert len(pids) == 2
     assert all("mmap" in keys for keys in worker_keys.values())
 
@@ -506,9 +506,7 @@ def test_streamed_write_from_process_workers(tmp_path, client):
     assert_same(np.load(path), np.arange(60 * 70, dtype="<i8").reshape(60, 70))
     assert _leftovers(tmp_path) == []
     # Worker write maps are closed after the write.
-    open_writers = client.run(
-        lambda: [k for k in lazyio.handles.default_cache.keys() if k[0] == "npy-write"]  # noqa: SIM118
-    )
+    open_writers = client.run(lambda: lazyio.backends.raw.npy_target.WRITE_MAPS.keys())
     assert all(not keys for keys in open_writers.values())
 
 

@@ -18,14 +18,23 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["inspect_untrusted", "refuse_external"]
+__all__ = ["DEFAULT_TIMEOUT", "ExternalScanKey", "inspect_untrusted", "refuse_external"]
 
 # Small datasets are read whole in the child: lazyio reads them eagerly as metadata.
 SMALL_BYTES = 1 << 16
 DEFAULT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class ExternalScanKey:
+    """The memo key of one file version's external-reference scan (``handles.memo``)."""
+
+    location: Hashable
+    token: str
 
 
 def walk(h5file: Any) -> Iterator[tuple[str, str, Any]]:
@@ -36,7 +45,7 @@ def walk(h5file: Any) -> Iterator[tuple[str, str, Any]]:
     from each parent's id, so a 10,000-level hierarchy costs linear time and no Python
     recursion (h5py's ``visititems`` looks every name up from the root: quadratic).
     """
-    from h5py import h5d, h5g, h5l, h5o
+    from h5py import h5d, h5g, h5l, h5o  # type: ignore[import-untyped]
 
     seen: set[tuple[int, Any]] = set()
     stack: list[tuple[Any, str]] = [(h5file.id, "")]
@@ -107,8 +116,8 @@ def refuse_external(h5file: Any, where: Any, allow_external: bool) -> None:
     # the walk opens every object: once per version of the file and process is enough
     token = where.modified_token() if hasattr(where, "modified_token") else ""
     if token and token != "unknown":
-        found = handles.memo(("external-scan", where, token),
-                                lambda: external_references(h5file))
+        found = handles.memo(ExternalScanKey(where, token),
+                             lambda: external_references(h5file))
     else:
         found = external_references(h5file)
     if found:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import numcodecs
+import numcodecs  # type: ignore[import-untyped]
 import numpy as np
 
 __all__ = ["shuffle", "unshuffle", "unshuffle_into", "unshuffle_rows"]
@@ -27,9 +27,10 @@ def unshuffle(buf: bytes | memoryview | np.ndarray, itemsize: int) -> np.ndarray
     raw = np.frombuffer(buf, dtype=np.uint8)
     kind = _UINT.get(itemsize)
     if kind is None or not _FAST or raw.size % itemsize or raw.size < _SMALL:
-        return numcodecs.Shuffle(elementsize=itemsize).decode(buf)
+        decoded: np.ndarray | bytes = numcodecs.Shuffle(elementsize=itemsize).decode(buf)
+        return decoded
     planes = raw.reshape(itemsize, -1)
-    out = planes[itemsize - 1].astype(kind)
+    out: np.ndarray = planes[itemsize - 1].astype(kind)
     for i in range(itemsize - 2, -1, -1):
         out <<= 8
         out |= planes[i]
@@ -41,7 +42,8 @@ def shuffle(buf: bytes | memoryview | np.ndarray, itemsize: int) -> np.ndarray |
     raw = np.frombuffer(buf, dtype=np.uint8)
     kind = _UINT.get(itemsize)
     if kind is None or not _FAST or raw.size % itemsize:
-        return numcodecs.Shuffle(elementsize=itemsize).encode(buf)
+        encoded: np.ndarray | bytes = numcodecs.Shuffle(elementsize=itemsize).encode(buf)
+        return encoded
     items = raw.view(kind)
     out = np.empty((itemsize, items.size), dtype=np.uint8)
     out[0] = items  # the assignment keeps the low byte

@@ -3,35 +3,43 @@
 :class:`H5ChunkTarget` receives a block (a whole number of storage chunks), encodes each
 storage chunk with the dataset's own filter pipeline (shuffle, deflate, blosc, zstd) in
 the task, in parallel and outside the HDF5 lock, and then writes the encoded bytes with
-``write_direct_chunk`` under a lock, so the file is byte-for-byte what h5py would write.
-Pipelines lazyio cannot encode (lzf, szip, fletcher32, ...) go through h5py under the lock.
+``write_direct_chunk`` under a lock, so the file is byte-for-byte what h5py would write
+(Fletcher32 checksums included). Pipelines lazyio cannot encode (lzf, szip, ...) go
+through h5py under the lock.
+
+The file being written lives in this module's writer registry (:data:`WRITERS`), not in
+the bounded read-handle cache: reading from many files during a write, a small
+``LAZYIO_MAX_OPEN_FILES`` or :func:`lazyio.close_all` cannot close it mid-write.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from itertools import product
 from typing import Any
 
-import h5py
-import numcodecs
+import h5py  # type: ignore[import-untyped]
 import numpy as np
 
 from lazyio import handles
-from lazyio.backends.hdf5.shuffle import shuffle
-from lazyio.backends.hdf5.sources import BLOSC, DEFLATE, SHUFFLE, ZSTD
+from lazyio.backends.hdf5.filters import Codec, Pipeline, encoder, read_pipeline
+from lazyio.errors import LazyioError
 
-__all__ = ["H5ChunkTarget", "encodable_pipeline", "open_for_targets"]
+__all__ = ["WRITERS", "H5ChunkTarget", "WriterNotOpenError", "encodable_pipeline",
+           "open_for_targets"]
 
 # One lock per process: h5py objects are shared by the threads of a local scheduler.
 _WRITE_LOCK = threading.Lock()
 
-_BLOSC_NAMES = {0: "blosclz", 1: "lz4", 2: "lz4hc", 3: "snappy", 4: "zlib", 5: "zstd"}
+#: The HDF5 files being written in this process, by the key their targets carry.
+WRITERS: handles.WriterRegistry[str, h5py.File] = handles.WriterRegistry("hdf5")
+
+
+class WriterNotOpenError(LazyioError, RuntimeError):
+    """A chunk target ran in a process that does not hold the file being written."""
 
 
 @contextlib.contextmanager
@@ -39,46 +47,25 @@ def open_for_targets(h5file: h5py.File) -> Iterator[str]:
     """Make a file the writer opened reachable by :class:`H5ChunkTarget` in this process.
 
     Yields the key the targets use. The writer keeps ownership: the file is only
-    unregistered (not closed) on exit.
+    unregistered (not closed) on exit. The registry is not the read-handle cache, so
+    the file stays open however many files the write reads from.
     """
-    key = f"{h5file.filename}#{id(h5file)}"
-    handles.acquire(("h5-write", key), lambda: h5file)
-    try:
+    with WRITERS.registered(f"{h5file.filename}#{id(h5file)}", h5file) as key:
         yield key
-    finally:
-        handles.default_cache.forget(("h5-write", key))
 
 
-def _encoder(fid: int, values: tuple[int, ...], itemsize: int) -> Any:
-    if fid == SHUFFLE:  # numpy, not numcodecs: it releases the GIL
-        return partial(shuffle, itemsize=values[0] if values else itemsize)
-    if fid == DEFLATE:
-        level = values[0] if values else 4
-        return lambda buf: zlib.compress(buf, level)
-    if fid == BLOSC and len(values) >= 7:
-        codec = numcodecs.Blosc(
-            cname=_BLOSC_NAMES.get(values[6], "blosclz"), clevel=values[4], shuffle=values[5],
-            typesize=itemsize,
-        )
-        return codec.encode
-    if fid == ZSTD:
-        codec = numcodecs.Zstd(level=values[0] if values else 3)
-        return codec.encode
-    return None
+def _encoder(fid: int, values: tuple[int, ...], itemsize: int) -> Codec | None:
+    return encoder(fid, values, itemsize)
 
 
-def encodable_pipeline(dset: h5py.Dataset) -> tuple[tuple[int, tuple[int, ...]], ...] | None:
+def encodable_pipeline(dset: h5py.Dataset) -> Pipeline | None:
     """The dataset's filter pipeline if lazyio can encode every filter of it, else None."""
     if dset.chunks is None or dset.dtype.kind not in "biufc":
         return None
-    plist = dset.id.get_create_plist()
-    pipeline = []
-    for i in range(plist.get_nfilters()):
-        fid, _flags, values, _name = plist.get_filter(i)
-        if _encoder(int(fid), tuple(values), dset.dtype.itemsize) is None:
-            return None
-        pipeline.append((int(fid), tuple(int(v) for v in values)))
-    return tuple(pipeline)
+    pipeline, _names = read_pipeline(dset)
+    if any(encoder(fid, values, dset.dtype.itemsize) is None for fid, values in pipeline):
+        return None
+    return pipeline
 
 
 @dataclass(frozen=True)
@@ -88,19 +75,33 @@ class H5ChunkTarget:
     key: str
     dataset: str
     shape: tuple[int, ...]
-    dtype: np.dtype
+    dtype: np.dtype[Any]
     chunks: tuple[int, ...] | None
-    pipeline: tuple[tuple[int, tuple[int, ...]], ...] | None
+    pipeline: Pipeline | None
 
     def _dataset(self) -> h5py.Dataset:
-        h5file = handles.default_cache.acquire(("h5-write", self.key), _not_open(self.key))
+        h5file = WRITERS.get(self.key)
+        if h5file is None:
+            raise WriterNotOpenError(
+                f"HDF5 file {self.key} is not open for writing in this process; HDF5 "
+                "files are written through one writer process"
+            )
         return h5file[self.dataset]
 
-    def encode(self, chunk: np.ndarray) -> bytes:
+    def _steps(self) -> list[Codec]:
+        steps = []
+        for fid, values in self.pipeline or ():
+            step = encoder(fid, values, self.dtype.itemsize)
+            if step is None:  # encodable_pipeline() vouched for every filter
+                raise ValueError(f"HDF5 filter {fid} cannot be encoded by lazyio")
+            steps.append(step)
+        return steps
+
+    def encode(self, chunk: np.ndarray[Any, Any]) -> bytes:
         """Encode one full storage chunk with the dataset's filters."""
         buf: Any = np.ascontiguousarray(chunk, dtype=self.dtype).tobytes()
-        for fid, values in self.pipeline or ():
-            buf = _encoder(fid, values, self.dtype.itemsize)(buf)
+        for step in self._steps():
+            buf = step(buf)
         return bytes(buf)
 
     #: HDF5 files cannot be written by several processes: a cluster sends encoded chunks
@@ -108,7 +109,7 @@ class H5ChunkTarget:
     single_writer = True
 
     def encode_block(
-        self, region: tuple[slice, ...], block: np.ndarray
+        self, region: tuple[slice, ...], block: np.ndarray[Any, Any]
     ) -> list[tuple[tuple[int, ...], Any]]:
         """Encode a block into ``(chunk offset, bytes)`` pairs, or one raw region write."""
         block = np.asarray(block, dtype=self.dtype)
@@ -141,15 +142,5 @@ class H5ChunkTarget:
                 else:
                     dset.id.write_direct_chunk(offset, data)
 
-    def __setitem__(self, region: tuple[slice, ...], block: np.ndarray) -> None:
+    def __setitem__(self, region: tuple[slice, ...], block: np.ndarray[Any, Any]) -> None:
         self.write_encoded(self.encode_block(region, block))
-
-
-def _not_open(key: str) -> Any:
-    def fail() -> Any:
-        raise RuntimeError(
-            f"HDF5 file {key} is not open for writing in this process; HDF5 files are "
-            "written through one writer process"
-        )
-
-    return fail

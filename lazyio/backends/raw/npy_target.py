@@ -40,8 +40,9 @@ _SLAB_BYTES = 32 * 2**20  # numpy payloads and remote uploads go out in pieces o
 _REMOTE_BATCH = 4  # remote writes compute this many slabs at once
 
 
-def _write_key(path: str) -> tuple[str, str]:
-    return ("npy-write", path)
+#: This process's write maps of the .npy files being written, by path: a registry of
+#: their own, so the read-handle cache's bound and ``close_all`` never close one mid-write.
+WRITE_MAPS: handles.WriterRegistry[str, mmap.mmap] = handles.WriterRegistry("npy")
 
 
 def _open_write_map(path: str) -> mmap.mmap:
@@ -49,12 +50,12 @@ def _open_write_map(path: str) -> mmap.mmap:
         with open(path, "r+b") as f:
             return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_WRITE)
 
-    return handles.acquire(_write_key(path), opener)
+    return WRITE_MAPS.acquire(path, opener)
 
 
 def close_writers(path: str) -> int:
     """Close this process's write maps of ``path`` (run on every worker after a write)."""
-    return handles.close_matching(lambda key: key == _write_key(path))
+    return int(WRITE_MAPS.close(path))
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import numpy as np
 import zarr
 
 from lazyio.backends import aligned_chunks, to_dask
+from lazyio.backends.hdf5.filters import creation_options
 from lazyio.backends.hdf5.sources import H5Source
 from lazyio.backends.zarr.sources import ObjectZarrSource, ZarrSource
 from lazyio.backends.zarr.stores import StoreSpec, list_dir, node_kind, read_json, set_bytes
@@ -257,16 +258,7 @@ class H5Node:
 
 
 def _h5_filter_kwargs(options: dict[str, Any]) -> dict[str, Any]:
-    """h5py dataset-creation keywords from lazyio's (compression, shuffle, plugin filters)."""
-    kwargs = dict(options)
-    compression = kwargs.pop("compression", None)
-    if compression is not None:
-        kwargs["compression"] = compression
-        if isinstance(compression, str | int):
-            # byte shuffle helps the built-in compressors (as RosettaSciIO); plugin filters
-            # such as blosc shuffle themselves
-            kwargs.setdefault("shuffle", True)
-    return kwargs
+    return creation_options(options)
 
 
 # ----------------------------------------------------------------------------------- Zarr

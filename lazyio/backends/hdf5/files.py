@@ -1,0 +1,69 @@
+"""Opening HDF5 files for reading: h5py handles and raw descriptors, from the handle cache.
+
+Both are cached per process under typed keys (:class:`H5FileKey`, :class:`RawFileKey`)
+that carry the file's version token, so a rewritten file is never read through a handle
+of its previous version.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import ClassVar
+
+import h5py  # type: ignore[import-untyped]
+
+from lazyio import handles
+from lazyio.errors import AccessDeniedError, FormatError, SourceNotFoundError
+from lazyio.location import Location
+
+__all__ = ["H5FileKey", "RawFileKey", "open_h5", "open_raw"]
+
+
+@dataclass(frozen=True)
+class H5FileKey(handles.FileKey):
+    """An h5py file open for reading (or in ``mode``) on ``location``."""
+
+    kind: ClassVar[str] = "h5py"
+    mode: str = "r"
+    token: str = ""
+
+
+@dataclass(frozen=True)
+class RawFileKey(handles.FileKey):
+    """A raw read-only descriptor of a local file, for ``os.pread``."""
+
+    kind: ClassVar[str] = "fd"
+    token: str = ""
+
+
+def open_h5(location: Location, mode: str = "r", token: str = "") -> h5py.File:
+    """Open (or reuse) an h5py file for ``location`` from the per-process handle cache."""
+
+    def opener() -> h5py.File:
+        try:
+            if location.local_path is not None:
+                return h5py.File(location.local_path, mode)
+            # HDF5 metadata is scattered: an LRU of 256 KiB blocks fetched 0.8 MB in 17
+            # requests to open a 134 MB .hspy over HTTP, one 1 MiB window 6.3 MB in 20
+            fileobj = location.fs.open(location.path, "rb", block_size=2**18,
+                                       cache_type="blockcache")
+            return h5py.File(fileobj, mode)
+        except FileNotFoundError as err:
+            raise SourceNotFoundError(f"No such file: '{location}'") from err
+        except PermissionError as err:
+            raise AccessDeniedError(f"Access denied to '{location}' ({err})") from err
+        except OSError as err:
+            raise FormatError(f"{location}: cannot be opened as HDF5 ({err})") from err
+
+    return handles.acquire(H5FileKey(location, mode, token),
+                           handles.opened_unchanged(location, token, opener))
+
+
+def open_raw(location: Location, token: str) -> int:
+    """A raw file descriptor for ``pread`` (local files only)."""
+    path = location.local_path
+    if path is None:
+        raise ValueError(f"{location} is not a local file")
+    return handles.acquire(RawFileKey(location, token), handles.opened_unchanged(
+        location, token, lambda: os.open(path, os.O_RDONLY)))
