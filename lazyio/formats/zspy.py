@@ -29,9 +29,9 @@ from lazyio.errors import (
     UnsupportedError,
     reading,
 )
-from lazyio.formats.hyperspy.node import ZarrNode
 from lazyio.formats.hyperspy.signal import read_file_tree, write_signal_tree
 from lazyio.formats.hyperspy.writer import ArrayWriter
+from lazyio.formats.hyperspy.zarr_node import ZarrNode
 from lazyio.location import Location, as_location
 from lazyio.signals import as_signal_dict, signal_axes_indices
 
