@@ -23,7 +23,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 import dask
 import numpy as np
@@ -497,7 +497,8 @@ def storage_chunks(
     if not shape or math.prod(shape) == 0:
         return None
     if request is True:
-        from h5py._hl.filters import guess_chunk  # h5py's public behaviour for chunks=True
+        # h5py's public behaviour for chunks=True
+        from h5py._hl.filters import guess_chunk  # type: ignore[import-untyped]
 
         return tuple(guess_chunk(shape, None, np.dtype(dtype).itemsize))
     if request is None or request is False:
@@ -576,4 +577,7 @@ def rechunk_to_storage(array: da.Array, storage_chunks: Sequence[int]) -> da.Arr
         n_full, rest = divmod(total, target)
         new.append((target,) * n_full + ((rest,) if rest else ()))
     new_chunks = tuple(new)
-    return array if new_chunks == array.chunks else array.rechunk(new_chunks)
+    if new_chunks == array.chunks:
+        return array
+    rechunked: da.Array = cast(Any, array).rechunk(new_chunks)  # dask is untyped
+    return rechunked

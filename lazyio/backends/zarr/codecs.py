@@ -16,8 +16,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-import numcodecs
-import numcodecs.abc
+import numcodecs  # type: ignore[import-untyped]
+import numcodecs.abc  # type: ignore[import-untyped]
 import numpy as np
 
 from lazyio.errors import CorruptChunkError, UnsupportedError
@@ -44,6 +44,10 @@ SAFE_OBJECT_CODECS = frozenset({"vlen-array", "vlen-utf8", "vlen-bytes", "json2"
 
 # Codecs of a Zarr v3 array that only describe byte order and axis order: not worth naming.
 _LAYOUT_CODECS = frozenset({"bytes", "transpose"})
+
+_BLOSC_SHUFFLE: dict[Any, Literal["noshuffle", "shuffle", "bitshuffle"]] = {
+    0: "noshuffle", 1: "shuffle", 2: "bitshuffle",
+}
 
 # Options that describe internals rather than the compression a user chose.
 _UNSHOWN_OPTIONS = frozenset({"id", "name", "blocksize", "typesize", "endian", "checksum"})
@@ -120,13 +124,13 @@ def as_zarr3_codec(codec: Any) -> Any:
     """
     if not isinstance(codec, numcodecs.abc.Codec):
         return codec
-    from numcodecs import zarr3 as zarr3_codecs
     from zarr import codecs as zarr_codecs
 
     config = dict(codec.get_config())
     codec_id = str(config.pop("id"))
     if codec_id == "blosc":
-        shuffle = {0: "noshuffle", 1: "shuffle", 2: "bitshuffle"}.get(config.get("shuffle"), 1)
+        # numcodecs' AUTOSHUFFLE (-1) is zarr 3's None: chosen from the dtype
+        shuffle = _BLOSC_SHUFFLE.get(config.get("shuffle", 1))
         return zarr_codecs.BloscCodec(
             cname=config.get("cname", "zstd"), clevel=config.get("clevel", 5), shuffle=shuffle
         )
@@ -134,11 +138,33 @@ def as_zarr3_codec(codec: Any) -> Any:
         return zarr_codecs.ZstdCodec(level=config.get("level", 0))
     if codec_id in ("zlib", "gzip"):
         return zarr_codecs.GzipCodec(level=config.get("level", 5))
-    cls = next((c for n, c in vars(zarr3_codecs).items()
-                if isinstance(c, type) and n.lower() == codec_id.lower()), None)
+    wrappers = _numcodecs_zarr3_wrappers()
+    cls = wrappers.get(codec_id.lower())
     if cls is None:
         raise UnsupportedError(f"numcodecs codec {codec_id!r} has no Zarr v3 form")
     return cls(**config)
+
+
+def _numcodecs_zarr3_wrappers() -> dict[str, Any]:
+    """The Zarr v3 wrappers of numcodecs codecs, by lower-case codec id.
+
+    zarr-python >= 3.1.3 ships them (``zarr.codecs.numcodecs``); before, numcodecs did
+    (``numcodecs.zarr3``, whose names are loaded on first access, so they are looked up
+    through ``__all__``, not the module's dictionary).
+    """
+    import importlib
+    import warnings
+
+    for name in ("zarr.codecs.numcodecs", "numcodecs.zarr3"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            classes = {n: getattr(module, n, None) for n in getattr(module, "__all__", ())}
+        return {n.lower(): c for n, c in classes.items() if isinstance(c, type)}
+    return {}
 
 
 # ----------------------------------------------------------------------------- safety
@@ -278,9 +304,12 @@ def v2_dtype(spec: Any) -> np.dtype[Any]:
     """The numpy dtype of a Zarr v2 ``dtype`` entry (a string, or JSON lists for
     structured dtypes)."""
     if isinstance(spec, list):
-        return np.dtype([tuple(v2_dtype(f) if isinstance(f, list) else f for f in field)
-                         for field in spec])
-    return np.dtype(spec)
+        fields = [tuple(v2_dtype(f) if isinstance(f, list) else f for f in field)
+                  for field in spec]
+        structured: np.dtype[Any] = np.dtype(fields)
+        return structured
+    plain: np.dtype[Any] = np.dtype(spec)
+    return plain
 
 
 def is_vlen_utf8(meta: Mapping[str, Any]) -> bool:

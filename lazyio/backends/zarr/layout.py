@@ -6,7 +6,7 @@ import zipfile
 
 from lazyio.backends import StorageLayout
 from lazyio.backends.zarr.codecs import describe_codecs
-from lazyio.backends.zarr.stores import StoreSpec, node_kind, open_store
+from lazyio.backends.zarr.stores import DirSpec, StoreSpec, ZipSpec, node_kind, open_store
 
 __all__ = ["array_layout"]
 
@@ -26,14 +26,14 @@ def array_layout(spec: StoreSpec, path: str) -> StorageLayout:
 
 
 def _zarr_stored_bytes(spec: StoreSpec, path: str) -> int | None:
-    location = getattr(spec, "location", None)
     try:
-        if spec.kind == "dir" and location is not None:
+        if isinstance(spec, DirSpec):
+            location = spec.location
             return int(location.fs.du(f"{location.path.rstrip('/')}/{path.strip('/')}",
                                       total=True))
-        if spec.kind == "zip" and location is not None and location.local_path:
+        if isinstance(spec, ZipSpec) and spec.location.local_path:
             prefix = path.strip("/") + "/"
-            with zipfile.ZipFile(location.local_path) as zf:
+            with zipfile.ZipFile(spec.location.local_path) as zf:
                 return sum(i.compress_size for i in zf.infolist()
                            if i.filename.startswith(prefix))
     except (OSError, ValueError, NotImplementedError):

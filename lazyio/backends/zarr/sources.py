@@ -29,7 +29,7 @@ from lazyio.backends.zarr.direct import (
     chunk_overlaps,
     local_v2_layout,
 )
-from lazyio.backends.zarr.stores import StoreSpec, get_bytes, open_store, zarr_array
+from lazyio.backends.zarr.stores import DirSpec, StoreSpec, get_bytes, open_store, zarr_array
 from lazyio.errors import CorruptChunkError, LazyioError
 
 # SAFE_OBJECT_CODECS, LocalV2Layout and local_v2_layout are re-exported: their home is
@@ -90,10 +90,10 @@ def _checked_plan(source: ZarrSource) -> DirectPlan | None:
 
 def _direct_plan(source: ZarrSource) -> DirectPlan | None:
     """A plan when the array is a plain local Zarr v2 one, else None (zarr-python reads)."""
-    location = source.store.location
-    if source.store.kind != "dir" or location is None or location.local_path is None:
+    root = source.store.location.local_path if isinstance(source.store, DirSpec) else None
+    if root is None:
         return None
-    layout = local_v2_layout(os.path.join(location.local_path, *source.path.strip("/").split("/")))
+    layout = local_v2_layout(os.path.join(root, *source.path.strip("/").split("/")))
     if (
         layout is None or layout.dtype != source.dtype
         or layout.chunks != tuple(source.storage_chunks)

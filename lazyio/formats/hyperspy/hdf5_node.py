@@ -12,7 +12,7 @@ import warnings
 from typing import Any
 
 import dask.array as da
-import h5py
+import h5py  # type: ignore[import-untyped]
 import numpy as np
 
 from lazyio.backends import to_dask
@@ -178,7 +178,8 @@ class H5Node:
         )
 
     def create_array(
-        self, name: str, shape: tuple[int, ...], dtype: np.dtype, chunks: Any, **options: Any
+        self, name: str, shape: tuple[int, ...], dtype: np.dtype[Any],
+        chunks: tuple[int, ...] | None, **options: Any,
     ) -> h5py.Dataset:
         self.delete(name)
         kwargs = _h5_filter_kwargs(options)

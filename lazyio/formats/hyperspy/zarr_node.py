@@ -14,14 +14,16 @@ import warnings
 from typing import Any
 
 import dask.array as da
-import numcodecs
 import numpy as np
 import zarr
+from zarr.abc.store import Store
 from zarr.core.sync import sync
 
 from lazyio.backends import to_dask
 from lazyio.backends.chunking import Chunks
 from lazyio.backends.zarr.codecs import (
+    ZarrFormat,
+    codec_from_config,
     is_vlen_utf8,
     refuse_unsafe_codecs,
     v2_dtype,
@@ -51,7 +53,9 @@ def _json_attr(value: Any) -> Any:
 class ZarrNode:
     """A group of a Zarr (format 2 or 3) hierarchy, read through raw keys and zarr-python."""
 
-    def __init__(self, spec: StoreSpec, store: Any, path: str, zarr_format: int) -> None:
+    def __init__(
+        self, spec: StoreSpec, store: Store, path: str, zarr_format: ZarrFormat
+    ) -> None:
         self.spec = spec
         self.store = store
         self.path = "/" + path.strip("/")
@@ -86,7 +90,7 @@ class ZarrNode:
 
     def _array_meta(self, name: str) -> tuple[int, dict[str, Any]]:
         kind, fmt, meta = node_kind(self.store, self._prefix(name))
-        if kind != "array":
+        if kind != "array" or fmt is None or meta is None:
             raise FormatError(f"{self.where}: {self.path}/{name} is not an array")
         return fmt, meta
 
@@ -217,10 +221,11 @@ class ZarrNode:
         set_bytes(self.store, f"{prefix}/.zarray", json.dumps(meta).encode())
         set_bytes(self.store, f"{prefix}/.zattrs", b"{}")
         key = "/".join("0" for _ in data.shape) or "0"
-        set_bytes(self.store, f"{prefix}/{key}", bytes(numcodecs.get_codec(codec).encode(data)))
+        set_bytes(self.store, f"{prefix}/{key}", bytes(codec_from_config(codec).encode(data)))
 
     def create_array(
-        self, name: str, shape: tuple[int, ...], dtype: np.dtype, chunks: Any, **options: Any
+        self, name: str, shape: tuple[int, ...], dtype: np.dtype[Any],
+        chunks: tuple[int, ...] | None, **options: Any,
     ) -> zarr.Array:
         self.delete(name)
         kwargs = zarr_codec_kwargs(options, self.zarr_format)
