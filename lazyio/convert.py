@@ -17,8 +17,6 @@ from lazyio.location import Location, as_location
 
 __all__ = ["convert", "lost_in_conversion"]
 
-CONVERT_BLOCK_BYTES = 32 * 2**20
-
 # metadata that h5USID files hold as such (the rest is kept as flattened attributes)
 _USID_METADATA = {("General", "title"), ("General", "original_filename"),
                   ("Signal", "quantity"), ("Signal", "signal_type")}
@@ -159,12 +157,10 @@ def convert(
     target = as_location(dst, target_storage_options)
     target_format = format or format_from_extension(target)
     import dask
-    from dask.utils import parse_bytes
 
-    # Blocks smaller than dask's default (128 MiB): a conversion holds a few blocks per
-    # thread (read, rechunked, encoded), and smaller blocks keep that well below the array.
-    limit = min(parse_bytes(dask.config.get("array.chunk-size")), CONVERT_BLOCK_BYTES)
-    with dask.config.set({"array.chunk-size": limit}):
+    from lazyio.backends.chunking import conversion_block_bytes
+
+    with dask.config.set({"array.chunk-size": conversion_block_bytes()}):
         signals = load(source, lazy=True)
     if verify:
         writer_kwds["verify"] = True

@@ -16,6 +16,9 @@ import dask
 import dask.array as da
 import numpy as np
 
+# the rule lives with the other chunk-size rules; re-exported for the writers
+from lazyio.backends.chunking import rechunk_to_storage
+
 __all__ = ["progress", "rechunk_to_storage", "store", "uses_distributed"]
 
 _logger = logging.getLogger("lazyio")
@@ -45,26 +48,6 @@ def progress(show: bool, label: str = "", nbytes: int | None = None) -> Iterator
 
     with progress_bar(show, label, nbytes):
         yield
-
-
-def rechunk_to_storage(array: da.Array, storage_chunks: Sequence[int]) -> da.Array:
-    """Rechunk so every dask block is a whole number of storage chunks.
-
-    Existing block boundaries that already fall on storage-chunk boundaries are kept, so
-    arrays that were read with the same chunking are not shuffled around.
-    """
-    new = []
-    for axis, (sizes, step) in enumerate(zip(array.chunks, storage_chunks, strict=True)):
-        step = max(1, int(step))
-        if all(s % step == 0 for s in sizes[:-1]):
-            new.append(sizes)
-            continue
-        total = array.shape[axis]
-        target = max(step, round(max(sizes) / step) * step)
-        n_full, rest = divmod(total, target)
-        new.append((target,) * n_full + ((rest,) if rest else ()))
-    new_chunks = tuple(new)
-    return array if new_chunks == array.chunks else array.rechunk(new_chunks)
 
 
 def store(

@@ -22,7 +22,7 @@ from lazyio.backends.hdf5.safety import refuse_external
 from lazyio.backends.hdf5.sources import open_h5
 from lazyio.backends.hdf5.target import H5ChunkTarget, encodable_pipeline, open_for_targets
 from lazyio.errors import FormatError, SourceNotFoundError, TargetExistsError, reading
-from lazyio.formats.hyperspy.node import H5Node
+from lazyio.formats.hyperspy.hdf5_node import H5Node
 from lazyio.formats.hyperspy.signal import read_file_tree, write_signal_tree
 from lazyio.formats.hyperspy.writer import ArrayWriter
 from lazyio.location import Location, as_location

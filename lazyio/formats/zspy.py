@@ -12,13 +12,13 @@ import os
 import zipfile
 from typing import Any
 
-import numcodecs
 import zarr
 from zarr.storage import LocalStore
 
 from lazyio import handles
 from lazyio._api import save
 from lazyio.backends.atomic import atomic_path, remove_path
+from lazyio.backends.zarr.codecs import default_compressor
 from lazyio.backends.zarr.stores import FreshStore, StoreSpec, node_kind, open_store
 from lazyio.backends.zarr.targets import zarr_target
 from lazyio.errors import (
@@ -29,9 +29,9 @@ from lazyio.errors import (
     UnsupportedError,
     reading,
 )
-from lazyio.formats.hyperspy.node import ZarrNode
 from lazyio.formats.hyperspy.signal import read_file_tree, write_signal_tree
 from lazyio.formats.hyperspy.writer import ArrayWriter
+from lazyio.formats.hyperspy.zarr_node import ZarrNode
 from lazyio.location import Location, as_location
 from lazyio.signals import as_signal_dict, signal_axes_indices
 
@@ -45,11 +45,6 @@ ZIP_MAGIC = b"PK\x03\x04"
 TARGET_CHUNK_BYTES = 8 * 2**20
 
 _logger = logging.getLogger("lazyio")
-
-
-def default_compressor() -> numcodecs.abc.Codec:
-    """Blosc with zstd, level 1, byte shuffle: HyperSpy's default for .zspy."""
-    return numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.SHUFFLE)
 
 
 def _is_zip(location: Location, head: bytes | None = None) -> bool:

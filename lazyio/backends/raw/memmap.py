@@ -34,15 +34,17 @@ from dask.utils import parse_bytes
 
 from lazyio import handles
 from lazyio.backends import to_dask
-from lazyio.backends.chunking import aligned_chunks, regular_chunks, target_chunk_bytes
+from lazyio.backends.chunking import (
+    contiguous_chunks,
+    memory_map_chunks,
+    target_chunk_bytes,
+)
 from lazyio.backends.slicing import apply_residual, split_index
 from lazyio.errors import FormatError, SourceNotFoundError, UnsupportedError
 from lazyio.location import Location, as_location, storage_errors
 
 Order = Literal["C", "F"]  # storage order of a memory-mapped array
 __all__ = ["MemmapSource", "contiguous_chunks", "memmap_distributed"]
-
-Chunks = tuple[tuple[int, ...], ...]
 
 # A remote range request costs about as much as transferring this many bytes (latency x
 # bandwidth of an object store); reads merge runs of bytes while merging is cheaper.
@@ -270,40 +272,7 @@ def _scan_block(
     return out
 
 
-def contiguous_chunks(
-    shape: Sequence[int], itemsize: int, slow_to_fast: Sequence[int], limit: int
-) -> Chunks:
-    """Blocks of at most ``limit`` bytes that span the fastest-varying axes whole.
 
-    ``slow_to_fast`` lists the axes from the slowest- to the fastest-varying in storage.
-    Whole trailing axes make each block one run of bytes (few page faults, one range
-    request); an axis that does not fit is split evenly.
-    """
-    items = max(1, limit // max(1, itemsize))
-    block = [1] * len(shape)
-    acc = 1
-    for axis in reversed(slow_to_fast):
-        size = shape[axis]
-        if acc * size <= items:
-            block[axis] = size
-            acc *= max(1, size)
-            continue
-        per = max(1, items // acc)
-        n_blocks = -(-size // per)
-        block[axis] = -(-size // n_blocks)
-        break
-    return regular_chunks(shape, block)
-
-
-def _choose_chunks(
-    chunks: Any, shape: tuple[int, ...], dtype: np.dtype, slow_to_fast: list[int], limit: int
-) -> Chunks:
-    if not shape:
-        return ()
-    if chunks is None or (isinstance(chunks, str) and chunks == "auto"):
-        return contiguous_chunks(shape, dtype.itemsize, slow_to_fast, limit)
-    # Any block of a memory map is aligned: explicit requests are honoured as given.
-    return aligned_chunks(shape, None, dtype, chunks, limit=limit)
 
 
 def _positions_array(positions: Any, nav_shape: tuple[int, ...]) -> np.ndarray:
@@ -450,10 +419,10 @@ def memmap_distributed(
             slow_to_fast = [*reversed(range(n_rec)), *range(n_rec, ndim)]
         else:
             slow_to_fast = list(range(ndim))
-        block_chunks = _choose_chunks(chunks, full_shape, out_dtype, slow_to_fast, limit)
+        block_chunks = memory_map_chunks(chunks, full_shape, out_dtype, slow_to_fast, limit)
         return to_dask(source, block_chunks, prefix="memmap", token_extra=token)
 
-    block_chunks = _choose_chunks(chunks, full_shape, out_dtype, list(range(ndim)), limit)
+    block_chunks = memory_map_chunks(chunks, full_shape, out_dtype, list(range(ndim)), limit)
     n_nav = ndim - 2
     index_map = np.full(full_shape[:n_nav], -1, dtype=np.intp)
     index_map[tuple(pos.T)] = np.arange(len(pos))

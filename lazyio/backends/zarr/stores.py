@@ -12,68 +12,163 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator, MutableMapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, TypeAlias
 
 import zarr
 from zarr.abc.store import Store
+from zarr.core.buffer import Buffer as StoredBuffer
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.buffer.cpu import Buffer
 from zarr.core.sync import sync
-from zarr.storage import FsspecStore, LocalStore, WrapperStore, ZipStore
+from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
 from lazyio import handles
+from lazyio.backends.zarr.codecs import ZarrFormat
 from lazyio.errors import FormatError, UnsafeFileError, UnsupportedError
 from lazyio.location import Location
 
-__all__ = ["FreshStore", "StoreSpec", "open_store", "read_json", "list_dir", "get_bytes", "set_bytes"]
+__all__ = [
+    "AnyStoreSpec",
+    "DirSpec",
+    "FreshStore",
+    "InstanceSpec",
+    "StoreSpec",
+    "ZipSpec",
+    "get_bytes",
+    "list_dir",
+    "open_store",
+    "read_json",
+    "set_bytes",
+    "store_spec",
+]
 
 StoreKind = Literal["dir", "zip", "instance"]
 
 MAX_KEY_DEPTH = 300  # a HyperSpy tree is ~10 levels, plus one per chunk-key axis
 
 
+class _SpecMeta(type):
+    """Lets ``StoreSpec(kind, location, instance)`` build the matching subclass.
+
+    Callers outside the Zarr room built specs that way before the kinds became classes;
+    the call keeps working and returns a :class:`DirSpec`, :class:`ZipSpec` or
+    :class:`InstanceSpec`.
+    """
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is StoreSpec:
+            return store_spec(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
+
+class StoreSpec(metaclass=_SpecMeta):
+    """How to open a zarr store in any process: one of :class:`DirSpec`,
+    :class:`ZipSpec` or :class:`InstanceSpec`.
+
+    A spec pickles by value and tokenizes by value (the same directory or zip file gives
+    the same dask names in every process); ``kind`` names the subclass and ``location``
+    is where the store lives (``None`` for a store object).
+    """
+
+    kind: ClassVar[StoreKind]
+    location: Location | None
+
+
 @dataclass(frozen=True)
-class StoreSpec:
-    """How to open a zarr store in any process.
+class DirSpec(StoreSpec):
+    """A directory, or a prefix of an object store, opened through fsspec.
 
     Attributes
     ----------
-    kind : {"dir", "zip", "instance"}
-        A directory or object-store prefix, a zip file, or a store object given by the user.
-    location : Location or None
-        Where the directory or zip file lives (``None`` for ``"instance"``).
-    instance : object
-        The user's zarr store, or a MutableMapping (wrapped), for ``"instance"``.
+    location : Location
     """
 
-    kind: StoreKind
-    location: Location | None = None
-    instance: Any = None
+    kind: ClassVar[Literal["dir"]] = "dir"
+    location: Location
 
-    def __dask_tokenize__(self) -> Any:
-        if self.kind == "instance":
-            return ("instance", id(self.instance))
+    def __dask_tokenize__(self) -> tuple[str, tuple[str, str]]:
         return (self.kind, self.location.__dask_tokenize__())
 
-    def __hash__(self) -> int:
-        if self.kind == "instance":
-            return hash(("instance", id(self.instance)))
-        return hash((self.kind, self.location))
+    def __str__(self) -> str:
+        return str(self.location)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, StoreSpec) or other.kind != self.kind:
-            return False
-        if self.kind == "instance":
-            return self.instance is other.instance
-        return self.location == other.location
+
+@dataclass(frozen=True)
+class ZipSpec(StoreSpec):
+    """A zip file holding a store (local files only).
+
+    Attributes
+    ----------
+    location : Location
+    """
+
+    kind: ClassVar[Literal["zip"]] = "zip"
+    location: Location
+
+    def __dask_tokenize__(self) -> tuple[str, tuple[str, str]]:
+        return (self.kind, self.location.__dask_tokenize__())
 
     def __str__(self) -> str:
-        return str(self.location) if self.location is not None else repr(self.instance)
+        return str(self.location)
+
+
+@dataclass(frozen=True, eq=False)
+class InstanceSpec(StoreSpec):
+    """A store object given by the user: a zarr ``Store``, or a MutableMapping such as
+    an fsspec ``FSMap`` (wrapped). Identified by identity, as it cannot be reopened
+    from a description.
+
+    Attributes
+    ----------
+    instance : object
+    """
+
+    kind: ClassVar[Literal["instance"]] = "instance"
+    instance: Any
+    location: None = field(default=None, init=False, repr=False, compare=False)
+
+    def __dask_tokenize__(self) -> tuple[str, int]:
+        return (self.kind, id(self.instance))
+
+    def __hash__(self) -> int:
+        return hash((self.kind, id(self.instance)))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, InstanceSpec) and self.instance is other.instance
+
+    def __str__(self) -> str:
+        return repr(self.instance)
+
+
+AnyStoreSpec: TypeAlias = DirSpec | ZipSpec | InstanceSpec
+"""The closed set of specs, for code that branches on the kind."""
+
+
+def store_spec(
+    kind: StoreKind, location: Location | None = None, instance: Any = None
+) -> AnyStoreSpec:
+    """The spec of ``kind``, checking that the right one of ``location``/``instance``
+    is given.
+
+    Raises
+    ------
+    ValueError
+        For an unknown kind, or a location given with an instance (or missing).
+    """
+    if kind in ("dir", "zip"):
+        if location is None or instance is not None:
+            raise ValueError(f"a {kind!r} store spec needs a location and no instance")
+        return DirSpec(location) if kind == "dir" else ZipSpec(location)
+    if kind == "instance":
+        if location is not None or instance is None:
+            raise ValueError("an 'instance' store spec needs an instance and no location")
+        return InstanceSpec(instance)
+    raise ValueError(f"store kind must be 'dir', 'zip' or 'instance', not {kind!r}")
 
 
 def _make_store(spec: StoreSpec, read_only: bool) -> Store:
-    if spec.kind == "instance":
+    if isinstance(spec, InstanceSpec):
         inst = spec.instance
         if isinstance(inst, Store):
             return inst
@@ -83,29 +178,37 @@ def _make_store(spec: StoreSpec, read_only: bool) -> Store:
             root = getattr(inst, "root", None)
             if fs is not None and root is not None:
                 if not fs.async_impl:
-                    from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+                    from fsspec.implementations.asyn_wrapper import (  # type: ignore[import-untyped]
+                        AsyncFileSystemWrapper,
+                    )
 
                     fs = AsyncFileSystemWrapper(fs, asynchronous=True)
                 return FsspecStore(fs, path=root, read_only=read_only)
         raise TypeError(f"Unsupported zarr store object: {type(inst).__name__}")
+    if isinstance(spec, ZipSpec):
+        return _open_zip(spec.location, read_only)
+    if not isinstance(spec, DirSpec):
+        raise TypeError(f"not a store spec: {spec!r}")
     loc = spec.location
-    if spec.kind == "zip":
-        if loc.local_path is None:
-            raise UnsupportedError(
-                f"{loc}: a zipped .zspy store can only be opened as a local file; copy it "
-                "locally, or store it unzipped (a directory store) remotely"
-            )
-        store = ZipStore(loc.local_path, mode="r" if read_only else "w")
-        if not store._is_open:  # zarr opens zip files lazily, but our raw reads need it now
-            sync(store._open())
-        if read_only:
-            _refuse_escaping_members(loc, store._zf.namelist())
-        return store
     if loc.local_path is not None:
         return LocalStore(loc.local_path, read_only=read_only)
     store = FsspecStore.from_url(loc.url, storage_options=loc.storage_options,
                                  read_only=read_only)
     return _MetadataCache(store) if read_only else store
+
+
+def _open_zip(loc: Location, read_only: bool) -> Store:
+    if loc.local_path is None:
+        raise UnsupportedError(
+            f"{loc}: a zipped .zspy store can only be opened as a local file; copy it "
+            "locally, or store it unzipped (a directory store) remotely"
+        )
+    store = zarr.storage.ZipStore(loc.local_path, mode="r" if read_only else "w")
+    if not store._is_open:  # zarr opens zip files lazily, but our raw reads need it now
+        sync(store._open())
+    if read_only:
+        _refuse_escaping_members(loc, store._zf.namelist())
+    return store
 
 
 _METADATA_NAMES = frozenset({".zattrs", ".zgroup", ".zarray", ".zmetadata", "zarr.json"})
@@ -116,7 +219,7 @@ def _is_doc(key: str) -> bool:
     return key.rsplit("/", 1)[-1] in _METADATA_NAMES
 
 
-class _MetadataCache(WrapperStore):
+class _MetadataCache(WrapperStore[Store]):
     """Remember a remote read-only store's metadata documents and listings.
 
     Opening a HyperSpy tree reads each node's metadata several times (lazyio probes the
@@ -127,7 +230,7 @@ class _MetadataCache(WrapperStore):
 
     def __init__(self, store: Store) -> None:
         super().__init__(store)
-        self._docs: dict[str, Buffer | None] = {}
+        self._docs: dict[str, StoredBuffer | None] = {}
         self._listings: dict[str, list[str]] = {}
 
     def _with_store(self, store: Store) -> _MetadataCache:
@@ -146,7 +249,7 @@ class _MetadataCache(WrapperStore):
     async def exists(self, key: str) -> bool:
         if _is_doc(key):
             return await self.get(key, default_buffer_prototype()) is not None
-        return await self._store.exists(key)
+        return bool(await self._store.exists(key))
 
     async def list_dir(self, prefix: str) -> AsyncIterator[str]:
         if prefix not in self._listings:
@@ -155,7 +258,7 @@ class _MetadataCache(WrapperStore):
             yield key
 
 
-class FreshStore(WrapperStore):
+class FreshStore(WrapperStore[Store]):
     """A store being written from empty: metadata look-ups are answered from what was
     written through this wrapper, without asking the (remote) store.
 
@@ -183,7 +286,7 @@ class FreshStore(WrapperStore):
     async def exists(self, key: str) -> bool:
         if _is_doc(key):
             return key in self._docs
-        return await self._store.exists(key)
+        return bool(await self._store.exists(key))
 
     async def set(self, key: str, value: Any) -> None:
         await self._store.set(key, value)
@@ -220,7 +323,7 @@ def _refuse_escaping_members(loc: Location, names: list[str]) -> None:
 
 def open_store(spec: StoreSpec, read_only: bool = True, cached: bool = True) -> Store:
     """Open (or reuse, per process) the store described by ``spec``."""
-    if not cached or spec.kind == "instance":
+    if not cached or isinstance(spec, InstanceSpec):
         return _make_store(spec, read_only)
     return handles.acquire(("zarr-store", spec, read_only), lambda: _make_store(spec, read_only))
 
@@ -273,12 +376,17 @@ def read_json(store: Store, key: str) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
-        return json.loads(raw)
+        doc = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise FormatError(f"{store}: damaged Zarr metadata {key!r} ({err})") from err
+    if not isinstance(doc, dict):
+        raise FormatError(f"{store}: damaged Zarr metadata {key!r} (not a JSON object)")
+    return doc
 
 
-def node_kind(store: Store, path: str) -> tuple[str | None, int | None, dict[str, Any] | None]:
+def node_kind(
+    store: Store, path: str
+) -> tuple[str | None, ZarrFormat | None, dict[str, Any] | None]:
     """What lives at ``path``: ("group"|"array"|None, zarr format, metadata document)."""
     base = path.strip("/")
     pre = base + "/" if base else ""
@@ -294,6 +402,6 @@ def node_kind(store: Store, path: str) -> tuple[str | None, int | None, dict[str
     return None, None, None
 
 
-def zarr_array(store: Store, path: str) -> zarr.Array:
+def zarr_array(store: Store, path: str) -> zarr.Array[Any]:
     """Open the array at ``path`` with zarr-python (numeric and string arrays)."""
     return zarr.open_array(store=store, path=path.strip("/"), mode="r")

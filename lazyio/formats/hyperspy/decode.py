@@ -18,6 +18,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from lazyio.backends.chunking import Chunks
 from lazyio.errors import FormatError
 from lazyio.formats.hyperspy.node import Node, decode_strings
 from lazyio.formats.hyperspy.versions import parse_old_datetime
@@ -67,7 +68,7 @@ def _ragged_shapes_key(node: Node, key: str, members: dict[str, str]) -> str | N
 
 
 def read_dataset(
-    node: Node, key: str, *, lazy: bool, chunks: Any = "auto", members: dict[str, str] | None
+    node: Node, key: str, *, lazy: bool, chunks: Chunks = "auto", members: dict[str, str] | None
     = None,
 ) -> Any:
     """Read dataset ``key`` of ``node``: numpy (eager) or dask (lazy), ragged restored."""
@@ -89,7 +90,7 @@ def group_to_dict(
     *,
     lazy: bool = False,
     read_signal: Any = None,
-    chunks: Any = "auto",
+    chunks: Chunks = "auto",
 ) -> dict[str, Any]:
     """Decode a metadata group into a (nested) dictionary.
 

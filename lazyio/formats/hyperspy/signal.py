@@ -13,6 +13,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from lazyio.backends.chunking import Chunks
 from lazyio.errors import FormatError
 from lazyio.formats.hyperspy.decode import decode_attribute, group_to_dict, read_dataset
 from lazyio.formats.hyperspy.encode import dict_to_group
@@ -87,7 +88,7 @@ def _check_sizes(group: Node, axes: list[dict[str, Any]], shape: tuple[int, ...]
 
 
 def read_signal_group(
-    group: Node, version: tuple[int, int], *, lazy: bool, chunks: Any = "auto"
+    group: Node, version: tuple[int, int], *, lazy: bool, chunks: Chunks = "auto"
 ) -> dict[str, Any]:
     """Decode one signal group (an experiment, or a ``_sig_`` group in metadata)."""
     members = group.members()
@@ -137,7 +138,7 @@ def read_signal_group(
     return signal
 
 
-def read_file_tree(root: Node, *, lazy: bool, chunks: Any = "auto") -> list[dict[str, Any]]:
+def read_file_tree(root: Node, *, lazy: bool, chunks: Chunks = "auto") -> list[dict[str, Any]]:
     """Every experiment of a HyperSpy file, with its models, as signal dictionaries."""
     version = file_version(root)
     members = root.members()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -91,7 +92,7 @@ def parse_version(value: Any, where: str) -> tuple[int, int]:
 
 def _pop(tree: dict[str, Any], path: str) -> tuple[bool, Any]:
     *parents, leaf = path.split(".")
-    node = tree
+    node: Any = tree
     for p in parents:
         node = node.get(p)
         if not isinstance(node, dict):
@@ -121,7 +122,7 @@ def _exists(tree: dict[str, Any], path: str) -> bool:
     return True
 
 
-def _apply(tree: dict[str, Any], moves: list[tuple[str, ...]]) -> None:
+def _apply(tree: dict[str, Any], moves: Sequence[tuple[str, ...]]) -> None:
     for old, new, *required in moves:
         if required and not _exists(tree, required[0]):
             continue
@@ -180,7 +181,10 @@ def parse_old_datetime(key: str, value: str, where: str) -> tuple[str, str]:
         if key.startswith("_datetime_date"):
             iso = datetime.date(*numbers).isoformat()
         else:
-            iso = datetime.time(*numbers).isoformat()
+            hour, minute, second, micro = (*numbers, 0, 0, 0, 0)[:4]
+            if len(numbers) > 4:
+                raise TypeError(f"time() takes at most 4 numbers ({len(numbers)} given)")
+            iso = datetime.time(hour, minute, second, micro).isoformat()
     except (TypeError, ValueError) as err:
         raise FormatError(f"{where}: cannot read {key} = {value!r} ({err})") from err
     return key.replace("_datetime_", ""), iso

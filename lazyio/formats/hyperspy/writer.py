@@ -14,8 +14,8 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from lazyio.backends.layout import storage_chunks
-from lazyio.backends.store import rechunk_to_storage, store
+from lazyio.backends.chunking import Chunks, rechunk_to_storage, storage_chunks
+from lazyio.backends.store import store
 from lazyio.formats.hyperspy.node import Node
 
 __all__ = ["ArrayWriter"]
@@ -43,7 +43,7 @@ class ArrayWriter:
         self,
         make_target: Callable[[Node, str, Any], Any],
         *,
-        chunks: Any,
+        chunks: Chunks,
         target_bytes: float,
         signal_axes: list[int],
         options: dict[str, Any],

@@ -23,9 +23,12 @@ import dask.array as da
 import h5py
 import numpy as np
 
-from lazyio.backends.chunking import regular_chunks
+from lazyio.backends.chunking import (
+    flat_aligned_block,
+    flattened_storage_chunks,
+    reshaped_2d_chunks,
+)
 from lazyio.backends.hdf5.sources import H5Source, open_h5
-from lazyio.backends.layout import storage_chunks
 from lazyio.backends.slicing import apply_residual, split_index
 from lazyio.errors import FormatError
 
@@ -408,57 +411,10 @@ class USIDView:
 # --------------------------------------------------------------------------- chunks
 
 
-def rows_block(shape: Sequence[int], storage: int, target: int) -> tuple[int, ...]:
-    """An N-D block of ``shape`` whose C-order steps form runs of whole storage chunks.
-
-    A block is ``(1, ..., 1, b, full, ..., full)``: it covers contiguous steps, and if its
-    length and the period of the dimension above it are multiples of ``storage`` steps,
-    every block of the grid starts on a storage-chunk boundary. Among such blocks the one
-    with the most steps not above ``target`` is chosen (the smallest if none is).
-    """
-    shape = tuple(int(s) for s in shape)
-    if not shape:
-        return ()
-    storage = max(1, int(storage))
-    candidates: list[tuple[int, ...]] = []
-    for axis, size in enumerate(shape):
-        inner = math.prod(shape[axis + 1 :])
-        if axis and (size * inner) % storage:
-            continue  # the blocks of each outer index would start off a chunk boundary
-        unit = storage // math.gcd(storage, inner)  # smallest b with b * inner % storage == 0
-        want = max(unit, (max(1, target) // max(1, inner)) // unit * unit)
-        candidates.extend(
-            (1,) * axis + (b,) + shape[axis + 1 :] for b in {min(want, size), size}
-        )
-    fitting = [c for c in candidates if math.prod(c) <= target]
-    if fitting:
-        return max(fitting, key=math.prod)
-    return min(candidates, key=math.prod)
-
-
-def nd_chunks(
-    pos_shape: tuple[int, ...],
-    spec_shape: tuple[int, ...],
-    storage_chunks: tuple[int, int] | None,
-    itemsize: int,
-    limit: int,
-) -> tuple[tuple[int, ...], ...]:
-    """Dask chunks of the N-D form, each block a rectangle of whole 2-D storage chunks.
-
-    Whole spectra are kept together when a block of the smallest aligned number of
-    positions still fits in ``limit`` bytes; the positions then grow up to ``limit``.
-    """
-    rows_storage, cols_storage = storage_chunks or (1, math.prod(spec_shape) or 1)
-    if storage_chunks is None:
-        # contiguous data are read in whole rows: a column block would read them anyway
-        cols_storage = math.prod(spec_shape) or 1
-    itemsize = max(1, itemsize)
-    min_rows = math.prod(rows_block(pos_shape, rows_storage, 1))
-    col_target = max(1, limit // (itemsize * max(1, min_rows)))
-    spec_block = rows_block(spec_shape, cols_storage, col_target)
-    row_target = max(1, limit // (itemsize * max(1, math.prod(spec_block))))
-    pos_block = rows_block(pos_shape, rows_storage, row_target)
-    return regular_chunks(pos_shape, pos_block) + regular_chunks(spec_shape, spec_block)
+# The rules are generic (N-D axes stored flattened into one chunked axis): they live in
+# lazyio.backends.chunking; the USID names stay for the plugin.
+rows_block = flat_aligned_block
+nd_chunks = reshaped_2d_chunks
 
 
 # --------------------------------------------------------------------------- reading helpers
@@ -581,20 +537,7 @@ def main_chunks(
     request: Any, pos_shape: tuple[int, ...], spec_shape: tuple[int, ...], dtype: np.dtype
 ) -> tuple[int, int] | None:
     """Storage chunks of the 2-D main dataset for the writer's ``chunks`` argument."""
-    rows, cols = math.prod(pos_shape), math.prod(spec_shape)
-    if rows * cols == 0:
-        return None
-    if request is not None and request is not False:
-        chunks = storage_chunks((rows, cols), dtype, request, [1], TARGET_CHUNK_BYTES)
-        return None if chunks is None else (int(chunks[0]), int(chunks[1]))
-    # whole spectra, about 1 MB, whole lines of the scan where they fit so that N-D reads
-    # stay aligned; a single spectrum beyond 64 MiB is split along its own dimensions
-    itemsize = max(1, dtype.itemsize)
-    if cols * itemsize > 64 * 2**20:
-        col_block = math.prod(rows_block(spec_shape, 1, int(TARGET_CHUNK_BYTES // itemsize)))
-        return (1, col_block)
-    per_chunk = max(1, int(TARGET_CHUNK_BYTES // (cols * itemsize)))
-    return (math.prod(rows_block(pos_shape, 1, per_chunk)), cols)
+    return flattened_storage_chunks(request, pos_shape, spec_shape, dtype, TARGET_CHUNK_BYTES)
 
 
 def next_index(group: h5py.Group, base: str) -> str:

@@ -1,0 +1,189 @@
+"""The :class:`~lazyio.formats.hyperspy.node.Node` of an HDF5 group, through h5py.
+
+Array data is read through :class:`~lazyio.backends.hdf5.sources.H5Source` (lazy and
+eager alike, so damaged chunks are named the same way) and written through the target
+the hspy plugin makes from the created dataset.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import dask.array as da
+import h5py  # type: ignore[import-untyped]
+import numpy as np
+
+from lazyio.backends import to_dask
+from lazyio.backends.chunking import Chunks
+from lazyio.backends.hdf5.filters import creation_options
+from lazyio.backends.hdf5.sources import H5Source
+from lazyio.errors import CorruptChunkError, FormatError, LazyioWarning, UnsafeFileError
+from lazyio.formats.hyperspy.node import decode_strings, lazy_grid
+from lazyio.location import Location
+
+__all__ = ["H5Node"]
+
+
+class H5Node:
+    """A group of an HDF5 file opened with h5py."""
+
+    def __init__(
+        self, group: h5py.Group, location: Location, path: str | None = None,
+        allow_external: bool = False,
+    ) -> None:
+        self.group = group
+        self.location = location
+        # the path from the file's root: an external link's target has another name
+        self.path = path or group.name
+        self.where = str(location)
+        self.allow_external = allow_external
+
+    def attrs(self) -> dict[str, Any]:
+        out = {}
+        for key in self.group.attrs:
+            if not isinstance(key, str):  # h5py gives bytes for names that are not UTF-8
+                raise FormatError(f"{self.where}: {self.path} has an attribute named {key!r}, "
+                                  "which is not text")
+            try:
+                out[key] = self.group.attrs[key]
+            except (OSError, TypeError, ValueError) as err:
+                warnings.warn(
+                    f"{self.where}: attribute {key!r} of {self.path} cannot be read ({err}); "
+                    "skipped",
+                    LazyioWarning,
+                    stacklevel=2,
+                )
+        return out
+
+    def members(self) -> dict[str, str]:
+        out = {}
+        for name in self.group:
+            if not isinstance(name, str):
+                raise FormatError(f"{self.where}: {self.path} has a member named {name!r}, "
+                                  "which is not text")
+            link = self.group.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink) and not self.allow_external:
+                raise UnsafeFileError(
+                    f"{self.where}: {self._sub(name)} is an external link to "
+                    f"{link.filename}; pass allow_external=True to follow it"
+                )
+            obj = self.group.get(name)
+            if isinstance(obj, h5py.Group):
+                out[name] = "group"
+            elif isinstance(obj, h5py.Dataset):
+                out[name] = "array"
+        return out
+
+    def _sub(self, name: str) -> str:
+        return f"{self.path.rstrip('/')}/{name}"
+
+    def _source(self, name: str, dset: h5py.Dataset) -> H5Source:
+        # A dataset reached through an external link lives in another file: its byte
+        # offsets mean nothing in ours, so it is read through h5py by its path from our root.
+        foreign = dset.file.filename != self.group.file.filename or dset.name != self._sub(name)
+        return H5Source.from_dataset(self.location, dset, name=self._sub(name) if foreign
+                                     else None)
+
+    def child(self, name: str) -> H5Node:
+        return H5Node(self.group[name], self.location, self._sub(name), self.allow_external)
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        dset = self.group[name]
+        if h5py.check_ref_dtype(dset.dtype) is not None:
+            raise FormatError(
+                f"{self.where}: {self._sub(name)} holds HDF5 object references, not data"
+            )
+        return dset
+
+    def read_array(self, name: str) -> np.ndarray:
+        dset = self._dataset(name)
+        if h5py.check_string_dtype(dset.dtype) is not None:
+            return decode_strings(np.asarray(dset.asstr()[()], dtype=object))
+        if dset.dtype.kind in "biufc":
+            # the same decoding path as lazy reads: corrupt chunks are named, not opaque
+            return self._source(name, dset)[()]
+        try:
+            return decode_strings(np.asarray(dset[()]))
+        except OSError as err:
+            raise CorruptChunkError(
+                f"{self.where}: dataset {dset.name} cannot be read ({err})"
+            ) from err
+
+    def lazy_array(self, name: str, chunks: Chunks = "auto") -> da.Array:
+        dset = self._dataset(name)
+        if h5py.check_string_dtype(dset.dtype) is not None:
+            return da.from_array(self.read_array(name), chunks=-1)
+        source = self._source(name, dset)
+        grid = lazy_grid(self, name, source, chunks,
+                         remote=source.location.local_path is None)
+        return to_dask(source, grid, prefix=f"hspy-{name}", token_extra=source.token)
+
+    # writing -------------------------------------------------------------------------
+
+    def set_attrs(self, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            try:
+                self.group.attrs[key] = value
+            except (TypeError, ValueError) as err:
+                warnings.warn(
+                    f"{self.where}: cannot store {key!r} = {value!r} in {self.path} ({err})",
+                    LazyioWarning,
+                    stacklevel=2,
+                )
+
+    def require_group(self, name: str) -> H5Node:
+        return H5Node(self.group.require_group(name), self.location, self._sub(name))
+
+    def delete(self, name: str) -> None:
+        if name in self.group:
+            del self.group[name]
+
+    def write_small_array(self, name: str, data: np.ndarray, **options: Any) -> None:
+        self.delete(name)
+        if data.dtype.kind == "U":
+            self.group.create_dataset(
+                name, data=data.astype(object), dtype=h5py.string_dtype()
+            )
+            return
+        if data.dtype.kind == "O":
+            self._write_ragged(name, data, **options)
+            return
+        kwargs = creation_options(options) if data.ndim and data.size > 1 else {}
+        self.group.create_dataset(name, data=data, **kwargs)
+
+    def _write_ragged(self, name: str, data: np.ndarray, **options: Any) -> None:
+        flat = np.empty(data.shape, dtype=object)
+        shapes = np.empty(data.shape, dtype=object)
+        inner = None
+        for idx in np.ndindex(data.shape):
+            item = np.asarray(data[idx])
+            if item.dtype.kind in "US":
+                item = item.astype(object)
+            inner = inner or item.dtype
+            flat[idx] = item.ravel()
+            shapes[idx] = np.asarray(item.shape, dtype=np.int64)
+        if inner is None or inner.kind == "O":
+            dtype = h5py.vlen_dtype(h5py.string_dtype())
+        else:
+            dtype = h5py.vlen_dtype(inner)
+        # chunked, as HyperSpy's reader wraps these datasets with their chunks
+        kwargs = {"chunks": tuple(max(1, s) for s in data.shape), **creation_options(options)}
+        if not data.shape:
+            kwargs = {}
+        self.group.create_dataset(name, data=flat, dtype=dtype, **kwargs)
+        self.delete(f"_ragged_shapes_{name}")
+        self.group.create_dataset(
+            f"_ragged_shapes_{name}", data=shapes, dtype=h5py.vlen_dtype(np.int64), **kwargs
+        )
+
+    def create_array(
+        self, name: str, shape: tuple[int, ...], dtype: np.dtype[Any],
+        chunks: tuple[int, ...] | None, **options: Any,
+    ) -> h5py.Dataset:
+        self.delete(name)
+        kwargs = creation_options(options)
+        if not shape or math.prod(shape) == 0:
+            chunks, kwargs = None, {}
+        return self.group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, **kwargs)

@@ -1,0 +1,181 @@
+"""The one chunk-size policy (lazyio.backends.chunking)."""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+
+from lazyio.backends import chunking
+from lazyio.backends.chunking import (
+    CONVERT_BLOCK_BYTES,
+    MAX_BLOCKS,
+    REMOTE_BLOCK_BYTES,
+    aligned_chunks,
+    auto_block_bytes,
+    contiguous_chunks,
+    conversion_block_bytes,
+    default_block_bytes,
+    flat_aligned_block,
+    flattened_storage_chunks,
+    memory_map_chunks,
+    read_block_bytes,
+    rechunk_to_storage,
+    regular_chunks,
+    reshaped_2d_chunks,
+    signal_chunks,
+    storage_chunks,
+)
+
+MiB = 2**20
+
+
+def _starts(chunks):
+    return [np.cumsum((0, *c[:-1])) for c in chunks]
+
+
+@pytest.mark.parametrize(
+    "request_",
+    ["auto", None, 48, (48, -1, "auto"), (None, 8, 8), {0: 32, 2: -1}, {1: "auto"}],
+)
+def test_every_chunks_form_gives_whole_storage_chunks(request_):
+    shape, storage = (100, 30, 20), (16, 8, 4)
+    got = aligned_chunks(shape, storage, "f8", request_)
+    assert tuple(sum(c) for c in got) == shape
+    for starts, step in zip(_starts(got), storage, strict=True):
+        assert all(s % step == 0 for s in starts)
+
+
+def test_explicit_sizes_are_rounded_to_storage_chunks():
+    assert aligned_chunks((100,), (16,), "u1", 45) == ((48, 48, 4),)
+    assert aligned_chunks((100,), (16,), "u1", 3) == ((16,) * 6 + (4,),)
+    assert aligned_chunks((100,), (16,), "u1", (-1,)) == ((100,),)
+
+
+def test_block_chunks_are_checked_not_changed():
+    assert aligned_chunks((10,), (5,), "u1", ((5, 5),)) == ((5, 5),)
+    with pytest.raises(ValueError, match="not whole multiples"):
+        aligned_chunks((10,), (5,), "u1", ((4, 6),))
+    with pytest.raises(ValueError, match="sum to 9"):
+        aligned_chunks((10,), (5,), "u1", ((4, 5),))
+
+
+def test_bad_requests_are_refused():
+    with pytest.raises(ValueError, match="2 entries"):
+        aligned_chunks((10, 10, 10), None, "u1", (5, 5))
+    with pytest.raises(ValueError, match="chunks must be"):
+        aligned_chunks((10,), None, "u1", 2.5)
+
+
+def test_auto_blocks_fill_the_limit():
+    got = aligned_chunks((4096, 4096), (64, 64), "f4", "auto", limit=4 * MiB)
+    block = math.prod(c[0] for c in got) * 4
+    assert 2 * MiB < block <= 4 * MiB
+
+
+def test_too_many_blocks_are_refused():
+    with pytest.raises(ValueError, match=f"more than {MAX_BLOCKS}"):
+        regular_chunks((10**8, 10**8), (1, 1))
+    assert regular_chunks((5, 0), (2, 3)) == ((2, 2, 1), (0,))
+
+
+def test_block_budgets():
+    assert default_block_bytes(0) == min(4 * MiB, auto_block_bytes())
+    assert default_block_bytes(10**15) == auto_block_bytes() <= 16 * MiB
+    assert read_block_bytes(remote=True) == REMOTE_BLOCK_BYTES
+    assert read_block_bytes(remote=False) is None
+    with dask.config.set({"array.chunk-size": "8MiB"}):
+        assert conversion_block_bytes() == 8 * MiB
+        assert auto_block_bytes() == 8 * MiB
+    with dask.config.set({"array.chunk-size": "1GiB"}):
+        assert conversion_block_bytes() == CONVERT_BLOCK_BYTES
+
+
+def test_memory_map_chunks():
+    # contiguous: trailing axes whole, a split axis cut evenly
+    assert contiguous_chunks((10, 4, 4), 1, [0, 1, 2], 40) == ((2,) * 5, (4,), (4,))
+    assert contiguous_chunks((6, 5), 1, [1, 0], 12) == ((6,), (2, 2, 1))
+    assert memory_map_chunks("auto", (10, 4, 4), np.dtype("u1"), [0, 1, 2], 40) == (
+        (2,) * 5, (4,), (4,))
+    # explicit requests on a memory map are honoured as given (no storage chunks)
+    assert memory_map_chunks((3, -1, 2), (10, 4, 4), np.dtype("u1"), [0, 1, 2], 40) == (
+        (3, 3, 3, 1), (4,), (2, 2))
+    assert memory_map_chunks("auto", (), np.dtype("u1"), [], 40) == ()
+
+
+@pytest.mark.parametrize(
+    ("shape", "storage", "target"),
+    [((7, 6, 5), 3, 40), ((8, 8), 4, 20), ((5, 12), 6, 100), ((9,), 2, 4), ((3, 4), 5, 1)],
+)
+def test_flat_aligned_blocks_start_on_storage_chunks(shape, storage, target):
+    block = flat_aligned_block(shape, storage, target)
+    strides = [math.prod(shape[i + 1 :]) for i in range(len(shape))]
+    grid = [range(0, n, b) for n, b in zip(shape, block, strict=True)]
+    for corner in np.stack(np.meshgrid(*grid, indexing="ij"), -1).reshape(-1, len(shape)):
+        assert int(np.dot(corner, strides)) % storage == 0
+
+
+def test_reshaped_2d_chunks_are_whole_storage_chunks():
+    chunks = reshaped_2d_chunks((6, 8), (4, 5), (16, 10), itemsize=8, limit=4096)
+    pos_rows = [b0 * 8 for b0 in chunks[0]]  # rows of one block
+    assert all(r % 16 == 0 for r in pos_rows[:-1])
+    assert all(c % 10 == 0 for c in [math.prod((b, 5)) for b in chunks[2]][:-1])
+    assert tuple(sum(c) for c in chunks) == (6, 8, 4, 5)
+
+
+def test_signal_chunks_hold_whole_signals():
+    assert signal_chunks((100, 100, 1024), "f4", [2], 1e6) == (15, 15, 1024)
+    assert signal_chunks((3, 2048, 2048), "f4", [1, 2], 1e6) == (1, 2048, 2048)
+    assert signal_chunks((4, 5, 6), "u1", [2], 1e6) == (4, 5, 6)
+
+
+def test_storage_chunks_resolve_the_writer_request():
+    assert storage_chunks((100, 1024), "f4", None, [1], 1e6) == (100, 1024)
+    assert storage_chunks((1000, 1024), "f4", False, [1], 1e6) == (244, 1024)
+    assert storage_chunks((10, 20), "u1", (4, -1), [1], 1e6) == (4, 20)
+    assert storage_chunks((10, 20), "u1", (40, None), [1], 1e6) == (10, 20)
+    assert storage_chunks((0, 20), "u1", None, [1], 1e6) is None
+    assert storage_chunks((), "u1", None, [], 1e6) is None
+    guess = storage_chunks((1000, 1000), "f8", True, [1], 1e6)
+    assert guess is not None
+    assert len(guess) == 2
+    with pytest.raises(ValueError, match="1 entries"):
+        storage_chunks((10, 20), "u1", (4,), [1], 1e6)
+    with pytest.raises(TypeError, match="chunks must be"):
+        storage_chunks((10, 20), "u1", 4, [1], 1e6)
+
+
+def test_flattened_storage_chunks():
+    # whole spectra, about target bytes, whole scan lines where they fit
+    assert flattened_storage_chunks(None, (10, 10), (100,), np.dtype("f8"), 8000) == (10, 100)
+    assert flattened_storage_chunks(None, (0, 10), (100,), np.dtype("f8"), 8000) is None
+    # a spectrum beyond 64 MiB is split along its own dimensions
+    big = flattened_storage_chunks(None, (2,), (4096, 4096), np.dtype("f8"), 1e6)
+    assert big is not None
+    assert big[0] == 1
+    assert big[1] < 4096 * 4096
+    assert flattened_storage_chunks((5, -1), (10,), (7,), np.dtype("u1"), 1e6) == (5, 7)
+
+
+def test_rechunk_to_storage_keeps_aligned_boundaries():
+    arr = da.zeros((100, 10), chunks=((40, 40, 20), (10,)))
+    assert rechunk_to_storage(arr, (20, 5)) is arr
+    moved = rechunk_to_storage(da.zeros((100,), chunks=30), (20,))
+    assert moved.chunks == ((40, 40, 20),)
+
+
+def test_old_homes_use_the_policy():
+    from lazyio.backends import store
+    from lazyio.formats.usid import schema
+
+    assert store.rechunk_to_storage is rechunk_to_storage
+    assert schema.rows_block is flat_aligned_block
+    assert schema.nd_chunks is reshaped_2d_chunks
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("lazyio.backends.layout")
+    assert "Chunks" in chunking.__all__
+    assert "BlockChunks" in chunking.__all__
