@@ -191,10 +191,11 @@ def _guard(location: Location, plugins: list[FormatPlugin] | None, timeout: floa
     head = location.read_head(HEAD_BYTES)
     guards: dict[UntrustedGuard, None] = {}
     for plugin in plugins if plugins is not None else available_plugins().values():
-        if plugin.untrusted_guard is not None:
-            guards[plugin.untrusted_guard] = None
-    for guard in guards:
-        guard(location, head, timeout)
+        guard = plugin.untrusted_guard()
+        if guard is not None:
+            guards[guard] = None
+    for check in guards:
+        check(location, head, timeout)
 
 
 def save(

@@ -228,5 +228,6 @@ def test_format_modules_do_not_import_the_api():
     # the plugins are below load/save, never above them (no import cycle)
     root = Path(formats.__file__).parent
     for path in root.rglob("*.py"):
-        imports = re.findall(r"^\s*(?:from|import) (lazyio\.\w+)", path.read_text(), re.M)
+        imports = re.findall(r"^\s*(?:from|import) (lazyio\.\w+)", path.read_text(),
+                             re.MULTILINE)
         assert not {"lazyio._api", "lazyio.rsciio"} & set(imports), path

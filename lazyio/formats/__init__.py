@@ -60,7 +60,7 @@ HEAD_BYTES = 512
 
 RemoteWrite = Literal["upload", "temporary", "in_place"]
 WriteMode = Literal["create", "update", "append"]
-UntrustedGuard = Callable[[Location, bytes, "float | None"], None]
+UntrustedGuard = Callable[[Location, bytes, float | None], None]
 
 
 @dataclass(frozen=True)
@@ -149,10 +149,6 @@ class FormatPlugin(abc.ABC):
     writer_positional: ClassVar[tuple[str, ...]] = ()
     # read options lazyio.info uses (e.g. describe a dimension rather than warn about it)
     describe_read_options: ClassVar[Mapping[str, Any]] = MappingProxyType({})
-    # With untrusted=True, load calls this before detection opens the file: it parses in a
-    # child process whatever this format's library would parse in-process. Formats sharing
-    # a library share the function, so it runs once per file.
-    untrusted_guard: ClassVar[UntrustedGuard | None] = None
 
     @abc.abstractmethod
     def sniff(self, location: Location, head: bytes) -> bool:
@@ -161,18 +157,21 @@ class FormatPlugin(abc.ABC):
 
     @abc.abstractmethod
     def read(
-        self, source: Any, *, lazy: bool, chunks: Any, allow_external: bool = False,
-        **options: Any,
+        self, source: Any, *, lazy: bool = True, chunks: Any = "auto",
+        allow_external: bool = False,
     ) -> list[dict[str, Any]]:
         """Every signal of ``source`` (a Location, or a store object when
-        ``accepts_store_objects``) as RosettaSciIO-style dictionaries."""
+        ``accepts_store_objects``) as RosettaSciIO-style dictionaries.
+
+        A plugin adds its ``read_options`` as keyword-only parameters with defaults."""
 
     @abc.abstractmethod
     def write(
-        self, target: Any, signal: dict[str, Any], *, chunks: Any, show_progressbar: bool,
-        **options: Any,
+        self, target: Any, signal: dict[str, Any], *, chunks: Any = None,
+        show_progressbar: bool = True,
     ) -> None:
-        """Write ``signal`` (a complete signal dictionary) into ``target``.
+        """Write ``signal`` (a complete signal dictionary) into ``target``; a plugin adds
+        its ``write_options`` as keyword-only parameters with defaults.
 
         ``target`` is a Location the pipeline chose (a fresh temporary path, a remote
         location, or the existing target for an in-place update or append) or a store
@@ -203,6 +202,13 @@ class FormatPlugin(abc.ABC):
         if self.capabilities.supports_metadata_update and options.get("write_dataset") is False:
             return "update"
         return "create"
+
+    def untrusted_guard(self) -> UntrustedGuard | None:
+        """What ``load(..., untrusted=True)`` runs before detection opens the file: a
+        function that parses, in a child process, whatever this format's library would
+        parse in-process. Formats sharing a library return the same function, so it runs
+        once per file. Default: none."""
+        return None
 
     def __repr__(self) -> str:
         return f"<lazyio format plugin {self.name!r}>"

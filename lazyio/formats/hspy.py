@@ -19,10 +19,10 @@ from lazyio.backends.hdf5.safety import refuse_external
 from lazyio.backends.hdf5.sources import open_h5
 from lazyio.backends.hdf5.target import H5ChunkTarget, encodable_pipeline, open_for_targets
 from lazyio.errors import FormatError, reading
-from lazyio.formats import Capabilities, FileDescription, FormatPlugin
+from lazyio.formats import Capabilities, FileDescription, FormatPlugin, UntrustedGuard
 from lazyio.formats._hdf5 import check_hdf5_source, guard_untrusted_hdf5, is_hdf5
 from lazyio.formats._tree import experiment_data_paths, spec_version
-from lazyio.formats.hyperspy.node import H5Node
+from lazyio.formats.hyperspy.node import H5Node, Node
 from lazyio.formats.hyperspy.signal import read_file_tree, write_signal_tree
 from lazyio.formats.hyperspy.writer import ArrayWriter
 from lazyio.location import Location, as_location
@@ -38,7 +38,7 @@ TARGET_CHUNK_BYTES = 1_000_000
 def _make_writer(
     key: str, signal: dict[str, Any], chunks: Any, options: dict[str, Any]
 ) -> ArrayWriter:
-    def make_target(node: H5Node, name: str, dset: h5py.Dataset) -> H5ChunkTarget:
+    def make_target(node: Node, name: str, dset: h5py.Dataset) -> H5ChunkTarget:
         return H5ChunkTarget(
             key=key,
             dataset=dset.name,
@@ -92,7 +92,10 @@ class HspyFormat(FormatPlugin):
                                "scaleoffset", "write_dataset", "close_file"})
     writer_positional = ("chunks", "compression", "close_file", "write_dataset",
                          "show_progressbar")
-    untrusted_guard = staticmethod(guard_untrusted_hdf5)
+
+    def untrusted_guard(self) -> UntrustedGuard:
+        """The HDF5 child-process check, shared with every HDF5-based format."""
+        return guard_untrusted_hdf5
 
     def sniff(self, location: Location, head: bytes) -> bool:
         """HDF5 with ``file_format="HyperSpy"`` or an ``Experiments`` group."""

@@ -98,7 +98,7 @@ def _root(spec: StoreSpec, store: Any) -> ZarrNode:
     kind, fmt, _ = node_kind(store, "")
     if kind != "group":
         raise FormatError(f"{spec}: not a Zarr hierarchy (no group metadata at its root)")
-    return ZarrNode(spec, store, "", fmt)
+    return ZarrNode(spec, store, "", fmt if fmt is not None else 2)
 
 
 def _write_store(
@@ -107,7 +107,7 @@ def _write_store(
     signal: dict[str, Any],
     *,
     update: bool,
-    zarr_format: int,
+    zarr_format: ZarrFormat,
     chunks: Any,
     show_progressbar: bool,
     options: dict[str, Any],
@@ -116,9 +116,9 @@ def _write_store(
         zarr.open_group(store=store, mode="w", zarr_format=zarr_format)
     else:
         kind, fmt, _ = node_kind(store, "")
-        if kind != "group":
+        if kind != "group" or fmt not in (2, 3):
             raise FormatError(f"{spec}: not a Zarr hierarchy to update")
-        zarr_format = fmt
+        zarr_format = 3 if fmt == 3 else 2
     writer = ArrayWriter(
         lambda node, name, arr: zarr_target(arr),
         chunks=chunks,

@@ -43,7 +43,7 @@ from lazyio.errors import (
     UnsupportedError,
     reading,
 )
-from lazyio.formats import Capabilities, FileDescription, FormatPlugin, WriteMode
+from lazyio.formats import Capabilities, FileDescription, FormatPlugin, UntrustedGuard, WriteMode
 from lazyio.formats._hdf5 import check_hdf5_source, guard_untrusted_hdf5, is_hdf5
 from lazyio.formats.usid.schema import (
     ANCILLARY,
@@ -396,7 +396,10 @@ class UsidFormat(FormatPlugin):
     reader_positional = ("dataset_path", "ignore_non_uniform_dims")
     # non-uniform dimensions are described, not warned about
     describe_read_options: ClassVar[Mapping[str, Any]] = MappingProxyType({"non_uniform": "axis"})
-    untrusted_guard = staticmethod(guard_untrusted_hdf5)
+
+    def untrusted_guard(self) -> UntrustedGuard:
+        """The HDF5 child-process check, shared with every HDF5-based format."""
+        return guard_untrusted_hdf5
 
     def sniff(self, location: Location, head: bytes) -> bool:
         """An HDF5 file holding at least one USID main dataset (and not a HyperSpy file)."""
