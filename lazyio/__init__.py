@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+# makes lazyio.hspy, lazyio.zspy, lazyio.npy, lazyio.usid (and entry-point formats) importable
+from lazyio import rsciio as _rsciio
 from lazyio._api import load, save
 
 # convert and info are bound eagerly: a lazy import of the submodule would shadow them
@@ -58,7 +60,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # Format modules import on first use, so `import lazyio` stays cheap.
+    # Format plugins import on first use, so `import lazyio` stays cheap.
     if name == "memmap_distributed":
         from lazyio.backends.raw.memmap import memmap_distributed
 
@@ -67,10 +69,8 @@ def __getattr__(name: str) -> Any:
         from lazyio import interop
 
         return getattr(interop, name)
-    if name in ("hspy", "zspy", "npy", "usid"):
-        import importlib
+    from lazyio.formats import format_names
 
-        from lazyio.formats import _registry
-
-        return importlib.import_module(_registry()[name])
+    if name in format_names():  # the RosettaSciIO-compatible namespace of a format
+        return _rsciio.namespace(name)
     raise AttributeError(f"module 'lazyio' has no attribute {name!r}")

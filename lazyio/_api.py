@@ -1,26 +1,81 @@
-"""``lazyio.load`` and ``lazyio.save``: resolve the location, pick the plugin, delegate."""
+"""``lazyio.load`` and ``lazyio.save``: the read and write pipelines around the plugins.
+
+``load`` resolves the location, applies the safety options, detects the format and checks
+the keywords; the plugin reads. ``save`` checks the keywords and option values, decides
+about an existing target, closes this process's handles on it, and gives the plugin a
+place to write: a temporary sibling renamed into place, a local temporary uploaded whole,
+a temporary object moved into place, or the target itself (an in-place update, or a
+directory store written remotely); then it verifies. Plugins never decide any of that.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import MutableMapping
-from typing import Any
+from collections.abc import Collection, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
 
-from lazyio.errors import reading
-from lazyio.formats import detect_format, format_from_extension, get_plugin
+from lazyio.errors import (
+    LazyioError,
+    SourceNotFoundError,
+    TargetExistsError,
+    UnsupportedError,
+    reading,
+)
+from lazyio.formats import (
+    HEAD_BYTES,
+    available_plugins,
+    detect_format,
+    format_from_extension,
+    get_plugin,
+    store_plugin,
+)
 from lazyio.location import Location, as_location
 
-__all__ = ["load", "save"]
+if TYPE_CHECKING:
+    from lazyio.formats import FormatPlugin, UntrustedGuard
+
+__all__ = ["check_keywords", "is_store_object", "load", "save"]
+
+# The keywords of load and save themselves; with a plugin's own options, nothing else.
+LOAD_KEYWORDS = frozenset({"format", "lazy", "chunks", "storage_options", "untrusted",
+                           "allow_external"})
+SAVE_KEYWORDS = frozenset({"format", "overwrite", "chunks", "show_progressbar",
+                           "storage_options", "verify", "compute"})
 
 
-def _is_store_object(source: Any) -> bool:
+def is_store_object(source: Any) -> bool:
+    """Whether ``source`` is a zarr store or a mapping rather than a path or URL."""
     if isinstance(source, str | os.PathLike | Location):
         return False
+    if isinstance(source, MutableMapping):
+        return True
     try:
         from zarr.abc.store import Store
     except ImportError:  # pragma: no cover - zarr is a dependency
         return False
-    return isinstance(source, Store | MutableMapping)
+    return isinstance(source, Store)
+
+
+def check_keywords(
+    caller: str, plugin: FormatPlugin, given: Collection[str], own: Collection[str],
+    *, write: bool,
+) -> None:
+    """Raise ``TypeError`` for the first keyword in ``given`` that neither ``caller`` (its
+    ``own`` keywords) nor the plugin's reader or writer accepts, naming what is accepted."""
+    accepted = set(plugin.write_options if write else plugin.read_options)
+    unknown = sorted(set(given) - accepted)
+    if unknown:
+        names = ", ".join(sorted(accepted | set(own)))
+        raise TypeError(
+            f"{caller}() got an unexpected keyword argument {unknown[0]!r} "
+            f"({plugin.name} accepts: {names})"
+        )
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, not {value!r}")
 
 
 def load(
@@ -30,7 +85,9 @@ def load(
     lazy: bool = True,
     chunks: Any = "auto",
     storage_options: dict[str, Any] | None = None,
-    **kwds: Any,
+    untrusted: bool | float = False,
+    allow_external: bool = False,
+    **options: Any,
 ) -> list[dict[str, Any]]:
     """Open a file and return its signals as RosettaSciIO-style dictionaries.
 
@@ -38,9 +95,10 @@ def load(
     ----------
     source : str, os.PathLike, Location, zarr store or MutableMapping
         A local path, an fsspec URL (``s3://``, ``https://``, ``memory://``, ...), or for
-        .zspy a zarr store or an fsspec mapping.
-    format : {"hspy", "zspy", "npy", "usid"}, optional
-        Skip detection. By default the format is detected from the content (HDF5
+        formats that accept them (.zspy) a zarr store or an fsspec mapping.
+    format : str, optional
+        A registered format name (``"hspy"``, ``"zspy"``, ``"npy"``, ``"usid"``, ...) to
+        skip detection. By default the format is detected from the content (HDF5
         superblock and ``file_format`` attribute, a USID main dataset, Zarr metadata or a
         zip of it, the ``.npy`` magic), then from the extension.
     lazy : bool, default True
@@ -51,16 +109,18 @@ def load(
         storage chunks up to dask's ``array.chunk-size``.
     storage_options : dict, optional
         Passed to fsspec for URLs.
-    **kwds
-        Format-specific options (see each format's ``file_reader``), and two safety
-        options. ``allow_external=False``: HDF5 external links, virtual datasets and
-        external storage (which make HDF5 open other files named inside the file) raise
-        :class:`~lazyio.errors.UnsafeFileError` unless this is True. ``untrusted=False``:
-        with True, a local HDF5 file is first parsed in a child process, so a crash of
-        the HDF5 library on a malformed file raises ``UnsafeFileError`` instead of
-        killing the caller, and so does a child still parsing after 60 s (or after
-        ``untrusted=<seconds>``): a loop in the library. Costs one Python start-up,
-        about 0.2 s.
+    untrusted : bool or float, default False
+        With True, a local HDF5 file is first parsed in a child process, so a crash of
+        the HDF5 library on a malformed file raises
+        :class:`~lazyio.errors.UnsafeFileError` instead of killing the caller, and so
+        does a child still parsing after 60 s (or after ``untrusted=<seconds>``): a loop
+        in the library. Costs one Python start-up, about 0.2 s.
+    allow_external : bool, default False
+        HDF5 external links, virtual datasets and external storage (which make HDF5 open
+        other files named inside the file) raise ``UnsafeFileError`` unless this is True.
+    **options
+        Format-specific options (see each plugin's documentation); any other keyword
+        raises ``TypeError``.
 
     Returns
     -------
@@ -69,30 +129,73 @@ def load(
         ``original_metadata``, ``attributes``, ``package``, ``package_version`` (and
         ``models`` for hspy/zspy).
     """
-    untrusted = kwds.pop("untrusted", False)
-    if _is_store_object(source):
-        return get_plugin(format or "zspy").read(source, lazy=lazy, chunks=chunks, **kwds)
+    return read_with(
+        "load", source, format=format, lazy=lazy, chunks=chunks,
+        storage_options=storage_options, untrusted=untrusted, allow_external=allow_external,
+        options=options,
+    )
+
+
+def read_with(
+    caller: str,
+    source: Any,
+    *,
+    format: str | None,
+    lazy: bool,
+    chunks: Any,
+    storage_options: dict[str, Any] | None,
+    untrusted: bool | float,
+    allow_external: bool,
+    options: dict[str, Any],
+    own_keywords: Collection[str] = LOAD_KEYWORDS,
+) -> list[dict[str, Any]]:
+    """The read pipeline behind :func:`load` and the RosettaSciIO-style ``file_reader``s
+    (``caller`` names the public function in keyword errors)."""
+    _check_bool("lazy", lazy)
+    _check_bool("allow_external", allow_external)
+    if isinstance(untrusted, bool):
+        timeout = None
+    elif isinstance(untrusted, int | float) and untrusted > 0:
+        timeout = float(untrusted)  # a number is the child's time limit in seconds
+    else:
+        raise ValueError(f"untrusted must be True, False or a time limit in seconds, "
+                         f"not {untrusted!r}")
+    if is_store_object(source):
+        plugin = store_plugin(format)
+        check_keywords(caller, plugin, options, own_keywords, write=False)
+        plugin.check_read(options)
+        return plugin.read(source, lazy=lazy, chunks=chunks, allow_external=allow_external,
+                           **options)
     location = as_location(source, storage_options)
-    if untrusted:
-        # a number is the child's time limit in seconds
-        _inspect_first(location, None if untrusted is True else float(untrusted))
-    with reading(location):
-        name = format or detect_format(location)
-    return get_plugin(name).read(location, lazy=lazy, chunks=chunks, **kwds)
+    named = get_plugin(format) if format is not None else None  # unknown names fail first
+    if named is not None:
+        check_keywords(caller, named, options, own_keywords, write=False)
+        named.check_read(options)
+    if untrusted is not False:
+        _guard(location, [named] if named is not None else None, timeout)
+    if named is None:
+        with reading(location):
+            plugin = get_plugin(detect_format(location))
+        check_keywords(caller, plugin, options, own_keywords, write=False)
+        plugin.check_read(options)
+    else:
+        plugin = named
+    return plugin.read(location, lazy=lazy, chunks=chunks, allow_external=allow_external,
+                       **options)
 
 
-def _inspect_first(location: Location, timeout: float | None) -> None:
-    from lazyio.backends.hdf5.safety import DEFAULT_TIMEOUT, inspect_untrusted
-    from lazyio.errors import UnsupportedError
-    from lazyio.formats.hspy import is_hdf5
-
+def _guard(location: Location, plugins: list[FormatPlugin] | None, timeout: float | None) -> None:
+    """Run the untrusted-file guards (once each) before anything opens the file."""
     if location.isdir() or not location.exists():
-        return  # a Zarr directory (or nothing, reported by the reader): no HDF5 parsing
-    if not is_hdf5(location.read_head(8)):
-        return  # only the HDF5 C library parses untrusted structure in-process
-    if location.local_path is None:
-        raise UnsupportedError(f"{location}: untrusted=True needs a local HDF5 file")
-    inspect_untrusted(location.local_path, timeout or DEFAULT_TIMEOUT)
+        return  # a directory store (or nothing, reported by the reader): no file to parse
+    head = location.read_head(HEAD_BYTES)
+    guards: dict[UntrustedGuard, None] = {}
+    for plugin in plugins if plugins is not None else available_plugins().values():
+        guard = plugin.untrusted_guard()
+        if guard is not None:
+            guards[guard] = None
+    for check in guards:
+        check(location, head, timeout)
 
 
 def save(
@@ -104,7 +207,9 @@ def save(
     chunks: Any = None,
     show_progressbar: bool = True,
     storage_options: dict[str, Any] | None = None,
-    **kwds: Any,
+    verify: bool = False,
+    compute: bool = True,
+    **options: Any,
 ) -> None:
     """Write a signal dictionary (or a bare numpy/dask array) to a file.
 
@@ -117,9 +222,9 @@ def save(
         Where to write; a path or fsspec URL, or for .zspy a zarr store.
     signal : dict or array
         A RosettaSciIO-style signal dictionary, or an array (given default axes).
-    format : {"hspy", "zspy", "npy", "usid"}, optional
-        By default taken from the extension (``.hspy``/``.hdf5``, ``.zspy``, ``.npy``,
-        ``.h5``).
+    format : str, optional
+        A registered format name; by default taken from the extension (``.hspy``/
+        ``.hdf5``, ``.zspy``, ``.npy``, ``.h5``).
     overwrite : bool, default False
         Replace an existing target. Without it an existing target raises
         :class:`~lazyio.errors.TargetExistsError` and nothing is written. A replaced local
@@ -131,30 +236,122 @@ def save(
         Show a progress bar while data are written.
     storage_options : dict, optional
         Passed to fsspec for URLs.
-    **kwds
-        Format-specific options (``compression`` for hspy, ``compressor``,
-        ``store_type`` and ``zarr_format`` for zspy, ...), and ``verify=True``: once
-        written, re-read the target and compare it with the source chunk by chunk
+    verify : bool, default False
+        Once written, re-read the target and compare it with the source chunk by chunk
         (BLAKE2b digests computed in dask tasks; the source is computed a second time).
         A mismatch deletes the written file and raises
         :class:`~lazyio.errors.VerificationError` naming the first differing chunk.
+    compute : bool, default True
+        ``False`` (return a delayed write) is not supported yet and raises
+        :class:`~lazyio.errors.UnsupportedError` before anything is written.
+    **options
+        Format-specific options (``compression`` for hspy, ``compressor``,
+        ``store_type`` and ``zarr_format`` for zspy, ...); any other keyword raises
+        ``TypeError``.
     """
-    verify = bool(kwds.pop("verify", False))
-    if _is_store_object(target):
-        name = format or "zspy"
-        get_plugin(name).write(
-            target, signal, overwrite=overwrite, chunks=chunks,
-            show_progressbar=show_progressbar, **kwds,
-        )
-        written: Any = target
+    write_with("save", target, signal, format=format, overwrite=overwrite, chunks=chunks,
+               show_progressbar=show_progressbar, storage_options=storage_options,
+               verify=verify, compute=compute, options=options)
+
+
+def write_with(
+    caller: str,
+    target: Any,
+    signal: Any,
+    *,
+    format: str | None,
+    overwrite: bool,
+    chunks: Any,
+    show_progressbar: bool,
+    storage_options: dict[str, Any] | None,
+    verify: bool,
+    compute: bool,
+    options: dict[str, Any],
+    own_keywords: Collection[str] = SAVE_KEYWORDS,
+) -> None:
+    """The write pipeline behind :func:`save`, ``convert`` and the RosettaSciIO-style
+    ``file_writer``s (``caller`` names the public function in keyword errors)."""
+    from lazyio.signals import as_signal_dict
+
+    store = is_store_object(target)
+    where: Any = target if store else as_location(target, storage_options)
+    if store:
+        plugin = store_plugin(format)
     else:
-        written = as_location(target, storage_options)
-        name = format or format_from_extension(written)
-        get_plugin(name).write(
-            written, signal, overwrite=overwrite, chunks=chunks,
-            show_progressbar=show_progressbar, **kwds,
+        plugin = get_plugin(format if format is not None else format_from_extension(where))
+    check_keywords(caller, plugin, options, own_keywords, write=True)
+    if compute is False:
+        raise UnsupportedError(
+            f"{where}: compute=False (a delayed write) is not supported yet; nothing was "
+            "written"
         )
+    for name, value in (("compute", compute), ("overwrite", overwrite),
+                        ("verify", verify), ("show_progressbar", show_progressbar)):
+        _check_bool(name, value)
+    signal = as_signal_dict(signal)
+    plugin.check_write(where, signal, options)
+    common = {"chunks": chunks, "show_progressbar": show_progressbar, **options}
+    if store:
+        plugin.write(target, signal, **common)
+    else:
+        _write_location(plugin, where, signal, overwrite, common)
     if verify:
         from lazyio.verify import verify_written
 
-        verify_written(written, signal, format=name)
+        verify_written(where, signal, format=plugin.name)
+
+
+def _write_location(
+    plugin: FormatPlugin, location: Location, signal: dict[str, Any], overwrite: bool,
+    common: dict[str, Any],
+) -> None:
+    from lazyio import handles
+    from lazyio.backends.atomic import (
+        atomic_path,
+        remote_temporary,
+        remove_target,
+        upload_temporary,
+    )
+
+    mode = plugin.write_mode(common)
+    exists = location.exists()
+    if mode == "update" and not exists:
+        raise SourceNotFoundError(
+            f"No such file: '{location}' (write_dataset=False updates an existing file)"
+        )
+    if mode in ("update", "append") and exists:
+        handles.close_location(location)  # our read handles must not see it change
+        plugin.write(location, signal, **common)
+        return
+    if exists and not overwrite:
+        raise TargetExistsError(f"{location} exists; pass overwrite=True to replace it")
+    # our own read handles on the target must not see a half-written or replaced file
+    handles.close_location(location)
+    if location.local_path is not None:
+        with atomic_path(location.local_path) as tmp, _named_as(tmp, location):
+            plugin.write(Location(tmp), signal, **common)
+        return
+    strategy = plugin.capabilities.remote_write
+    if strategy == "upload":
+        with upload_temporary(location) as tmp, _named_as(tmp, location):
+            plugin.write(Location(tmp), signal, **common)
+    elif strategy == "temporary":
+        with remote_temporary(location) as tmp_location, _named_as(tmp_location.url, location):
+            plugin.write(tmp_location, signal, **common)
+    else:
+        if exists:
+            remove_target(location)
+        plugin.write(location, signal, **common)
+
+
+@contextlib.contextmanager
+def _named_as(temporary: str, location: Location) -> Iterator[None]:
+    """Errors that name the temporary name the target the caller asked for instead."""
+    try:
+        yield
+    except LazyioError as err:
+        message = str(err)
+        if temporary in message and len(err.args) == 1:
+            raise type(err)(message.replace(temporary, str(location))) from err
+        raise
+

@@ -218,11 +218,20 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if all(r["correct"] for r in rows) else 1
 
 
+def _accepting(option: str) -> str:
+    """The registered formats whose writer takes ``option``, for help texts."""
+    from lazyio.formats import available_plugins
+
+    return ", ".join(n for n, p in available_plugins().items() if option in p.write_options)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="lazyio", description="Lazy, streamed access to .hspy, .zspy, "
-                     ".npy and h5USID files. Without a command, runs the demo.")
+    from lazyio.formats import format_names
+
+    formats = format_names()
+    parser = _Parser(prog="lazyio", description="Lazy, streamed access to "
+                     f"{', '.join(formats)} files. Without a command, runs the demo.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    formats = ["hspy", "zspy", "npy", "usid"]
 
     info = sub.add_parser("info", help="describe a file (format, signals, chunks, axes)")
     info.add_argument("source", help="a path or fsspec URL (s3://, https://, memory://...)")
@@ -239,9 +248,11 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--chunks", type=_chunks, help="storage chunks, e.g. 16,16,-1,-1")
     group = conv.add_mutually_exclusive_group()
     group.add_argument("--compression", type=_compression,
-                       help="HDF5 targets: gzip[:level], lzf, szip or none")
+                       help=f"HDF5 targets ({_accepting('compression')}): gzip[:level], "
+                            "lzf, szip or none")
     group.add_argument("--compressor", type=_compressor,
-                       help="zspy targets: a numcodecs codec, e.g. zstd:3, blosc:lz4:5")
+                       help=f"Zarr targets ({_accepting('compressor')}): a numcodecs codec, "
+                            "e.g. zstd:3, blosc:lz4:5")
     conv.add_argument("--overwrite", action="store_true", help="replace an existing target")
     conv.add_argument("--scheduler", metavar="NAME_OR_ADDRESS",
                       help="threads, processes, synchronous, or tcp://host:port of a "

@@ -2,24 +2,31 @@
 
 The source is loaded lazily and each signal's dask array is saved with
 :func:`lazyio.save`, so no more than (chunk size x workers) is ever in memory. What the
-target format cannot hold (``.npy`` keeps no axes or metadata, h5USID keeps axes, title and
-quantity but no models) is named in a :class:`~lazyio.errors.LazyioWarning`.
+target format cannot hold, read from its plugin's capabilities (``.npy`` keeps no axes or
+metadata, h5USID keeps axes, title and quantity but no models), is named in a
+:class:`~lazyio.errors.LazyioWarning`.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lazyio.errors import LazyioWarning
 from lazyio.location import Location, as_location
 
+if TYPE_CHECKING:
+    from lazyio.formats import Capabilities
+
 __all__ = ["convert", "lost_in_conversion"]
 
-# metadata that h5USID files hold as such (the rest is kept as flattened attributes)
-_USID_METADATA = {("General", "title"), ("General", "original_filename"),
-                  ("Signal", "quantity"), ("Signal", "signal_type")}
+# convert's own keywords, named in keyword errors beside the target writer's options
+_CONVERT_KEYWORDS = frozenset({"format", "chunks", "overwrite", "verify", "storage_options",
+                               "target_storage_options", "show_progressbar", "compute"})
+
+# what every signal has, even one read from a file without metadata
+_DEFAULT_METADATA = {("General", "title"), ("Signal", "signal_type")}
 
 
 def _protocol(location: Location) -> str:
@@ -55,40 +62,47 @@ def lost_in_conversion(signal: dict[str, Any], target_format: str) -> list[str]:
     ----------
     signal : dict
         A signal dictionary, as :func:`lazyio.load` returns.
-    target_format : {"hspy", "zspy", "npy", "usid"}
-        The format it is to be written in.
+    target_format : str
+        The registered format it is to be written in; its plugin's capabilities say what
+        it keeps.
 
     Returns
     -------
     list of str
         Empty when nothing is lost.
     """
+    from lazyio.formats import get_plugin
+
+    return _lost(signal, get_plugin(target_format).capabilities)
+
+
+def _lost(signal: dict[str, Any], caps: Capabilities) -> list[str]:
     lost = []
-    models = bool(signal.get("models"))
-    learning = bool((signal.get("attributes") or {}).get("learning_results"))
-    if target_format == "npy":
-        if any(not _is_default_axis(a) for a in signal.get("axes", [])):
+    axes = signal.get("axes", [])
+    metadata = signal.get("metadata") or {}
+    if not caps.keeps_axes:
+        if any(not _is_default_axis(a) for a in axes):
             lost.append("axes calibration (names, units, scales, offsets)")
-        if any(a.get("navigate") for a in signal.get("axes", [])):
+        if any(a.get("navigate") for a in axes):
             lost.append("navigation/signal roles of the axes")
-        meta_keys = [k for k in _flat_keys(signal.get("metadata") or {})
-                     if k not in {("General", "title"), ("Signal", "signal_type")}]
-        if meta_keys or (signal.get("metadata") or {}).get("General", {}).get("title"):
+    if not caps.keeps_metadata:
+        meta_keys = [k for k in _flat_keys(metadata) if k not in _DEFAULT_METADATA]
+        if meta_keys or metadata.get("General", {}).get("title"):
             lost.append("metadata")
-        if signal.get("original_metadata"):
-            lost.append("original_metadata")
-    elif target_format == "usid":
-        extra = [k for k in _flat_keys(signal.get("metadata") or {})
-                 if k[:2] not in _USID_METADATA and len(k) > 1]
-        if extra or signal.get("original_metadata"):
-            lost.append("metadata other than title and quantity (stored as flattened "
-                        "attributes of the Measurement group, read back under "
-                        "original_metadata['parameters'])")
-    if target_format in ("npy", "usid"):
-        if models:
-            lost.append("models")
-        if learning:
-            lost.append("learning results")
+    elif caps.metadata_kept is not None:
+        extra = [k for k in _flat_keys(metadata)
+                 if k[:2] not in caps.metadata_kept and len(k) > 1]
+        if extra or (signal.get("original_metadata") and not caps.keeps_original_metadata):
+            # the partial keep's own words cover original_metadata too
+            lost.append(caps.metadata_loss)
+    if (not caps.keeps_original_metadata and caps.metadata_kept is None
+            and signal.get("original_metadata")):
+        lost.append("original_metadata")
+    if signal.get("models") and not caps.keeps_models:
+        lost.append("models")
+    if (signal.get("attributes") or {}).get("learning_results") and not (
+            caps.keeps_learning_results):
+        lost.append("learning results")
     return lost
 
 
@@ -120,8 +134,8 @@ def convert(
     dst : str, os.PathLike or Location
         Where to write. With several signals in ``src``, they are written to
         ``<stem>_0<ext>``, ``<stem>_1<ext>``, ... beside ``dst``.
-    format : {"hspy", "zspy", "npy", "usid"}, optional
-        Format of ``dst``; by default taken from its extension.
+    format : str, optional
+        A registered format name for ``dst``; by default taken from its extension.
     chunks : tuple of int, True or None
         Storage chunks of the target (see :func:`lazyio.save`); ``-1`` (or ``None``) in a
         tuple with one entry per axis stands for the whole axis.
@@ -140,22 +154,31 @@ def convert(
         Show a progress bar with throughput while writing.
     **writer_kwds
         Options of the target's writer (``compression`` for hspy, ``compressor`` and
-        ``zarr_format`` for zspy, ...).
+        ``zarr_format`` for zspy, ...); any other keyword raises ``TypeError`` before
+        anything is read or written.
 
     Returns
     -------
     list of str
         The URLs (or paths) written, one per signal.
     """
-    from lazyio._api import load, save
-    from lazyio.formats import format_from_extension
+    from lazyio._api import check_keywords, load, save
+    from lazyio.formats import format_from_extension, get_plugin
 
     source = as_location(src, storage_options)
     if target_storage_options is None and isinstance(dst, str | os.PathLike):
         same = _protocol(as_location(dst)) == _protocol(source)
         target_storage_options = storage_options if same else None
     target = as_location(dst, target_storage_options)
-    target_format = format or format_from_extension(target)
+    plugin = get_plugin(format if format is not None else format_from_extension(target))
+    target_format = plugin.name
+    compute = writer_kwds.pop("compute", True)
+    check_keywords("convert", plugin, writer_kwds, _CONVERT_KEYWORDS, write=True)
+    if compute is not True:
+        from lazyio.errors import UnsupportedError
+
+        raise UnsupportedError(f"{target}: compute={compute!r} (a delayed write) is not "
+                               "supported yet; nothing was written")
     import dask
 
     from lazyio.backends.chunking import conversion_block_bytes
@@ -167,45 +190,43 @@ def convert(
     written = []
     for i, signal in enumerate(signals):
         out = _target_name(target, i, len(signals))
-        lost = lost_in_conversion(signal, target_format)
+        lost = _lost(signal, plugin.capabilities)
         if lost:
             warnings.warn(
                 f"{out}: the {target_format} format cannot hold the {', '.join(lost)} of "
                 f"{source.name}; they are not written", LazyioWarning, stacklevel=2,
             )
         save(out, signal, format=target_format, overwrite=overwrite,
-             chunks=_storage_chunks(chunks, signal, target_format),
+             chunks=_storage_chunks(chunks, signal, plugin.capabilities),
              show_progressbar=show_progressbar, **writer_kwds)
         written.append(out.url)
     return written
 
 
-def _storage_chunks(chunks: Any, signal: dict[str, Any], target_format: str) -> Any:
+def _storage_chunks(chunks: Any, signal: dict[str, Any], caps: Capabilities) -> Any:
     data = signal["data"]
     shape = tuple(int(s) for s in data.shape)
     if chunks is None:
-        return _default_chunks(signal, target_format)
-    # USID chunks are 2-D (rows, columns), so only N-D chunk tuples are resolved here.
-    if not isinstance(chunks, tuple | list) or target_format == "usid" or len(chunks) != len(
+        return _default_chunks(signal, caps)
+    # Chunks of another shape than the signal's (USID's 2-D matrix) pass as given.
+    if not isinstance(chunks, tuple | list) or not caps.nd_storage_chunks or len(chunks) != len(
             shape):
         return tuple(chunks) if isinstance(chunks, list) else chunks
     return tuple(s if c in (-1, None) else min(int(c), s) or 1
                  for c, s in zip(chunks, shape, strict=True))
 
 
-def _default_chunks(signal: dict[str, Any], target_format: str) -> Any:
+def _default_chunks(signal: dict[str, Any], caps: Capabilities) -> Any:
     """The writer's default, unless it would make one huge chunk of the whole array.
 
     HyperSpy's formats store at least one whole signal per chunk; a source without
     navigation axes (a ``.npy`` file) is one signal, so a big one would be written as one
     chunk, held whole in memory. Such arrays get chunks of whole trailing axes instead.
     """
-    from lazyio.formats import get_plugin
-
     data = signal["data"]
-    limit = int(getattr(get_plugin(target_format), "TARGET_CHUNK_BYTES", 0))
+    limit = int(caps.target_chunk_bytes or 0)
     has_navigation = any(a.get("navigate") for a in signal.get("axes", []))
-    if not limit or has_navigation or target_format == "usid" or data.nbytes <= limit:
+    if not limit or has_navigation or not caps.nd_storage_chunks or data.nbytes <= limit:
         return None
     chunks = [1] * data.ndim
     running = data.dtype.itemsize

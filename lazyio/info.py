@@ -1,9 +1,10 @@
 """``lazyio.info``: what a file holds and how it is stored, from its metadata alone.
 
-The file is opened lazily (as :func:`lazyio.load` does), and each signal's storage layout
-(chunks, compression, bytes on disk) is read from the description of the array that its
-dask graph reads from: the HDF5 dataset's creation properties, the Zarr array's metadata
-document, or the ``.npy`` header. No array data are read.
+The file is opened lazily (as :func:`lazyio.load` does) for shapes, axes and dask chunks;
+the spec version and each signal's storage layout (chunks, compression, bytes on disk)
+come from the format plugin's ``describe``, which reads the stored arrays' descriptions
+(an HDF5 dataset's creation properties, a Zarr array's metadata document, a ``.npy``
+header). No array data are read.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import html
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lazyio.backends import StorageLayout
 from lazyio.location import Location, as_location
+
+if TYPE_CHECKING:
+    from lazyio.backends import StorageLayout
 
 __all__ = ["AxisInfo", "FileInfo", "SignalInfo", "info"]
 
@@ -150,10 +153,10 @@ class FileInfo:
     ----------
     url : str
     format : str
-        ``"hspy"``, ``"zspy"``, ``"npy"`` or ``"usid"``.
+        The registered format name (``"hspy"``, ``"zspy"``, ``"npy"``, ``"usid"``, ...).
     spec_version : str or None
-        HyperSpy's ``file_format_version``, the ``.npy`` format version, or the version
-        of pyUSID that wrote an h5USID file (when it says).
+        What the format plugin reports: HyperSpy's ``file_format_version``, the ``.npy``
+        format version, or the version of pyUSID that wrote an h5USID file (when it says).
     size_on_disk : int or None
         Bytes of the file (or of the whole directory of a Zarr store).
     signals : list of SignalInfo
@@ -223,8 +226,8 @@ def info(
     ----------
     source : str, os.PathLike or Location
         A local path or an fsspec URL (``s3://``, ``https://``, ``memory://``, ...).
-    format : {"hspy", "zspy", "npy", "usid"}, optional
-        Skip detection (see :func:`lazyio.load`).
+    format : str, optional
+        A registered format name, to skip detection (see :func:`lazyio.load`).
     storage_options : dict, optional
         Passed to fsspec for URLs.
 
@@ -244,52 +247,20 @@ def info(
     from lazyio.formats import detect_format, get_plugin
 
     location = as_location(source, storage_options)
-    name = format or detect_format(location)
-    get_plugin(name)  # an unknown format= fails here, naming the known ones
-    # non-uniform USID dimensions are described, not warned about
-    kwds = {"non_uniform": "axis"} if name == "usid" else {}
-    signals = load(location, format=name, lazy=True, **kwds)
+    plugin = get_plugin(format) if format is not None else None  # unknown names fail first
+    if plugin is None:
+        plugin = get_plugin(detect_format(location))
+    signals = load(location, format=plugin.name, lazy=True, **plugin.describe_read_options)
+    description = plugin.describe(location)
+    layouts = list(description.layouts)
     return FileInfo(
         url=location.url,
-        format=name,
-        spec_version=_spec_version(location, name, signals),
+        format=plugin.name,
+        spec_version=description.spec_version,
         size_on_disk=_size_on_disk(location),
-        signals=[_signal_info(s) for s in signals],
+        signals=[_signal_info(s, layouts[i] if i < len(layouts) else None)
+                 for i, s in enumerate(signals)],
     )
-
-
-def _spec_version(location: Location, name: str, signals: list[dict[str, Any]]) -> str | None:
-    if name == "npy":
-        from lazyio.backends.raw.npy_header import read_header
-
-        major, minor = read_header(location).version
-        return f"{major}.{minor}"
-    source = _find_source(signals[0]["data"]) if signals else None
-    attrs: dict[str, Any] = {}
-    if name in ("hspy", "usid"):
-        from lazyio.backends.hdf5.sources import open_h5
-
-        attrs = dict(open_h5(location, token=location.modified_token()).attrs)
-    elif name == "zspy" and source is not None and hasattr(source, "store"):
-        from lazyio.backends.zarr.stores import node_kind, open_store
-
-        _, _, meta = node_kind(open_store(source.store), "")
-        meta = meta or {}
-        attrs = meta.get("attributes", {}) or {}
-        if not attrs:
-            from lazyio.backends.zarr.stores import read_json
-
-            attrs = read_json(open_store(source.store), ".zattrs") or {}
-    key = "pyUSID_version" if name == "usid" else "file_format_version"
-    value = attrs.get(key)
-    if isinstance(value, bytes):
-        value = value.decode(errors="replace")
-    if value is None:
-        return None
-    fmt = attrs.get("file_format")
-    fmt = fmt.decode(errors="replace") if isinstance(fmt, bytes) else fmt
-    prefix = f"{fmt} " if fmt and name != "usid" else ("pyUSID " if name == "usid" else "")
-    return f"{prefix}{value}"
 
 
 def _size_on_disk(location: Location) -> int | None:
@@ -299,21 +270,6 @@ def _size_on_disk(location: Location) -> int | None:
         return location.size()
     except (OSError, ValueError, NotImplementedError):
         return None
-
-
-def _find_source(array: Any) -> Any:
-    """The chunk source embedded in the graph of an array lazyio built (or ``None``)."""
-    import dask.array as da
-
-    if not isinstance(array, da.Array):
-        return None
-    for layer in array.dask.layers.values():
-        for value, index in getattr(layer, "indices", ()):
-            if index is None and hasattr(value, "shape") and hasattr(value, "dtype") and (
-                    hasattr(value, "location") or hasattr(value, "store")
-                    or hasattr(value, "source")):
-                return value
-    return None
 
 
 def _axis_info(axis: dict[str, Any]) -> AxisInfo:
@@ -328,11 +284,13 @@ def _axis_info(axis: dict[str, Any]) -> AxisInfo:
                     offset=float(axis.get("offset", 0.0)))
 
 
-def _signal_info(signal: dict[str, Any]) -> SignalInfo:
+def _signal_info(signal: dict[str, Any], layout: StorageLayout | None) -> SignalInfo:
     import dask.array as da
 
+    from lazyio.backends import StorageLayout
+
     data = signal["data"]
-    layout = _storage_layout(_find_source(data))
+    layout = layout or StorageLayout()
     title = signal.get("metadata", {}).get("General", {}).get("title", "")
     dask_chunks = tuple(int(c) for c in data.chunksize) if isinstance(data, da.Array) else \
         tuple(int(s) for s in data.shape)
@@ -349,22 +307,3 @@ def _signal_info(signal: dict[str, Any]) -> SignalInfo:
         stored_nbytes=layout.stored,
         axes=[_axis_info(a) for a in signal.get("axes", [])],
     )
-
-
-def _storage_layout(source: Any) -> StorageLayout:
-    from lazyio.backends.hdf5.layout import dataset_layout
-    from lazyio.backends.hdf5.sources import H5Source
-    from lazyio.backends.raw.memmap import MemmapSource
-    from lazyio.backends.zarr.layout import array_layout
-    from lazyio.backends.zarr.sources import ObjectZarrSource, ZarrSource
-
-    inner = getattr(source, "source", None)
-    if isinstance(inner, H5Source):  # a USID view over its 2-D main dataset
-        source = inner
-    if isinstance(source, H5Source):
-        return dataset_layout(source.location, source.dataset, source.token)
-    if isinstance(source, ZarrSource | ObjectZarrSource):
-        return array_layout(source.store, source.path)
-    if isinstance(source, MemmapSource):
-        return StorageLayout(stored=int(source.stored_nbytes))
-    return StorageLayout()

@@ -54,12 +54,12 @@ def _same_dtype(a: np.dtype, b: np.dtype) -> bool:
 
 
 def _pairs(
-    source: dict[str, Any], written: list[dict[str, Any]]
+    source: dict[str, Any], written: list[dict[str, Any]], splits_fields: bool
 ) -> list[tuple[str, Any, Any]]:
     data = source["data"]
     dtype = np.dtype(data.dtype)
-    if dtype.names and len(written) == len(dtype.names) > 1:
-        # h5USID stores a compound dtype as one signal per field
+    if splits_fields and dtype.names and len(written) == len(dtype.names) > 1:
+        # the format reads a structured dtype back as one signal per field
         return [(f"field {name!r}", data[name], sig["data"])
                 for name, sig in zip(dtype.names, written, strict=True)]
     title = source.get("metadata", {}).get("General", {}).get("title")
@@ -145,14 +145,16 @@ def verify_written(
     is_path = isinstance(target, Location | str) or hasattr(target, "__fspath__")
     where: Any = as_location(target, storage_options) if is_path else target
     name = str(where)
+    plugin = get_plugin(format)
     try:
         try:
-            written = get_plugin(format).read(where, lazy=True)
+            written = plugin.read(where, lazy=True, chunks="auto")
         except (OSError, ValueError) as err:
             raise VerificationError(f"{name}: cannot read back what was written ({err})") from err
         if not written:
             raise VerificationError(f"{name}: no signal could be read back")
-        for label, expected, actual in _pairs(source, written):
+        for label, expected, actual in _pairs(source, written,
+                                             plugin.capabilities.splits_fields):
             compare_arrays(name, label, expected, actual)
     except VerificationError:
         if remove_on_mismatch and is_path:
@@ -163,14 +165,11 @@ def verify_written(
 
 def _remove(location: Any) -> None:
     from lazyio import handles
-    from lazyio.backends.atomic import remove_path
+    from lazyio.backends.atomic import remove_target
 
     handles.close_location(location)
     try:
-        if location.local_path is not None:
-            remove_path(location.local_path)
-        else:
-            location.fs.rm(location.path, recursive=True)
+        remove_target(location)
     except OSError:  # the error about the data matters more than a failed clean-up
         _logger.warning("could not remove %s after failed verification", location,
                         exc_info=True)

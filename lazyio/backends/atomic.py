@@ -2,7 +2,9 @@
 
 An interrupted write leaves only a hidden temporary sibling (removed on failure when
 possible, and by the next successful write of the same target), never a target that
-looks complete.
+looks complete. Remote targets get the same treatment where the store allows it: a
+temporary object moved into place (:func:`remote_temporary`), or a local temporary
+uploaded whole (:func:`upload_temporary`) for formats that cannot be streamed.
 """
 
 from __future__ import annotations
@@ -11,10 +13,23 @@ import contextlib
 import glob
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-__all__ = ["TMP_TAG", "atomic_path", "remove_path", "temporary_sibling"]
+if TYPE_CHECKING:
+    from lazyio.location import Location
+
+__all__ = [
+    "TMP_TAG",
+    "atomic_path",
+    "remote_temporary",
+    "remove_path",
+    "remove_target",
+    "temporary_sibling",
+    "upload_temporary",
+]
 
 TMP_TAG = ".lazyio-tmp-"  # in every temporary's name, so tests and cleanup can find them
 _TAG = TMP_TAG
@@ -100,3 +115,48 @@ def atomic_path(final_path: str | os.PathLike[str]) -> Iterator[str]:
         raise
     _clean_debris(final_path)
     _fsync_directory(os.path.dirname(final_path))
+
+
+@contextlib.contextmanager
+def remote_temporary(target: Location) -> Iterator[Location]:
+    """Yield a temporary sibling object of the remote ``target``; move it into place on
+    success, remove it on failure (the old target stays until the move)."""
+    from lazyio.location import Location
+
+    # Object-store keys are not local paths: the sibling's name is built here, not with
+    # os.path (which would make a bucket key absolute).
+    base, sep, name = target.url.rstrip("/").rpartition("/")
+    tmp = Location(f"{base}{sep}.{name}{_TAG}{uuid.uuid4().hex[:12]}", target.storage_options)
+    fs = target.fs
+    try:
+        yield tmp
+        fs.mv(tmp.path, target.path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if fs.exists(tmp.path):
+                fs.rm(tmp.path, recursive=True)
+        raise
+
+
+@contextlib.contextmanager
+def upload_temporary(target: Location) -> Iterator[str]:
+    """Yield a local path (in a private temporary directory) named like ``target``; upload
+    what was written there to ``target`` on success, replacing what was there."""
+    with tempfile.TemporaryDirectory(prefix="lazyio-") as tmpdir:
+        local = os.path.join(tmpdir, target.name or "upload")
+        yield local
+        fs = target.fs
+        if os.path.isdir(local):
+            remove_target(target)
+            fs.put(local, target.path, recursive=True)
+        else:
+            fs.put_file(local, target.path)
+
+
+def remove_target(target: Location) -> None:
+    """Remove a file or directory tree at ``target`` (local or remote), if it exists."""
+    if target.local_path is not None:
+        remove_path(target.local_path)
+        return
+    if target.exists():
+        target.fs.rm(target.path, recursive=True)

@@ -6,39 +6,31 @@ that the file holds the payload its header promises. Lazy reads are a
 :func:`~lazyio.backends.raw.memmap.memmap_distributed` of the payload; eager reads copy it into
 memory (or map it, with ``mmap_mode``). Writes stream dask arrays block by block into the
 payload (:mod:`lazyio.backends.raw.npy_target`). A ``.npy`` file holds no metadata: only the data are
-written, and read signals get default axes.
+written, and read signals get default axes. The RosettaSciIO-style ``lazyio.npy.file_reader``
+and ``file_writer`` live in :mod:`lazyio.rsciio`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from lazyio._api import save
-from lazyio.backends.raw.memmap import memmap_distributed
+from lazyio.backends import StorageLayout
+from lazyio.backends.raw.memmap import MemmapSource, memmap_distributed
 from lazyio.backends.raw.npy_header import MAGIC, NpyHeader, read_header
-from lazyio.backends.raw.npy_target import write_npy
-from lazyio.errors import FormatError, TargetExistsError, UnsupportedError, reading
+from lazyio.backends.raw.npy_target import write_npy_into
+from lazyio.errors import FormatError, UnsupportedError, reading
+from lazyio.formats import Capabilities, FileDescription, FormatPlugin
 from lazyio.location import Location, as_location
-from lazyio.signals import as_signal_dict, default_axes, make_signal_dict
+from lazyio.signals import default_axes, make_signal_dict
 
-__all__ = ["EXTENSIONS", "NAME", "file_reader", "file_writer", "read", "sniff", "write"]
+__all__ = ["PLUGIN", "NpyFormat"]
 
-NAME = "npy"
-EXTENSIONS = (".npy",)
-
-# Arguments of numpy.save and numpy.load that only concern pickled (object) arrays, which
-# lazyio refuses anyway: accepted for compatibility, without effect.
-_NUMPY_SAVE_ARGS = frozenset({"allow_pickle", "fix_imports"})
-_NUMPY_LOAD_ARGS = frozenset({"fix_imports", "encoding"})
-
-
-def sniff(location: Location, head: bytes) -> bool:
-    """Whether ``head`` (the file's first bytes) starts with the ``.npy`` magic string."""
-    return head.startswith(MAGIC)
+MmapMode = Literal["r", "r+", "c"]
 
 
 def _read_eager(location: Location, header: NpyHeader, mmap_mode: str | None) -> np.ndarray:
@@ -85,33 +77,11 @@ def _place_scan(frames: np.ndarray, pos: np.ndarray, nav_shape: tuple[int, ...])
     return out
 
 
-def read(
-    location: Location,
-    *,
-    lazy: bool = True,
-    chunks: Any = "auto",
-    navigation_axes: Any = None,
-    key: str | None = None,
-    positions: Any = None,
-    navigation_shape: tuple[int, ...] | None = None,
-    block_size_limit: int | str | None = None,
-    mmap_mode: str | None = None,
-    max_header_size: int | None = None,
-    allow_pickle: bool = False,
-    allow_external: bool = False,
-    **kwds: Any,
-) -> list[dict[str, Any]]:
-    """Read a ``.npy`` file into one signal dictionary.
+class NpyFormat(FormatPlugin):
+    """NumPy's ``.npy`` format: data only, no axes or metadata.
 
-    Parameters
-    ----------
-    location : Location
-        The file (local path or fsspec URL).
-    lazy : bool, default True
-        Return a dask array that memory-maps the payload task by task (range reads for
-        remote files). Otherwise read the payload into memory.
-    chunks : "auto", int, tuple or dict
-        Dask chunks of the lazy array (any block of a ``.npy`` payload can be read).
+    Read options
+    ------------
     navigation_axes : iterable of int, optional
         Axes marked ``navigate`` in the returned axes; none by default.
     key : str, optional
@@ -131,123 +101,127 @@ def read(
     allow_pickle : bool, default False
         Accepted for compatibility with :func:`numpy.load`; ``True`` is refused, since
         lazyio never unpickles.
-    allow_external : bool, default False
-        Accepted for symmetry with the HDF5 formats; a ``.npy`` file never refers to
-        other files.
-    **kwds
-        ``fix_imports`` and ``encoding`` of :func:`numpy.load` are accepted and change
-        nothing (they concern pickled arrays only).
+    fix_imports, encoding
+        Accepted for compatibility with :func:`numpy.load`; they concern pickled arrays
+        only and change nothing.
 
-    Returns
-    -------
-    list of dict
-        One signal dictionary titled with the file's stem.
+    Write options
+    -------------
+    allow_pickle, fix_imports
+        Accepted for compatibility with :func:`numpy.save`; object arrays are refused
+        either way. ``chunks`` rechunks a dask array before writing (``.npy`` has no
+        storage chunks; blocks only set the size of each write task).
     """
-    unknown = set(kwds) - _NUMPY_LOAD_ARGS
-    if unknown:
-        raise TypeError(f"unexpected keyword arguments for .npy: {', '.join(sorted(unknown))}")
-    if allow_pickle:
-        raise UnsupportedError("allow_pickle=True: lazyio never unpickles data")
-    with reading(location):
-        header = read_header(location, max_header_size)
-    pos = None
-    if positions is not None:
-        pos = np.asarray(positions)
-        pos = pos[:, None] if pos.ndim == 1 else pos
-        if not header.shape or header.shape[0] < len(pos):
-            raise ValueError(
-                f"{location}: with positions the file must hold at least one frame per "
-                f"position along its first axis; it has shape {header.shape} for "
-                f"{len(pos)} positions"
+
+    name = "npy"
+    extensions = (".npy",)
+    description = "NumPy's .npy format (data only)"
+    capabilities = Capabilities(
+        keeps_axes=False, keeps_metadata=False, keeps_original_metadata=False,
+        keeps_models=False, keeps_learning_results=False, remote_write="temporary",
+    )
+    read_options = frozenset({"navigation_axes", "key", "positions", "navigation_shape",
+                              "block_size_limit", "mmap_mode", "max_header_size",
+                              "allow_pickle", "fix_imports", "encoding"})
+    write_options = frozenset({"allow_pickle", "fix_imports"})
+    reader_positional = ("chunks", "navigation_axes")
+
+    def sniff(self, location: Location, head: bytes) -> bool:
+        """Whether ``head`` (the file's first bytes) starts with the ``.npy`` magic string."""
+        return head.startswith(MAGIC)
+
+    def check_read(self, options: Mapping[str, Any]) -> None:
+        """Refuse ``allow_pickle=True`` and a bad ``mmap_mode``."""
+        if options.get("allow_pickle"):
+            raise UnsupportedError("allow_pickle=True: lazyio never unpickles data")
+        mmap_mode = options.get("mmap_mode")
+        if mmap_mode is not None and mmap_mode not in ("r", "r+", "c"):
+            raise ValueError(f"mmap_mode must be 'r', 'r+' or 'c' to read, not {mmap_mode!r}")
+
+    def read(
+        self,
+        source: Any,
+        *,
+        lazy: bool = True,
+        chunks: Any = "auto",
+        allow_external: bool = False,
+        navigation_axes: Any = None,
+        key: str | None = None,
+        positions: Any = None,
+        navigation_shape: tuple[int, ...] | None = None,
+        block_size_limit: int | str | None = None,
+        mmap_mode: MmapMode | None = None,
+        max_header_size: int | None = None,
+        allow_pickle: bool = False,
+        fix_imports: Any = None,
+        encoding: Any = None,
+    ) -> list[dict[str, Any]]:
+        """Read a ``.npy`` file into one signal dictionary titled with the file's stem
+        (see :func:`lazyio.load`; lazy reads memory-map the payload task by task, with
+        range reads for remote files)."""
+        location = as_location(source)
+        self.check_read({"allow_pickle": allow_pickle, "mmap_mode": mmap_mode})
+        with reading(location):
+            header = read_header(location, max_header_size)
+        pos = None
+        if positions is not None:
+            pos = np.asarray(positions)
+            pos = pos[:, None] if pos.ndim == 1 else pos
+            if not header.shape or header.shape[0] < len(pos):
+                raise ValueError(
+                    f"{location}: with positions the file must hold at least one frame per "
+                    f"position along its first axis; it has shape {header.shape} for "
+                    f"{len(pos)} positions"
+                )
+            if navigation_shape is None:  # just large enough for every position
+                navigation_shape = (tuple(int(m) + 1 for m in pos.max(axis=0)) if len(pos)
+                                    else (0,))
+        if lazy:
+            if mmap_mode is not None:
+                raise ValueError("mmap_mode applies to eager reads (lazy=False) only")
+            # With positions, memmap_distributed takes the scan's shape, frames after the
+            # navigation axes.
+            shape = header.shape if pos is None else (*navigation_shape, *header.shape[1:])
+            data = memmap_distributed(
+                location, header.dtype, positions=pos, offset=header.offset, shape=shape,
+                order=header.order, chunks=chunks, block_size_limit=block_size_limit,
+                key=key,
             )
-        if navigation_shape is None:  # just large enough for every position
-            navigation_shape = tuple(int(m) + 1 for m in pos.max(axis=0)) if len(pos) else (0,)
-    if lazy:
-        if mmap_mode is not None:
-            raise ValueError("mmap_mode applies to eager reads (lazy=False) only")
-        # With positions, memmap_distributed takes the scan's shape, frames after the
-        # navigation axes.
-        shape = header.shape if pos is None else (*navigation_shape, *header.shape[1:])
-        data = memmap_distributed(
-            location, header.dtype, positions=pos, offset=header.offset, shape=shape,
-            order=header.order, chunks=chunks, block_size_limit=block_size_limit, key=key,
+        else:
+            data = _read_eager(location, header, mmap_mode)
+            if key is not None:
+                if header.dtype.names is None or key not in header.dtype.names:
+                    raise ValueError(f"key {key!r} is not a field of dtype {header.dtype!r}")
+                data = data[key] if mmap_mode is not None else np.array(data[key], order="K")
+            if pos is not None:
+                data = _place_scan(data, pos, tuple(navigation_shape))
+        title = PurePosixPath(location.name).stem
+        signal = make_signal_dict(
+            data, default_axes(data.shape, navigation_axes), title=title, lazy=lazy
         )
-    else:
-        data = _read_eager(location, header, mmap_mode)
-        if key is not None:
-            if header.dtype.names is None or key not in header.dtype.names:
-                raise ValueError(f"key {key!r} is not a field of dtype {header.dtype!r}")
-            data = data[key] if mmap_mode is not None else np.array(data[key], order="K")
-        if pos is not None:
-            data = _place_scan(data, pos, tuple(navigation_shape))
-    title = PurePosixPath(location.name).stem
-    signal = make_signal_dict(
-        data, default_axes(data.shape, navigation_axes), title=title, lazy=lazy
-    )
-    return [signal]
+        return [signal]
+
+    def write(
+        self, target: Any, signal: dict[str, Any], *, chunks: Any = None,
+        show_progressbar: bool = True, allow_pickle: Any = None, fix_imports: Any = None,
+    ) -> None:
+        """Write the signal's data (numpy or dask) into ``target``; only the data: a
+        ``.npy`` file holds no axes or metadata."""
+        data = signal["data"]
+        if chunks is not None and hasattr(data, "rechunk"):
+            data = data.rechunk(chunks)
+        write_npy_into(as_location(target), data, show_progressbar=show_progressbar)
+
+    def describe(self, source: Location) -> FileDescription:
+        """The ``.npy`` format version and the payload's size."""
+        location = as_location(source)
+        with reading(location):
+            header = read_header(location)
+        major, minor = header.version
+        stored = MemmapSource(
+            location, header.offset, tuple(header.shape), header.dtype, header.order
+        ).stored_nbytes
+        return FileDescription(f"{major}.{minor}", [StorageLayout(stored=int(stored))])
 
 
-def write(
-    location: Location,
-    signal: Any,
-    *,
-    overwrite: bool = False,
-    chunks: Any = None,
-    show_progressbar: bool = True,
-    **kwds: Any,
-) -> None:
-    """Write a signal's data (a numpy or dask array) to a ``.npy`` file.
-
-    Only the data are written: a ``.npy`` file holds no axes or metadata.
-
-    Parameters
-    ----------
-    location : Location
-        The target file.
-    signal : dict or array
-        A signal dictionary or a bare array.
-    overwrite : bool, default False
-        Replace an existing file. Without it an existing target raises
-        :class:`~lazyio.errors.TargetExistsError` before anything is written.
-    chunks : tuple or int, optional
-        Rechunk a dask array to these blocks before writing (``.npy`` has no storage
-        chunks; blocks only set the size of each write task). Ignored for numpy arrays.
-    show_progressbar : bool, default True
-        Show a progress bar while dask blocks are written.
-    **kwds
-        ``allow_pickle`` and ``fix_imports`` of :func:`numpy.save` are accepted and
-        change nothing (object arrays are refused either way).
-    """
-    unknown = set(kwds) - _NUMPY_SAVE_ARGS
-    if unknown:
-        raise TypeError(f"unexpected keyword arguments for .npy: {', '.join(sorted(unknown))}")
-    data = as_signal_dict(signal)["data"]
-    if location.exists() and not overwrite:
-        raise TargetExistsError(
-            f"{location} exists; pass overwrite=True to replace it"
-        )
-    if chunks is not None and hasattr(data, "rechunk"):
-        data = data.rechunk(chunks)
-    write_npy(location, data, show_progressbar=show_progressbar)
-
-
-def file_reader(
-    filename: Any,
-    lazy: bool = False,
-    chunks: Any = "auto",
-    navigation_axes: Any = None,
-    **kwargs: Any,
-) -> list[dict[str, Any]]:
-    """RosettaSciIO-compatible reader; see :func:`lazyio.load` and :func:`read` (``key``,
-    ``positions``, ``navigation_shape``, ``block_size_limit``, ``mmap_mode``)."""
-    return read(
-        as_location(filename), lazy=lazy, chunks=chunks, navigation_axes=navigation_axes,
-        **kwargs,
-    )
-
-
-def file_writer(filename: Any, signal: Any, **kwargs: Any) -> None:
-    """RosettaSciIO-compatible writer (overwrites, as RosettaSciIO does); see
-    :func:`lazyio.save` and :func:`write` (``chunks``, ``show_progressbar``)."""
-    kwargs.setdefault("overwrite", True)
-    save(filename, signal, format=NAME, **kwargs)
+PLUGIN = NpyFormat()

@@ -1,15 +1,15 @@
 """Streamed ``.npy`` writes: the header first, then every block into its region.
 
-A local target is written to a hidden temporary sibling (:func:`~lazyio.backends.atomic.
-atomic_path`): the header, with its magic string left blank, and a payload of the final
-size; then :func:`~lazyio.backends.store.store` writes each dask block in place through a memory
-map that every process opens for itself (:class:`NpyTarget`); then the magic is written,
-the file is synced and renamed. Until that last step no file under the target's name
-exists, and the temporary is not a valid ``.npy`` file, so an interrupted write never
-leaves a file that looks complete.
+:func:`lazyio.save` hands the writer a temporary sibling of the target and renames it
+into place afterwards. Locally the writer puts the header there, with its magic string
+left blank, and a payload of the final size; then :func:`~lazyio.backends.store.store`
+writes each dask block in place through a memory map that every process opens for itself
+(:class:`NpyTarget`); then the magic is written and the file synced. Until then the
+temporary is not a valid ``.npy`` file, so an interrupted write never leaves a file that
+looks complete.
 
 Remote targets (fsspec URLs) cannot be written in place: blocks are computed a few at a
-time in storage order and appended to a temporary object, which is moved into place.
+time in storage order and appended to the (temporary) object.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import contextlib
 import math
 import mmap
 import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,13 +27,12 @@ import dask.array as da
 import numpy as np
 
 from lazyio import handles
-from lazyio.backends.atomic import TMP_TAG, atomic_path
 from lazyio.backends.raw.npy_header import MAGIC, header_bytes
 from lazyio.backends.store import store, uses_distributed
 from lazyio.errors import UnsupportedError
 from lazyio.location import Location
 
-__all__ = ["NpyTarget", "write_npy"]
+__all__ = ["NpyTarget", "write_npy_into"]
 
 _SLAB_BYTES = 32 * 2**20  # numpy payloads and remote uploads go out in pieces of this size
 _REMOTE_BATCH = 4  # remote writes compute this many slabs at once
@@ -159,15 +157,19 @@ def _check(data: Any) -> None:
         )
 
 
-def write_npy(
+def write_npy_into(
     location: Location, data: np.ndarray | da.Array, *, show_progressbar: bool = True
 ) -> None:
-    """Write ``data`` to ``location`` as a ``.npy`` file, streaming dask arrays.
+    """Write ``data`` as a ``.npy`` file exactly at ``location``, streaming dask arrays.
+
+    The caller (:func:`lazyio.save`) chose ``location``: a temporary sibling of the target,
+    renamed into place once this returns. Locally the magic string is written last, so an
+    interrupted write never leaves a valid ``.npy`` file; remotely the file is streamed.
 
     Parameters
     ----------
     location : Location
-        The target; an existing file there is replaced once the new one is complete.
+        Where to write (created or truncated).
     data : numpy.ndarray or dask.array.Array
         What to write. Numpy arrays are written as :func:`numpy.save` writes them (byte
         for byte, Fortran order included); dask arrays are written in C order, block by
@@ -178,26 +180,26 @@ def write_npy(
     """
     _check(data)
     if location.local_path is None:
-        _write_remote(location, data)
+        _stream_remote(location, data)
         return
+    path = location.local_path
     lazy = isinstance(data, da.Array)
     fortran = False if lazy else _fortran(data)
     header = header_bytes(data.shape, data.dtype, fortran)
     # The magic goes in last: until then the file is not a .npy file to any reader.
     blank_header = bytes(len(MAGIC)) + header[len(MAGIC) :]
-    with atomic_path(location.local_path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(blank_header)
-            if lazy:
-                f.truncate(len(header) + data.nbytes)
-            else:
-                f.writelines(_payload_pieces(np.asarray(data), fortran))
-        if lazy and data.size:
-            _store_blocks(tmp, len(header), data, show_progressbar)
-        with open(tmp, "r+b") as f:
-            f.write(MAGIC)
-            f.flush()
-            os.fsync(f.fileno())
+    with open(path, "wb") as f:
+        f.write(blank_header)
+        if lazy:
+            f.truncate(len(header) + data.nbytes)
+        else:
+            f.writelines(_payload_pieces(np.asarray(data), fortran))
+    if lazy and data.size:
+        _store_blocks(path, len(header), data, show_progressbar)
+    with open(path, "r+b") as f:
+        f.write(MAGIC)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _store_blocks(tmp: str, offset: int, data: da.Array, show_progressbar: bool) -> None:
@@ -212,29 +214,21 @@ def _store_blocks(tmp: str, offset: int, data: da.Array, show_progressbar: bool)
             default_client().run(close_writers, tmp)
 
 
-def _write_remote(location: Location, data: np.ndarray | da.Array) -> None:
+def _stream_remote(location: Location, data: np.ndarray | da.Array) -> None:
+    # Remote targets cannot be written in place: blocks are computed a few at a time in
+    # storage order and appended to the object.
     lazy = isinstance(data, da.Array)
     fortran = False if lazy else _fortran(data)
-    fs = location.fs
-    # Object-store keys are not local paths: the sibling's name is built here, not with
-    # os.path (which would make a bucket key absolute).
-    base, sep, name = location.path.rpartition("/")
-    tmp = f"{base}{sep}.{name}{TMP_TAG}{uuid.uuid4().hex[:12]}"
-    try:
-        with fs.open(tmp, "wb") as f:
-            f.write(header_bytes(data.shape, data.dtype, fortran))
-            if not lazy:
-                f.writelines(_payload_pieces(np.asarray(data), fortran))
-            elif data.ndim == 0:
-                f.write(np.asarray(data.compute()).tobytes())
-            else:
-                regions = list(_slabs(tuple(data.shape), data.dtype.itemsize, _SLAB_BYTES))
-                for i in range(0, len(regions), _REMOTE_BATCH):
-                    batch = regions[i : i + _REMOTE_BATCH]
-                    for block in dask.compute(*(data[r] for r in batch)):
-                        f.write(np.ascontiguousarray(block).tobytes())
-        fs.mv(tmp, location.path)
-    except BaseException:
-        if fs.exists(tmp):
-            fs.rm(tmp)
-        raise
+    with location.fs.open(location.path, "wb") as f:
+        f.write(header_bytes(data.shape, data.dtype, fortran))
+        if not lazy:
+            f.writelines(_payload_pieces(np.asarray(data), fortran))
+        elif data.ndim == 0:
+            f.write(np.asarray(data.compute()).tobytes())
+        else:
+            regions = list(_slabs(tuple(data.shape), data.dtype.itemsize, _SLAB_BYTES))
+            for i in range(0, len(regions), _REMOTE_BATCH):
+                batch = regions[i : i + _REMOTE_BATCH]
+                for block in dask.compute(*(data[r] for r in batch)):
+                    f.write(np.ascontiguousarray(block).tobytes())
+

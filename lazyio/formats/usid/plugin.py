@@ -8,7 +8,8 @@ with blocks of whole storage chunks, so no task ever reads the whole dataset.
 
 The schema is read and written with h5py alone: pyUSID is not needed at run time (its last
 release cannot write under numpy 2, and its dependencies are heavy for a cluster worker).
-``file_reader`` and ``file_writer`` are drop-ins for RosettaSciIO's ``rsciio.usid``.
+The drop-ins for RosettaSciIO's ``rsciio.usid`` (``lazyio.usid.file_reader`` and
+``file_writer``) live in :mod:`lazyio.rsciio`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import contextlib
 import copy
 import logging
 import math
-import os
-import tempfile
 import warnings
-from typing import Any, Literal
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
 
 import dask.array as da
 import h5py
@@ -28,9 +29,8 @@ import numpy as np
 from dask.base import tokenize
 
 from lazyio import handles
-from lazyio._api import save
-from lazyio.backends.atomic import atomic_path
 from lazyio.backends.chunking import auto_block_bytes
+from lazyio.backends.hdf5.layout import dataset_layout
 from lazyio.backends.hdf5.safety import refuse_external
 from lazyio.backends.hdf5.sources import H5Source, open_h5
 from lazyio.backends.hdf5.target import H5ChunkTarget, encodable_pipeline, open_for_targets
@@ -40,10 +40,11 @@ from lazyio.errors import (
     LazyioWarning,
     NonUniformAxisError,
     SourceNotFoundError,
-    TargetExistsError,
     UnsupportedError,
     reading,
 )
+from lazyio.formats import Capabilities, FileDescription, FormatPlugin, UntrustedGuard, WriteMode
+from lazyio.formats._hdf5 import check_hdf5_source, guard_untrusted_hdf5, is_hdf5
 from lazyio.formats.usid.schema import (
     ANCILLARY,
     Dimension,
@@ -65,13 +66,10 @@ from lazyio.formats.usid.schema import (
     write_ancillary,
 )
 from lazyio.location import Location, as_location
-from lazyio.signals import as_signal_dict, make_signal_dict
+from lazyio.signals import make_signal_dict
 
-__all__ = ["file_reader", "file_writer", "read", "sniff", "write"]
+__all__ = ["PLUGIN", "UsidFormat"]
 
-NAME = "usid"
-EXTENSIONS = (".h5",)
-HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # numpy arrays up to this size are written at once instead of through dask
 _SMALL_BYTES = 16 * 2**20
 # What RosettaSciIO writes when the signal has no quantity
@@ -80,22 +78,6 @@ DEFAULT_QUANTITY, DEFAULT_UNITS = "Unknown Quantity", "Unknown Units"
 NonUniform = Literal["warn", "raise", "axis"]
 
 _logger = logging.getLogger("lazyio")
-
-
-# --------------------------------------------------------------------------- detection
-
-
-def sniff(location: Location, head: bytes) -> bool:
-    """An HDF5 file holding at least one USID main dataset (and not a HyperSpy file)."""
-    if not head.startswith(HDF5_MAGIC):
-        return False
-    try:
-        f = open_h5(location, token=location.modified_token())
-    except (OSError, FormatError):
-        return False
-    if decode_text(f.attrs.get("file_format")) == "HyperSpy":
-        return False
-    return bool(find_main(f, first_only=True))
 
 
 # --------------------------------------------------------------------------- reading
@@ -245,77 +227,12 @@ def _auto_chunks(view: USIDView, chunks: Any) -> tuple[tuple[int, ...], ...]:
     return da.core.normalize_chunks(chunks, view.shape, dtype=view.dtype)
 
 
-def read(
-    source: Location,
-    *,
-    lazy: bool = True,
-    chunks: Any = "auto",
-    dataset_path: str | None = None,
-    ignore_non_uniform_dims: bool = True,
-    non_uniform: NonUniform | None = None,
-    **kwds: Any,
-) -> list[dict[str, Any]]:
-    """Read the USID main datasets of an HDF5 file (see :func:`lazyio.load`).
-
-    Parameters
-    ----------
-    source : Location
-        The file.
-    lazy : bool, default True
-        Dask arrays of chunk-aligned blocks, or numpy arrays with ``False``.
-    chunks : "auto", int, tuple or dict
-        Dask chunks of the N-D form. ``"auto"`` picks blocks of whole storage chunks up to
-        dask's ``array.chunk-size``, keeping whole spectra together where they fit.
-    dataset_path : str, optional
-        Read only this main dataset (e.g. ``"/Measurement_000/Channel_000/Raw_Data"``);
-        by default every main dataset of the file is read.
-    ignore_non_uniform_dims : bool, default True
-        As in RosettaSciIO: a non-uniformly varied dimension warns and becomes an index
-        axis (offset 0, scale 1); with ``False`` it raises
-        :class:`~lazyio.errors.NonUniformAxisError` (a ``ValueError``).
-    non_uniform : {"warn", "raise", "axis"}, optional
-        Overrides ``ignore_non_uniform_dims`` when given: ``"axis"`` returns a non-uniform
-        dimension as a non-uniform axis (its values in an ``axis`` vector).
-
-    Returns
-    -------
-    list of dict
-        One signal per main dataset, or per field of a compound dtype. Position dimensions
-        are navigation axes and spectroscopic ones signal axes, each side slowest-varying
-        first; dimensions of size 1 are squeezed.
-    """
-    location = as_location(source)
-    allow_external = bool(kwds.pop("allow_external", False))
-    if kwds:
-        _logger.debug("usid reader ignores %s", sorted(kwds))
+def _check_non_uniform(non_uniform: Any, ignore_non_uniform_dims: bool) -> NonUniform:
     if non_uniform is None:
         non_uniform = "warn" if ignore_non_uniform_dims else "raise"
     if non_uniform not in ("warn", "raise", "axis"):
         raise ValueError(f"non_uniform must be 'warn', 'raise' or 'axis'; got {non_uniform!r}")
-    if dataset_path is not None and not isinstance(dataset_path, str):
-        raise TypeError("'dataset_path' should be a string")
-    if not location.exists():
-        raise SourceNotFoundError(f"No such file: '{location}'")
-    if not location.read_head(8).startswith(HDF5_MAGIC):
-        raise FormatError(f"{location}: not an HDF5 file (no HDF5 signature)")
-    token = location.modified_token()
-    try:
-        with reading(location):
-            f = open_h5(location, token=token)
-            refuse_external(f, location, allow_external)
-            paths = [dataset_path] if dataset_path is not None else find_main(f)
-            if not paths:
-                raise FormatError(f"{location}: no USID main dataset in this HDF5 file")
-            signals: list[dict[str, Any]] = []
-            for path in paths:
-                signals += _read_main(
-                    location, f, path, lazy=lazy, chunks=chunks, non_uniform=non_uniform,
-                    token=token,
-                )
-            return signals
-    finally:
-        if not lazy:
-            handles.close_location(location)
+    return non_uniform  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------- writing
@@ -422,46 +339,153 @@ def _write_into(
         store([rechunk_to_storage(source, layout)], [target], show_progressbar=show_progressbar)
 
 
-def write(
-    target: Location,
-    signal: Any,
-    *,
-    overwrite: bool = False,
-    chunks: Any = None,
-    show_progressbar: bool = True,
-    append: bool = False,
-    **kwds: Any,
-) -> None:
-    """Write a signal as a USID main dataset (see :func:`lazyio.save`).
+class UsidFormat(FormatPlugin):
+    """h5USID: Universal Spectroscopy and Imaging Data in HDF5.
+
+    Read options
+    ------------
+    dataset_path : str, optional
+        Read only this main dataset (e.g. ``"/Measurement_000/Channel_000/Raw_Data"``);
+        by default every main dataset of the file is read.
+    ignore_non_uniform_dims : bool, default True
+        As in RosettaSciIO: a non-uniformly varied dimension warns and becomes an index
+        axis (offset 0, scale 1); with ``False`` it raises
+        :class:`~lazyio.errors.NonUniformAxisError` (a ``ValueError``).
+    non_uniform : {"warn", "raise", "axis"}, optional
+        Overrides ``ignore_non_uniform_dims`` when given: ``"axis"`` returns a non-uniform
+        dimension as a non-uniform axis (its values in an ``axis`` vector).
+
+    Signals are returned one per main dataset, or per field of a compound dtype. Position
+    dimensions are navigation axes and spectroscopic ones signal axes, each side
+    slowest-varying first; dimensions of size 1 are squeezed. ``"auto"`` chunks are blocks
+    of whole storage chunks up to dask's ``array.chunk-size``, keeping whole spectra
+    together where they fit.
+
+    Write options
+    -------------
+    append : bool, default False
+        Add the signal to an existing local file as the next ``Measurement_NNN`` group
+        (what RosettaSciIO's writer does when the file exists), in place.
+    compression, compression_opts, shuffle, fletcher32, scaleoffset
+        h5py dataset options for the main dataset; uncompressed by default, as pyUSID.
 
     Navigation axes become position dimensions and signal axes spectroscopic ones; a side
     without axes gets pyUSID's single placeholder dimension (``"Arb"``). The dataset is
     ``/Measurement_000/Channel_000/<title or "Raw_Data">`` with its four ancillary
-    datasets; dask data are streamed chunk by chunk.
-
-    Parameters
-    ----------
-    chunks : None, True or (int, int)
-        Storage chunks of the 2-D (positions, spectroscopic values) dataset. ``None``:
-        whole spectra, about 1 MB per chunk, whole scan lines where they fit; ``True``:
-        h5py's guess.
-    append : bool, default False
-        Add the signal to an existing local file as the next ``Measurement_NNN`` group
-        (what RosettaSciIO's writer does when the file exists), in place.
-    **kwds
-        h5py dataset options for the main dataset (``compression``, ``compression_opts``,
-        ``shuffle``, ...); uncompressed by default, as pyUSID.
+    datasets; dask data are streamed chunk by chunk. ``chunks`` are the storage chunks of
+    the 2-D (positions, spectroscopic values) dataset: ``None`` for whole spectra, about
+    1 MB per chunk, whole scan lines where they fit; ``True`` for h5py's guess.
     """
-    location = as_location(target)
-    signal = as_signal_dict(signal)
-    _check_writable(location, signal["data"])
-    kwds.pop("mode", None)
-    common = {"chunks": chunks, "show_progressbar": show_progressbar, "options": kwds}
-    if append and location.exists():
-        if location.local_path is None:
-            raise UnsupportedError(f"{location}: appending needs a local file")
-        handles.close_location(location)  # our read handles must not see the file change under them
-        with h5py.File(location.local_path, "r+") as h5file:
+
+    name = "usid"
+    extensions = (".h5",)
+    description = "h5USID (Universal Spectroscopy and Imaging Data in HDF5)"
+    capabilities = Capabilities(
+        metadata_kept=frozenset({("General", "title"), ("General", "original_filename"),
+                                 ("Signal", "quantity"), ("Signal", "signal_type")}),
+        metadata_loss=("metadata other than title and quantity (stored as flattened "
+                       "attributes of the Measurement group, read back under "
+                       "original_metadata['parameters'])"),
+        keeps_original_metadata=False, keeps_models=False, keeps_learning_results=False,
+        remote_write="upload", target_chunk_bytes=1_000_000, nd_storage_chunks=False,
+        splits_fields=True,
+    )
+    read_options = frozenset({"dataset_path", "ignore_non_uniform_dims", "non_uniform"})
+    write_options = frozenset({"append", "compression", "compression_opts", "shuffle",
+                               "fletcher32", "scaleoffset"})
+    reader_positional = ("dataset_path", "ignore_non_uniform_dims")
+    # non-uniform dimensions are described, not warned about
+    describe_read_options: ClassVar[Mapping[str, Any]] = MappingProxyType({"non_uniform": "axis"})
+
+    def untrusted_guard(self) -> UntrustedGuard:
+        """The HDF5 child-process check, shared with every HDF5-based format."""
+        return guard_untrusted_hdf5
+
+    def sniff(self, location: Location, head: bytes) -> bool:
+        """An HDF5 file holding at least one USID main dataset (and not a HyperSpy file)."""
+        if not is_hdf5(head):
+            return False
+        try:
+            f = open_h5(location, token=location.modified_token())
+        except (OSError, FormatError):
+            return False
+        if decode_text(f.attrs.get("file_format")) == "HyperSpy":
+            return False
+        return bool(find_main(f, first_only=True))
+
+    def check_read(self, options: Mapping[str, Any]) -> None:
+        """Validate ``non_uniform`` and ``dataset_path``."""
+        _check_non_uniform(options.get("non_uniform"),
+                           options.get("ignore_non_uniform_dims", True))
+        dataset_path = options.get("dataset_path")
+        if dataset_path is not None and not isinstance(dataset_path, str):
+            raise TypeError("'dataset_path' should be a string")
+
+    def read(
+        self,
+        source: Any,
+        *,
+        lazy: bool = True,
+        chunks: Any = "auto",
+        allow_external: bool = False,
+        dataset_path: str | None = None,
+        ignore_non_uniform_dims: bool = True,
+        non_uniform: NonUniform | None = None,
+    ) -> list[dict[str, Any]]:
+        """Read the USID main datasets of an HDF5 file (see :func:`lazyio.load`)."""
+        location = as_location(source)
+        checked = _check_non_uniform(non_uniform, ignore_non_uniform_dims)
+        self.check_read({"dataset_path": dataset_path})
+        check_hdf5_source(location)
+        token = location.modified_token()
+        try:
+            with reading(location):
+                f = open_h5(location, token=token)
+                refuse_external(f, location, allow_external)
+                paths = [dataset_path] if dataset_path is not None else find_main(f)
+                if not paths:
+                    raise FormatError(f"{location}: no USID main dataset in this HDF5 file")
+                signals: list[dict[str, Any]] = []
+                for path in paths:
+                    signals += _read_main(
+                        location, f, path, lazy=lazy, chunks=chunks, non_uniform=checked,
+                        token=token,
+                    )
+                return signals
+        finally:
+            if not lazy:
+                handles.close_location(location)
+
+    def check_write(
+        self, target: Any, signal: dict[str, Any], options: Mapping[str, Any]
+    ) -> None:
+        """Refuse data a USID main dataset cannot hold, and appends to remote files."""
+        _check_writable(target, signal["data"])
+        append = options.get("append", False)
+        if not isinstance(append, bool):
+            raise TypeError(f"append must be True or False, not {append!r}")
+        if append and getattr(target, "local_path", None) is None and target.exists():
+            raise UnsupportedError(f"{target}: appending needs a local file")
+
+    def write_mode(self, options: Mapping[str, Any]) -> WriteMode:
+        """``append=True`` adds to an existing file in place (or creates it)."""
+        return "append" if options.get("append") else "create"
+
+    def write(
+        self, target: Any, signal: dict[str, Any], *, chunks: Any = None,
+        show_progressbar: bool = True, append: bool = False, **h5_options: Any,
+    ) -> None:
+        """Write into the local file ``target`` (created, or appended to in place)."""
+        path = as_location(target).local_path
+        if path is None:  # the pipeline uploads HDF5 files; it never asks for this
+            raise FormatError(f"{target}: HDF5 files are written to local paths")
+        common = {"chunks": chunks, "show_progressbar": show_progressbar,
+                  "options": h5_options}
+        if not append:
+            with h5py.File(path, "w") as h5file:
+                _write_into(h5file, signal, **common)
+            return
+        with h5py.File(path, "a") as h5file:
             before = set(h5file)
             try:
                 _write_into(h5file, signal, **common)
@@ -469,44 +493,23 @@ def write(
                 for name in set(h5file) - before:  # leave the file as it was
                     del h5file[name]
                 raise
-        return
-    if location.exists() and not overwrite:
-        raise TargetExistsError(f"{location} exists; pass overwrite=True to replace it")
-    handles.close_location(location)
-    if location.local_path is not None:
-        with atomic_path(location.local_path) as tmp, h5py.File(tmp, "w") as h5file:
-            _write_into(h5file, signal, **common)
-        return
-    # HDF5 cannot be written through a byte stream: write locally, then upload whole.
-    with tempfile.TemporaryDirectory(prefix="lazyio-") as tmpdir:
-        tmp = os.path.join(tmpdir, location.name)
-        with h5py.File(tmp, "w") as h5file:
-            _write_into(h5file, signal, **common)
-        location.fs.put_file(tmp, location.path)
+
+    def describe(self, source: Location) -> FileDescription:
+        """The pyUSID version that wrote the file (when it says) and the layout of each
+        main dataset's 2-D storage (once per field of a compound dtype)."""
+        location = as_location(source)
+        token = location.modified_token()
+        with reading(location):
+            f = open_h5(location, token=token)
+            version = decode_text(f.attrs.get("pyUSID_version"))
+            layouts = []
+            for path in find_main(f):
+                fields = f[path].dtype.names or (None,)
+                layouts += [dataset_layout(location, path, token)] * len(fields)
+        return FileDescription(None if version is None else f"pyUSID {version}", layouts)
 
 
-# --------------------------------------------------------------------------- rsciio API
-
-
-def file_reader(
-    filename: Any,
-    lazy: bool = False,
-    dataset_path: str | None = None,
-    ignore_non_uniform_dims: bool = True,
-    **kwds: Any,
-) -> list[dict[str, Any]]:
-    """RosettaSciIO-compatible reader; see :func:`lazyio.load` and :func:`read`."""
-    return read(
-        as_location(filename), lazy=lazy, dataset_path=dataset_path,
-        ignore_non_uniform_dims=ignore_non_uniform_dims, **kwds,
-    )
-
-
-def file_writer(filename: Any, signal: dict[str, Any], **kwds: Any) -> None:
-    """RosettaSciIO-compatible writer (replaces an existing file unless ``append=True``);
-    see :func:`lazyio.save` and :func:`write`."""
-    kwds.setdefault("overwrite", True)
-    save(filename, signal, format=NAME, **kwds)
+PLUGIN = UsidFormat()
 
 
 with contextlib.suppress(ImportError):  # registers blosc, zstd, lz4, ... filters with HDF5
