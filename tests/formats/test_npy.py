@@ -15,12 +15,14 @@ import dask.array as da
 import fsspec
 import numpy as np
 import pytest
+from formats_table import FORMATS
 
 import lazyio
 from lazyio import npy
 from lazyio.backends.atomic import TMP_TAG, atomic_path
 from lazyio.backends.raw.memmap import memmap_distributed
 from lazyio.errors import FormatError, SourceNotFoundError, TargetExistsError, UnsupportedError
+from lazyio.testing import FormatTests, example_signal
 
 STRUCT = np.dtype([("a", "<f4"), ("b", ">i2", (2, 3)), ("c", "S3"), ("d", "?")])
 ALIGNED = np.dtype([("x", "u1"), ("y", "<f8")], align=True)
@@ -61,6 +63,21 @@ def assert_same(got, expected: np.ndarray) -> None:
 
 def _leftovers(directory: Path) -> list[str]:
     return [p.name for p in directory.iterdir() if TMP_TAG in p.name]
+
+
+_F = FORMATS["npy"]
+
+
+class TestNpy(FormatTests):
+    format_name = _F.name
+    extension = _F.extension
+    keeps_axes = _F.keeps_axes
+    keeps_metadata = _F.keeps_metadata
+    write_kwargs = _F.suite_kwargs
+
+    @pytest.fixture
+    def signal(self):
+        return example_signal(dtype=">i4")
 
 
 # -- reading -----------------------------------------------------------------------------
