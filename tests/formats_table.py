@@ -20,14 +20,17 @@ class Format:
     keeps_axes: bool  # axis names, calibration and navigation flags survive a round trip
     keeps_metadata: bool  # the title survives a round trip
     hyperspy_tree: bool  # the whole HyperSpy tree: metadata, models, learning results
+    directory: bool = False  # written as a folder by default (not one file)
     suite_kwargs: dict[str, Any] = field(default_factory=dict)  # FormatTests.write_kwargs
 
 
 FORMATS: dict[str, Format] = {
-    "hspy": Format("hspy", ".hspy", True, True, True, {"chunks": (1, 5, 8, 6)}),
-    "zspy": Format("zspy", ".zspy", True, True, True, {"chunks": (1, 5, 8, 6)}),
-    "npy": Format("npy", ".npy", False, False, False),
-    "usid": Format("usid", ".h5", True, True, False),
+    "hspy": Format("hspy", ".hspy", keeps_axes=True, keeps_metadata=True, hyperspy_tree=True,
+                   suite_kwargs={"chunks": (1, 5, 8, 6)}),
+    "zspy": Format("zspy", ".zspy", keeps_axes=True, keeps_metadata=True, hyperspy_tree=True,
+                   directory=True, suite_kwargs={"chunks": (1, 5, 8, 6)}),
+    "npy": Format("npy", ".npy", keeps_axes=False, keeps_metadata=False, hyperspy_tree=False),
+    "usid": Format("usid", ".h5", keeps_axes=True, keeps_metadata=True, hyperspy_tree=False),
 }
 
 NAMES = list(FORMATS)
@@ -41,3 +44,6 @@ KINDS = [kind for name in NAMES
          for kind in (name, *(v for v, (fmt, _) in VARIANTS.items() if fmt == name))]
 SUFFIX = {**EXT, **{kind: EXT[fmt] for kind, (fmt, _) in VARIANTS.items()}}
 KIND_KWARGS = {kind: kwargs for kind, (_, kwargs) in VARIANTS.items()}
+FORMAT_OF = {**{name: name for name in NAMES}, **{kind: fmt for kind, (fmt, _) in VARIANTS.items()}}
+HYPERSPY_KINDS = [kind for kind in KINDS if FORMATS[FORMAT_OF[kind]].hyperspy_tree]
+FILE_KINDS = [kind for kind in KINDS if kind in VARIANTS or not FORMATS[kind].directory]
