@@ -361,3 +361,16 @@ class FormatTests:
         self.save(path, signal, verify=True)
         self.assert_same_data(lazyio.load(path, lazy=False)[0]["data"], self.expected(signal))
         assert os.listdir(tmp_path) == [path.name]
+
+    def test_unknown_keyword_on_load_raises_type_error(self, tmp_path: Path,
+                                                       signal: dict[str, Any]) -> None:
+        path = self.written(tmp_path, signal)
+        with pytest.raises(TypeError, match="lazzy"):
+            lazyio.load(path, lazzy=False)  # a typo must not leave the read lazy
+
+    def test_unknown_keyword_on_save_raises_type_error(self, tmp_path: Path,
+                                                       signal: dict[str, Any]) -> None:
+        path = self.target(tmp_path)
+        with pytest.raises(TypeError, match="compresor"):
+            self.save(path, signal, compresor=None)
+        assert os.listdir(tmp_path) == []  # refused before anything is written
