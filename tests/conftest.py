@@ -64,3 +64,9 @@ def http_server(tmp_path_factory):
 
     with RangeHTTPServer(str(tmp_path_factory.mktemp("http-root"))) as server:
         yield server
+
+
+@pytest.fixture
+def remote_base(s3_server):
+    """The writable remote folder of :class:`lazyio.testing.FormatTests`: the S3 server."""
+    return f"s3://{s3_server.bucket}/conformance", s3_server.storage_options

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import formats_table
 import h5py
 import numpy as np
 
@@ -28,18 +29,17 @@ AXES = [{"size": 4, "navigate": True}, {"size": 5, "navigate": True},
 EXPERIMENT = "Experiments/__unnamed__"
 USID_MAIN = "Measurement_000/Channel_000/Raw_Data"
 SENTINEL = "EVALUATED"  # a file a successful code injection would create
-KINDS = ("hspy", "zspy", "zspy-zip", "npy", "usid")
-FILE_KINDS = ("hspy", "zspy-zip", "npy", "usid")  # single files: byte-level mutations
-SUFFIX = {"hspy": ".hspy", "zspy": ".zspy", "zspy-zip": ".zspy", "npy": ".npy",
-          "usid": ".h5"}
+KINDS = tuple(formats_table.KINDS)
+FILE_KINDS = tuple(formats_table.FILE_KINDS)  # single files: byte-level mutations
+SUFFIX = formats_table.SUFFIX
 
 
 def write_valid(kind: str, path: Path, data: np.ndarray = DATA) -> Path:
     """A small valid file of ``kind`` with two compressed chunks (npy: raw payload)."""
     signal = {"data": data, "axes": [dict(a) for a in AXES[: data.ndim]]}
     extra: dict[str, Any] = {}
-    if kind == "zspy-zip":
-        extra = {"store_type": "zip"}
+    if kind in formats_table.KIND_KWARGS:
+        extra = dict(formats_table.KIND_KWARGS[kind])
     elif kind in ("hspy", "zspy"):
         extra = {"chunks": (2, 5, 6)}
     elif kind == "usid":
@@ -370,7 +370,7 @@ def outside_snapshot(folder: Path, exclude: Path) -> dict[str, tuple[int, int]]:
 
 # ------------------------------------------------------------------------- fuzzing
 
-FUZZ_KINDS = ("hspy", "zspy-zip", "npy", "usid")
+FUZZ_KINDS = FILE_KINDS
 # Outcomes of one mutated input. "differs" is a read without error whose data differ from
 # the original: possible only where the format keeps no checksum (raw .npy payloads and
 # headers, uncompressed or blosc chunks, HDF5's unchecksummed v0 metadata).

@@ -11,6 +11,7 @@ from typing import Any
 import dask.array as da
 import fsspec
 import numpy as np
+from formats_table import EXT, NAMES
 
 import lazyio
 
@@ -24,12 +25,12 @@ class Case:
     write_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-CASES = {
-    "hspy": Case("hspy", ".hspy", {"chunks": (2, 5, 16, 12)}),  # gzip + shuffle, chunked
-    "zspy": Case("zspy", ".zspy", {"chunks": (2, 5, 16, 12)}),
-    "npy": Case("npy", ".npy"),
-    "usid": Case("usid", ".h5", {"compression": "gzip"}),
+WRITE_KWARGS: dict[str, dict[str, Any]] = {
+    "hspy": {"chunks": (2, 5, 16, 12)},  # gzip + shuffle, chunked
+    "zspy": {"chunks": (2, 5, 16, 12)},
+    "usid": {"compression": "gzip"},
 }
+CASES = {name: Case(name, EXT[name], WRITE_KWARGS.get(name, {})) for name in NAMES}
 FORMATS = list(CASES)
 BACKENDS = ["local", "s3", "http"]
 

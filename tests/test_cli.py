@@ -10,11 +10,11 @@ import textwrap
 
 import numpy as np
 import pytest
+from formats_table import EXT as FORMATS
+from formats_table import HYPERSPY
 
 import lazyio
 from lazyio.cli import main
-
-FORMATS = {"hspy": ".hspy", "zspy": ".zspy", "npy": ".npy", "usid": ".h5"}
 
 
 def make_signal(rng: np.random.Generator) -> dict:
@@ -86,7 +86,7 @@ def test_convert_every_pair(tmp_path, rng, capsys, src_fmt, dst_fmt):
         assert [a["offset"] for a in out["axes"]] == [0.0, 1.0, 2.0, 3.0]
         assert [a["navigate"] for a in out["axes"]] == [True, True, False, False]
         assert out["metadata"]["General"]["title"] == "scan"
-    if {src_fmt, dst_fmt} <= {"hspy", "zspy"}:
+    if {src_fmt, dst_fmt} <= set(HYPERSPY):
         assert out["original_metadata"] == {"detector": {"gain": 2}}
         assert "warning" not in captured.err
 

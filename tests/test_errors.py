@@ -17,6 +17,7 @@ import dask.array as da
 import h5py
 import numpy as np
 import pytest
+from formats_table import HYPERSPY, HYPERSPY_KINDS
 
 import lazyio
 from lazyio.errors import (
@@ -31,7 +32,7 @@ from lazyio.errors import (
 
 pytestmark = pytest.mark.timeout(30)
 
-FORMATS = pytest.mark.parametrize("fmt", ["hspy", "zspy"])
+FORMATS = pytest.mark.parametrize("fmt", HYPERSPY)
 LAZY = pytest.mark.parametrize("lazy", [True, False], ids=["lazy", "eager"])
 DATA = np.arange(24.0).reshape(2, 3, 4)
 EXPERIMENT = "Experiments/__unnamed__"
@@ -254,7 +255,7 @@ def test_save_unknown_extension_writes_nothing(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ writing
 
 
-@pytest.mark.parametrize("kind", ["hspy", "zspy", "zspy-zip"])
+@pytest.mark.parametrize("kind", HYPERSPY_KINDS)
 def test_save_over_existing_without_overwrite(tmp_path: Path, kind: str) -> None:
     fmt = kind[:4]
     extra = {"store_type": "zip"} if kind == "zspy-zip" else {}

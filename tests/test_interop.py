@@ -8,10 +8,10 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
+from formats_table import EXT as FORMATS
+from formats_table import HYPERSPY
 
 import lazyio
-
-FORMATS = {"hspy": ".hspy", "zspy": ".zspy", "npy": ".npy", "usid": ".h5"}
 
 
 def make_signal(rng: np.random.Generator) -> dict:
@@ -81,7 +81,7 @@ def test_from_xarray_saves_to_every_format(tmp_path, rng, fmt):
             assert got["scale"] == pytest.approx(want["scale"])
             assert got["offset"] == pytest.approx(want["offset"])
         assert loaded["metadata"]["General"]["title"] == "pattern"
-    if fmt in ("hspy", "zspy"):
+    if fmt in HYPERSPY:
         assert loaded["original_metadata"] == {"detector": {"gain": 2}}
         assert lazyio.to_xarray(loaded).identical(
             lazyio.to_xarray(lazyio.load(path, lazy=False)[0]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
+from formats_table import EXT, HYPERSPY
 
 import lazyio
 from lazyio.backends.progress import TqdmCallback
@@ -21,7 +22,7 @@ def array() -> da.Array:
                          chunks=(1, 32, 32))
 
 
-@pytest.mark.parametrize("ext", [".hspy", ".zspy", ".npy", ".h5"])
+@pytest.mark.parametrize("ext", list(EXT.values()))
 def test_local_bar_counts_bytes(tmp_path, capfd, no_delay, ext):
     lazyio.save(tmp_path / f"a{ext}", array())
     out, err = capfd.readouterr()
@@ -31,7 +32,7 @@ def test_local_bar_counts_bytes(tmp_path, capfd, no_delay, ext):
     assert "B/s" in err
 
 
-@pytest.mark.parametrize("ext", [".hspy", ".zspy", ".npy", ".h5"])
+@pytest.mark.parametrize("ext", list(EXT.values()))
 def test_silent_when_asked(tmp_path, capfd, no_delay, ext):
     lazyio.save(tmp_path / f"a{ext}", array(), show_progressbar=False)
     assert capfd.readouterr() == ("", "")
@@ -45,7 +46,7 @@ def test_callback_counts_tasks_without_nbytes(capfd, no_delay):
     assert "task" in err
 
 
-@pytest.mark.parametrize("ext", [".zspy", ".hspy"])
+@pytest.mark.parametrize("ext", [EXT[name] for name in HYPERSPY])
 def test_cluster_progress(tmp_path, capfd, client, no_delay, ext):
     lazyio.save(tmp_path / f"quiet{ext}", array(), show_progressbar=False)
     assert capfd.readouterr() == ("", "")

@@ -27,14 +27,13 @@ import dask.array as da
 import numpy as np
 import psutil
 import pytest
+from formats_table import HYPERSPY_KINDS, KIND_KWARGS, KINDS, NAMES, SUFFIX
 
 import lazyio
 from lazyio.backends.atomic import TMP_TAG
 from lazyio.errors import StaleFileError, VerificationError
 
-KINDS = ["hspy", "zspy", "zspy-zip", "npy", "usid"]
-SUFFIX = {"hspy": ".hspy", "zspy": ".zspy", "zspy-zip": ".zspy", "npy": ".npy", "usid": ".h5"}
-EXTRA = {"zspy-zip": {"store_type": "zip"}}
+EXTRA = KIND_KWARGS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -81,7 +80,7 @@ def test_verify_passes_and_catches_a_mismatch(tmp_path: Path, kind: str) -> None
     data = slow_array((8, 6, 10), (2, 6, 10), seed=1, delay=0)
     path = target(tmp_path, kind)
     save(path, kind, data, verify=True,
-         chunks=(2, 6, 10) if kind in ("hspy", "zspy", "zspy-zip") else None)
+         chunks=(2, 6, 10) if kind in HYPERSPY_KINDS else None)
     np.testing.assert_array_equal(read(path), data.compute())
 
     # A source that changes each time it is computed cannot verify: the copy on disk is
@@ -99,7 +98,7 @@ def test_verify_passes_and_catches_a_mismatch(tmp_path: Path, kind: str) -> None
     assert debris(tmp_path) == []
 
 
-@pytest.mark.parametrize("kind", ["hspy", "zspy", "npy", "usid"])
+@pytest.mark.parametrize("kind", NAMES)
 def test_file_writer_accepts_verify(tmp_path: Path, kind: str) -> None:
     data = np.arange(60, dtype="f8").reshape(6, 10)
     path = target(tmp_path, kind)
@@ -249,7 +248,7 @@ def shared_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pa
         data = slow_array((16, 8, 32), (2, 8, 32), seed=3, delay=0).compute()
         path = target(folder, kind, stem=kind)
         save(path, kind, data,
-             chunks=(2, 8, 32) if kind in ("hspy", "zspy", "zspy-zip") else None)
+             chunks=(2, 8, 32) if kind in HYPERSPY_KINDS else None)
         out[kind] = (path, digest(data))
     return out
 

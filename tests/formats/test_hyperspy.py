@@ -1,4 +1,5 @@
-"""Conformance of the two HyperSpy hierarchical formats: .hspy (HDF5) and .zspy (Zarr)."""
+"""The HyperSpy tree both .hspy (HDF5) and .zspy (Zarr) hold: dtypes, shapes, metadata,
+models, ragged data, chunks and laziness, run over both formats."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+from formats_table import HYPERSPY
 
 import lazyio
 from lazyio.errors import TargetExistsError
 
-FORMATS = ["hspy", "zspy"]
 DTYPES = ["bool", "u1", "i2", "u4", "i8", "f4", "f8", "c8", "c16", ">f4", ">i2"]
 
 
@@ -38,7 +39,7 @@ def _signal(data, nav=0):
             "original_metadata": {}}
 
 
-@pytest.fixture(params=FORMATS)
+@pytest.fixture(params=HYPERSPY)
 def fmt(request):
     return request.param
 
@@ -288,64 +289,3 @@ def test_read_then_write_other_format_streams(tmp_path, rng, fmt):
     out = lazyio.load(dst, lazy=False)[0]
     np.testing.assert_array_equal(out["data"], data)
     assert [a["name"] for a in out["axes"]] == ["ax0", "ax1", "ax2"]
-
-
-@pytest.mark.parametrize("shards", [None, (8, 30)])
-def test_zarr_format_3(tmp_path, rng, shards):
-    path = tmp_path / "v3.zspy"
-    data = rng.random((16, 30)).astype("f4")
-    lazyio.save(path, data, chunks=(4, 30), zarr_format=3, shards=shards,
-                show_progressbar=False)
-    assert (path / "zarr.json").exists()
-    out = lazyio.load(path)[0]["data"]
-    np.testing.assert_array_equal(out.compute(), data)
-
-
-def test_zip_store_detected_and_fsspec_mapping(tmp_path, rng):
-    import fsspec
-
-    data = rng.random((6, 7)).astype("f8")
-    lazyio.save(tmp_path / "z.zspy", data, store_type="zip", show_progressbar=False)
-    with open(tmp_path / "z.zspy", "rb") as f:
-        assert f.read(2) == b"PK"
-    np.testing.assert_array_equal(lazyio.load(tmp_path / "z.zspy")[0]["data"].compute(), data)
-    lazyio.save(tmp_path / "d.zspy", data, show_progressbar=False)
-    mapping = fsspec.get_mapper(str(tmp_path / "d.zspy"))
-    np.testing.assert_array_equal(lazyio.load(mapping, lazy=False)[0]["data"], data)
-
-
-@pytest.mark.parametrize("compression", [None, "lzf", "gzip", "blosc"])
-def test_hspy_compression_options(tmp_path, rng, compression):
-    import h5py
-    import hdf5plugin
-
-    data = rng.integers(0, 50, (20, 30)).astype("u2")
-    comp = hdf5plugin.Blosc() if compression == "blosc" else compression
-    path = tmp_path / "c.hspy"
-    lazyio.save(path, data, compression=comp, chunks=(5, 30), show_progressbar=False)
-    with h5py.File(path) as f:
-        dset = f["Experiments/__unnamed__/data"]
-        filters = dset.id.get_create_plist()
-        ids = [filters.get_filter(i)[0] for i in range(filters.get_nfilters())]
-    expected = {None: [], "lzf": [2, 32000], "gzip": [2, 1], "blosc": [32001]}[compression]
-    assert ids == expected  # no shuffle without compression, unlike RosettaSciIO
-    np.testing.assert_array_equal(lazyio.load(path)[0]["data"].compute(), data)
-
-
-def test_zspy_with_dot_chunk_keys(tmp_path, rng):
-    """Flat ``.``-separated chunk keys (zarr 2's DirectoryStore) read like nested ones."""
-    import json
-    import os
-
-    data = rng.random((8, 6)).astype("f4")
-    path = tmp_path / "dots.zspy"
-    lazyio.save(path, data, chunks=(2, 3), show_progressbar=False)
-    array_dir = path / "Experiments" / "__unnamed__" / "data"
-    meta = json.loads((array_dir / ".zarray").read_text())
-    meta["dimension_separator"] = "."
-    (array_dir / ".zarray").write_text(json.dumps(meta))
-    for row in [d for d in os.listdir(array_dir) if d.isdigit()]:
-        for col in os.listdir(array_dir / row):
-            os.replace(array_dir / row / col, array_dir / f"{row}.{col}")
-        os.rmdir(array_dir / row)
-    np.testing.assert_array_equal(lazyio.load(path)[0]["data"].compute(), data)

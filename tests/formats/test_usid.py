@@ -21,6 +21,7 @@ import dask.array as da
 import h5py
 import numpy as np
 import pytest
+from formats_table import FORMATS
 
 import lazyio
 import lazyio.formats.usid.schema
@@ -34,9 +35,25 @@ from lazyio.errors import (
     UnsupportedError,
 )
 from lazyio.location import as_location
+from lazyio.testing import FormatTests, example_signal
 
 pyUSID = importlib.import_module("pyUSID")
 from pyUSID import Dimension
+
+_F = FORMATS["usid"]
+
+
+class TestUsid(FormatTests):
+    format_name = _F.name
+    extension = _F.extension
+    keeps_axes = _F.keeps_axes
+    keeps_metadata = _F.keeps_metadata
+    write_kwargs = _F.suite_kwargs
+
+    @pytest.fixture
+    def signal(self):
+        return example_signal(dtype="<f8")
+
 
 MAIN = "/Measurement_000/Channel_000/Raw_Data"
 

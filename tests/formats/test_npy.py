@@ -1,5 +1,5 @@
-"""The .npy plugin and memmap_distributed: lazy == eager == numpy.load, writes that numpy
-reads back byte for byte, scans, structured dtypes, remote reads, and a cluster."""
+"""The .npy format: the conformance suite, lazy == eager == numpy.load, scans, structured
+dtypes, remote reads, and a cluster (header bytes and memmap_distributed: tests/backends/raw/)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import io
 import os
 import pickle
 import time
-import warnings
 from pathlib import Path
 
 import dask
@@ -15,52 +14,28 @@ import dask.array as da
 import fsspec
 import numpy as np
 import pytest
+from formats_table import FORMATS
+from npy_arrays import DTYPES, SHAPES, STRUCT, assert_same, leftovers, random_array
 
 import lazyio
 from lazyio import npy
-from lazyio.backends.atomic import TMP_TAG, atomic_path
 from lazyio.backends.raw.memmap import memmap_distributed
 from lazyio.errors import FormatError, SourceNotFoundError, TargetExistsError, UnsupportedError
+from lazyio.testing import FormatTests, example_signal
 
-STRUCT = np.dtype([("a", "<f4"), ("b", ">i2", (2, 3)), ("c", "S3"), ("d", "?")])
-ALIGNED = np.dtype([("x", "u1"), ("y", "<f8")], align=True)
-DTYPES = ["u1", "<i2", ">i4", "<u8", "<f4", ">f8", "<c8", "?", "<M8[us]", "<U3", STRUCT, ALIGNED]
-SHAPES = [(), (0,), (7,), (5, 6), (3, 4, 5), (2, 3, 4, 5), (2, 3, 2, 3, 2), (4, 0, 3)]
+_F = FORMATS["npy"]
 
 
-def _fix_bools(arr: np.ndarray) -> None:
-    if arr.dtype.names:
-        for name in arr.dtype.names:
-            _fix_bools(arr[name])
-    elif arr.dtype.kind == "b":
-        arr.view(np.uint8)[...] &= 1
+class TestNpy(FormatTests):
+    format_name = _F.name
+    extension = _F.extension
+    keeps_axes = _F.keeps_axes
+    keeps_metadata = _F.keeps_metadata
+    write_kwargs = _F.suite_kwargs
 
-
-def random_array(rng: np.random.Generator, shape, dtype, order: str = "C") -> np.ndarray:
-    """Random bytes in any dtype (valid bools; NaNs are fine: results compare by bytes)."""
-    dtype = np.dtype(dtype)
-    raw = rng.integers(0, 256, int(np.prod(shape)) * dtype.itemsize, dtype=np.uint8)
-    arr = raw.view(dtype).reshape(shape) if raw.size else np.empty(shape, dtype)
-    if dtype.kind == "U":
-        arr = rng.integers(0, 26, shape).astype("U1").astype(dtype)
-    _fix_bools(arr)
-    return np.asarray(arr, order=order)
-
-
-def assert_same(got, expected: np.ndarray) -> None:
-    """Same dtype, shape and bytes (field by field: padding between fields is not data)."""
-    got = np.asarray(got)
-    assert got.dtype == expected.dtype
-    assert got.shape == expected.shape
-    if expected.dtype.names:
-        for name in expected.dtype.names:
-            assert_same(got[name], expected[name])
-        return
-    assert np.ascontiguousarray(got).tobytes() == np.ascontiguousarray(expected).tobytes()
-
-
-def _leftovers(directory: Path) -> list[str]:
-    return [p.name for p in directory.iterdir() if TMP_TAG in p.name]
+    @pytest.fixture
+    def signal(self):
+        return example_signal(dtype=">i4")
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -105,41 +80,6 @@ def test_chunkings(tmp_path, rng, chunks, order):
         assert data.chunks[0] == (2, 2, 2)
 
 
-def test_auto_chunks_follow_storage_order(tmp_path):
-    path = tmp_path / "raw.bin"
-    np.zeros((100, 50, 40), "<f4").tofile(path)
-    limit = 2 * 50 * 40 * 4  # two C rows
-    c = memmap_distributed(path, "<f4", shape=(100, 50, 40), block_size_limit=limit)
-    assert c.chunks == ((2,) * 50, (50,), (40,))
-    f = memmap_distributed(path, "<f4", shape=(100, 50, 40), order="F", block_size_limit=limit)
-    assert f.chunks == ((100,), (25, 25), (1,) * 40)
-
-
-@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
-@pytest.mark.parametrize("order", ["C", "F"])
-def test_header_versions(tmp_path, rng, version, order):
-    a = random_array(rng, (4, 3, 2), STRUCT, order)
-    path = tmp_path / "v.npy"
-    with open(path, "wb") as f, warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "stored in format 3.0"
-        np.lib.format.write_array(f, a, version=version)
-    assert_same(lazyio.load(path)[0]["data"].compute(), np.load(path))
-    assert_same(lazyio.load(path, lazy=False)[0]["data"], np.load(path))
-
-
-def test_utf8_field_names_round_trip(tmp_path, rng):
-    dt = np.dtype([("電流", "<f4"), ("µ", ">i2")])
-    a = random_array(rng, (3, 2), dt)
-    path = tmp_path / "u.npy"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        np.save(tmp_path / "ref.npy", a)
-    lazyio.save(path, a, show_progressbar=False)
-    assert path.read_bytes() == (tmp_path / "ref.npy").read_bytes()
-    assert path.read_bytes()[6:8] == b"\x03\x00"
-    assert_same(lazyio.load(path, key="電流")[0]["data"].compute(), a["電流"])
-
-
 def test_structured_key_and_subarray_chunks(tmp_path, rng):
     dt = np.dtype([("img", "<u2", (4, 6)), ("sec", ">u4"), ("tag", "S2")])
     a = random_array(rng, (5, 3), dt)
@@ -153,45 +93,6 @@ def test_structured_key_and_subarray_chunks(tmp_path, rng):
     assert_same(npy.file_reader(path, key="tag")[0]["data"], a["tag"])
     with pytest.raises(ValueError, match="not a field"):
         lazyio.load(path, key="nope")
-
-
-@pytest.mark.parametrize("order", ["C", "F"])
-def test_memmap_distributed_matches_numpy_memmap(tmp_path, rng, order):
-    """A raw detector dump: a header of N bytes, then frames, read like numpy.memmap."""
-    dt = np.dtype([("frame", "<u2", (4, 5)), ("time", "<f8")])
-    records = random_array(rng, (3, 2), dt, order)
-    path = tmp_path / "dump.raw"
-    path.write_bytes(b"HEADER-17-BYTES!!" + records.tobytes(order="A"))
-    mm = np.memmap(path, dt, "r", offset=17, shape=(3, 2), order=order)
-    for key in ("frame", "time"):
-        lazy = memmap_distributed(path, dt, offset=17, shape=(3, 2), order=order, key=key,
-                                  chunks=2)
-        assert_same(lazy.compute(), np.asarray(mm[key]))
-    # Sub-array dtypes expand as in numpy.memmap; a 1-D shape is inferred from the size.
-    sub = np.dtype(("<u2", (4, 5)))
-    path.write_bytes(b"H" * 8 + random_array(rng, (6, 4, 5), "<u2").tobytes())
-    lazy = memmap_distributed(path, sub, offset=8, order=order, chunks=(4, 3, 2))
-    assert lazy.shape == (6, 4, 5)
-    assert_same(lazy.compute(), np.asarray(np.memmap(path, sub, "r", 8, (6,), order)))
-
-
-def test_positions(tmp_path, rng):
-    frames = random_array(rng, (7, 4, 5), "<f4")
-    path = tmp_path / "scan.raw"
-    frames.tofile(path)
-    pos = np.array([[0, 0], [0, 1], [1, 0], [2, 2], [1, 1], [0, 0], [2, 0]])  # (0,0) twice
-    expected = np.zeros((3, 4, 4, 5), "<f4")
-    for i, p in enumerate(pos):
-        expected[tuple(p)] = frames[i]  # the last frame at a position wins
-    for chunks in ["auto", (2, 2, 4, 5), (1, 3, 2, 3), (3, 4, 1, 1)]:
-        data = memmap_distributed(path, "<f4", positions=pos, shape=(3, 4, 4, 5), chunks=chunks)
-        assert_same(data.compute(), expected)
-        assert_same(pickle.loads(pickle.dumps(data)).compute(), expected)
-    assert_same(data[1:, 3].compute(), expected[1:, 3])  # no frame there: zeros
-    with pytest.raises(ValueError, match="outside"):
-        memmap_distributed(path, "<f4", positions=pos + 3, shape=(3, 4, 4, 5))
-    with pytest.raises(ValueError, match="shape"):
-        memmap_distributed(path, "<f4", positions=pos)
 
 
 def test_positions_structured_frames_and_npy_reader(tmp_path, rng):
@@ -245,18 +146,6 @@ def test_rewritten_file_is_not_read_through_a_stale_map(tmp_path):
     assert lazyio.load(path)[0]["data"].sum().compute() == 1000
     lazyio.save(path, np.full(1000, 2.0), overwrite=True, show_progressbar=False)
     assert lazyio.load(path)[0]["data"].sum().compute() == 2000
-
-
-def test_million_chunk_graph_builds_fast(tmp_path):
-    path = tmp_path / "big.raw"
-    with open(path, "wb") as f:
-        f.truncate(1000 * 1000 * 16)
-    start = time.perf_counter()
-    data = memmap_distributed(path, "u1", shape=(1000, 1000, 4, 4), chunks=(1, 1, 4, 4))
-    elapsed = time.perf_counter() - start
-    assert data.npartitions == 1_000_000
-    assert elapsed < 1.0, f"building a million-chunk graph took {elapsed:.2f} s"
-    assert (data[999, 999].compute() == 0).all()
 
 
 # -- bad input ---------------------------------------------------------------------------
@@ -347,41 +236,6 @@ def test_remote_write(rng, lazy):
 # -- writing -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("order", ["C", "F"])
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_numpy_writes_match_numpy_save(tmp_path, rng, dtype, shape, order):
-    a = random_array(rng, shape, dtype, order)
-    np.save(tmp_path / "ref.npy", a)
-    lazyio.save(tmp_path / "out.npy", {"data": a}, show_progressbar=False)
-    assert (tmp_path / "out.npy").read_bytes() == (tmp_path / "ref.npy").read_bytes()
-
-
-@pytest.mark.parametrize(
-    ("dtype", "shape", "chunks"),
-    [
-        ("<f4", (9, 7, 5), (4, 3, 2)),
-        (">i2", (9, 7, 5), (9, 1, 5)),
-        ("<c16", (3, 1000), (2, 333)),
-        (STRUCT, (5, 4), (2, 3)),
-        ("u1", (), ()),
-        ("<f8", (0, 4), (1, 2)),
-        ("?", (2, 3, 2, 3, 2), 1),
-    ],
-    ids=str,
-)
-def test_dask_writes_load_with_numpy(tmp_path, rng, dtype, shape, chunks):
-    a = random_array(rng, shape, dtype)
-    path = tmp_path / "d.npy"
-    lazyio.save(path, da.from_array(a, chunks=chunks), show_progressbar=False)
-    assert_same(np.load(path), a)
-    if a.size:
-        assert_same(np.load(path, mmap_mode="r"), a)
-    np.save(tmp_path / "ref.npy", a)
-    assert path.read_bytes() == (tmp_path / "ref.npy").read_bytes()
-    assert _leftovers(tmp_path) == []
-
-
 def test_lazy_read_to_write_round_trip(tmp_path, rng):
     a = random_array(rng, (6, 5, 4), ">u2", "F")
     np.save(tmp_path / "in.npy", a)
@@ -417,7 +271,7 @@ def _check_nothing_visible(block, final=None):
     # While blocks are written: no file under the final name, and the temporary sibling
     # is not a .npy file to any reader (its magic string is still blank).
     assert not os.path.exists(final)
-    [tmp] = _leftovers(Path(final).parent)
+    [tmp] = leftovers(Path(final).parent)
     with open(Path(final).parent / tmp, "rb") as f:
         assert f.read(6) == bytes(6)
     return block
@@ -433,30 +287,11 @@ def test_interrupted_write_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError, match="disk on fire"):
         lazyio.save(path, data, overwrite=True, show_progressbar=False)
     assert_same(np.load(path), np.arange(4))  # the old file survives a failed overwrite
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
     final = str(tmp_path / "j.npy")
     watched = da.ones(50, chunks=10).map_blocks(_check_nothing_visible, final=final, dtype=float)
     lazyio.save(final, watched, show_progressbar=False)
     assert_same(np.load(final), np.ones(50))
-
-
-def test_atomic_path_for_files_and_directories(tmp_path):
-    target = tmp_path / "t"
-    with atomic_path(target) as tmp:
-        Path(tmp).write_text("one")
-    assert target.read_text() == "one"
-    with pytest.raises(KeyError), atomic_path(target) as tmp:  # noqa: PT012
-        Path(tmp).write_text("two")
-        raise KeyError("stop")  # fails inside the block: the target must survive
-    assert target.read_text() == "one"
-    with atomic_path(target) as tmp:  # a directory replaces a file
-        os.mkdir(tmp)
-        (Path(tmp) / "inner").write_text("three")
-    assert (target / "inner").read_text() == "three"
-    with atomic_path(target) as tmp:  # and a file a directory
-        Path(tmp).write_text("four")
-    assert target.read_text() == "four"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
 
 
 # -- distributed -------------------------------------------------------------------------
@@ -504,7 +339,7 @@ def test_streamed_write_from_process_workers(tmp_path, client):
     path = tmp_path / "w.npy"
     lazyio.save(path, data, show_progressbar=True)
     assert_same(np.load(path), np.arange(60 * 70, dtype="<i8").reshape(60, 70))
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
     # Worker write maps are closed after the write.
     open_writers = client.run(lambda: lazyio.backends.raw.npy_target.WRITE_MAPS.keys())
     assert all(not keys for keys in open_writers.values())

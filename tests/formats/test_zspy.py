@@ -1,0 +1,67 @@
+"""The HyperSpy-in-Zarr (.zspy) format: the conformance suite and what only zspy does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from formats_table import FORMATS
+
+import lazyio
+from lazyio.testing import FormatTests, example_signal
+
+_F = FORMATS["zspy"]
+
+
+class TestZspy(FormatTests):
+    format_name = _F.name
+    extension = _F.extension
+    keeps_axes = _F.keeps_axes
+    keeps_metadata = _F.keeps_metadata
+    write_kwargs = _F.suite_kwargs
+
+    @pytest.fixture
+    def signal(self):
+        return example_signal(dtype="<f4")
+
+
+@pytest.mark.parametrize("shards", [None, (8, 30)])
+def test_zarr_format_3(tmp_path, rng, shards):
+    path = tmp_path / "v3.zspy"
+    data = rng.random((16, 30)).astype("f4")
+    lazyio.save(path, data, chunks=(4, 30), zarr_format=3, shards=shards,
+                show_progressbar=False)
+    assert (path / "zarr.json").exists()
+    out = lazyio.load(path)[0]["data"]
+    np.testing.assert_array_equal(out.compute(), data)
+
+
+def test_zip_store_detected_and_fsspec_mapping(tmp_path, rng):
+    import fsspec
+
+    data = rng.random((6, 7)).astype("f8")
+    lazyio.save(tmp_path / "z.zspy", data, store_type="zip", show_progressbar=False)
+    with open(tmp_path / "z.zspy", "rb") as f:
+        assert f.read(2) == b"PK"
+    np.testing.assert_array_equal(lazyio.load(tmp_path / "z.zspy")[0]["data"].compute(), data)
+    lazyio.save(tmp_path / "d.zspy", data, show_progressbar=False)
+    mapping = fsspec.get_mapper(str(tmp_path / "d.zspy"))
+    np.testing.assert_array_equal(lazyio.load(mapping, lazy=False)[0]["data"], data)
+
+
+def test_zspy_with_dot_chunk_keys(tmp_path, rng):
+    """Flat ``.``-separated chunk keys (zarr 2's DirectoryStore) read like nested ones."""
+    import json
+    import os
+
+    data = rng.random((8, 6)).astype("f4")
+    path = tmp_path / "dots.zspy"
+    lazyio.save(path, data, chunks=(2, 3), show_progressbar=False)
+    array_dir = path / "Experiments" / "__unnamed__" / "data"
+    meta = json.loads((array_dir / ".zarray").read_text())
+    meta["dimension_separator"] = "."
+    (array_dir / ".zarray").write_text(json.dumps(meta))
+    for row in [d for d in os.listdir(array_dir) if d.isdigit()]:
+        for col in os.listdir(array_dir / row):
+            os.replace(array_dir / row / col, array_dir / f"{row}.{col}")
+        os.rmdir(array_dir / row)
+    np.testing.assert_array_equal(lazyio.load(path)[0]["data"].compute(), data)
