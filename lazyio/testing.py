@@ -45,6 +45,7 @@ import pickle
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -54,7 +55,14 @@ import pytest
 
 import lazyio
 
-__all__ = ["FormatTests", "WriteInterrupted", "example_signal", "snapshot"]
+__all__ = [
+    "FormatTests",
+    "WriteInterrupted",
+    "compute_in_subprocess",
+    "example_signal",
+    "interrupted",
+    "snapshot",
+]
 
 #: the axis fields a format that keeps axes must return as written
 AXIS_FIELDS = ("name", "size", "scale", "offset", "units", "navigate")
@@ -164,7 +172,11 @@ def compute_in_subprocess(arr: da.Array, timeout: float = 120) -> np.ndarray:
     if _pool is None:
         _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         atexit.register(_pool.shutdown)
-    result = _pool.submit(_compute_pickled, blob).result(timeout=timeout)
+    try:
+        result = _pool.submit(_compute_pickled, blob).result(timeout=timeout)
+    except BrokenProcessPool:
+        _pool = None  # the next test starts a fresh process rather than fail the same way
+        raise
     return np.load(io.BytesIO(result), allow_pickle=False)
 
 
