@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from lazyio.errors import (
     LazyioError,
-    SourceNotFoundError,
     TargetExistsError,
     UnsupportedError,
+    not_found,
     reading,
 )
 from lazyio.formats import (
@@ -316,9 +316,7 @@ def _write_location(
     mode = plugin.write_mode(common)
     exists = location.exists()
     if mode == "update" and not exists:
-        raise SourceNotFoundError(
-            f"No such file: '{location}' (write_dataset=False updates an existing file)"
-        )
+        raise not_found(location, "write_dataset=False updates an existing file")
     if mode in ("update", "append") and exists:
         handles.close_location(location)  # our read handles must not see it change
         plugin.write(location, signal, **common)

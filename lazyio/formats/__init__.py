@@ -25,7 +25,7 @@ from importlib.metadata import entry_points
 from types import MappingProxyType, ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from lazyio.errors import SourceNotFoundError, UnknownFormatError
+from lazyio.errors import UnknownFormatError, not_found
 from lazyio.location import Location
 
 if TYPE_CHECKING:
@@ -314,7 +314,7 @@ def _sniffs(plugin: FormatPlugin, location: Location, head: bytes) -> bool:
 def detect_format(location: Location) -> str:
     """Name the format of the file at ``location``: from its content, else its extension."""
     if not location.exists():
-        raise SourceNotFoundError(f"No such file or directory: '{location}'")
+        raise not_found(location)
     head = location.read_head(HEAD_BYTES)
     plugins = available_plugins()
     for name, plugin in plugins.items():

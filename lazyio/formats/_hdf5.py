@@ -3,7 +3,7 @@ and opening a file for reading with the safety checks applied."""
 
 from __future__ import annotations
 
-from lazyio.errors import FormatError, SourceNotFoundError, UnsupportedError
+from lazyio.errors import FormatError, UnsupportedError, not_found
 from lazyio.location import Location
 
 __all__ = ["HDF5_MAGIC", "check_hdf5_source", "guard_untrusted_hdf5", "is_hdf5"]
@@ -19,7 +19,7 @@ def is_hdf5(head: bytes) -> bool:
 def check_hdf5_source(location: Location) -> None:
     """Refuse, with lazyio's wording, a missing file or one without the HDF5 signature."""
     if not location.exists():
-        raise SourceNotFoundError(f"No such file: '{location}'")
+        raise not_found(location)
     if not is_hdf5(location.read_head(len(HDF5_MAGIC))):
         raise FormatError(f"{location}: not an HDF5 file (no HDF5 signature)")
 

@@ -18,7 +18,7 @@ from lazyio.backends.hdf5.layout import dataset_layout
 from lazyio.backends.hdf5.safety import refuse_external
 from lazyio.backends.hdf5.sources import open_h5
 from lazyio.backends.hdf5.target import H5ChunkTarget, encodable_pipeline, open_for_targets
-from lazyio.errors import FormatError, reading
+from lazyio.errors import FormatError, damaged, reading
 from lazyio.formats import Capabilities, FileDescription, FormatPlugin, UntrustedGuard
 from lazyio.formats._hdf5 import check_hdf5_source, guard_untrusted_hdf5, is_hdf5
 from lazyio.formats._tree import experiment_data_paths, spec_version
@@ -125,7 +125,7 @@ class HspyFormat(FormatPlugin):
                 root = H5Node(f["/"], location, allow_external=allow_external)
                 return read_file_tree(root, lazy=lazy, chunks=chunks)
         except KeyError as err:
-            raise FormatError(f"{location}: damaged HyperSpy file ({err})") from err
+            raise damaged(location, err) from err
         except RecursionError as err:
             raise FormatError(f"{location}: metadata nested too deeply to read") from err
         finally:

@@ -25,10 +25,10 @@ from lazyio.backends.zarr.stores import FreshStore, StoreSpec, node_kind, open_s
 from lazyio.backends.zarr.targets import zarr_target
 from lazyio.errors import (
     FormatError,
-    LazyioError,
-    SourceNotFoundError,
     UnsupportedError,
+    not_found,
     reading,
+    translate,
 )
 from lazyio.formats import Capabilities, FileDescription, FormatPlugin
 from lazyio.formats._tree import experiment_data_paths, spec_version
@@ -71,7 +71,7 @@ def _sniff(location: Location, head: bytes) -> bool:
 def _spec(source: Any) -> StoreSpec:
     if isinstance(source, Location):
         if not source.exists():
-            raise SourceNotFoundError(f"No such file or directory: '{source}'")
+            raise not_found(source)
         if not source.isdir() and _is_zip(source):
             return StoreSpec("zip", source)
         return StoreSpec("dir", source)
@@ -81,12 +81,8 @@ def _spec(source: Any) -> StoreSpec:
 
 def _open_source(source: Any) -> tuple[StoreSpec, Any]:
     spec = _spec(source if not isinstance(source, str) else as_location(source))
-    try:
+    with translate(spec):
         return spec, open_store(spec)
-    except (OSError, zipfile.BadZipFile, ValueError, KeyError, EOFError) as err:
-        if isinstance(err, LazyioError):
-            raise
-        raise FormatError(f"{spec}: cannot be opened as a Zarr store ({err})") from err
 
 
 def _root(spec: StoreSpec, store: Any) -> ZarrNode:

@@ -14,7 +14,7 @@ from typing import ClassVar
 import h5py  # type: ignore[import-untyped]
 
 from lazyio import handles
-from lazyio.errors import AccessDeniedError, FormatError, SourceNotFoundError
+from lazyio.errors import translate
 from lazyio.location import Location
 
 __all__ = ["H5FileKey", "RawFileKey", "open_h5", "open_raw"]
@@ -41,7 +41,7 @@ def open_h5(location: Location, mode: str = "r", token: str = "") -> h5py.File:
     """Open (or reuse) an h5py file for ``location`` from the per-process handle cache."""
 
     def opener() -> h5py.File:
-        try:
+        with translate(location):
             if location.local_path is not None:
                 return h5py.File(location.local_path, mode)
             # HDF5 metadata is scattered: an LRU of 256 KiB blocks fetched 0.8 MB in 17
@@ -49,12 +49,6 @@ def open_h5(location: Location, mode: str = "r", token: str = "") -> h5py.File:
             fileobj = location.fs.open(location.path, "rb", block_size=2**18,
                                        cache_type="blockcache")
             return h5py.File(fileobj, mode)
-        except FileNotFoundError as err:
-            raise SourceNotFoundError(f"No such file: '{location}'") from err
-        except PermissionError as err:
-            raise AccessDeniedError(f"Access denied to '{location}' ({err})") from err
-        except OSError as err:
-            raise FormatError(f"{location}: cannot be opened as HDF5 ({err})") from err
 
     return handles.acquire(H5FileKey(location, mode, token),
                            handles.opened_unchanged(location, token, opener))

@@ -30,7 +30,7 @@ from lazyio.backends.hdf5.filters import SHUFFLE, Pipeline, decodable, decoders,
 from lazyio.backends.hdf5.index import ChunkIndex, chunk_index
 from lazyio.backends.hdf5.shuffle import unshuffle_into, unshuffle_rows
 from lazyio.backends.slicing import apply_residual, split_index
-from lazyio.errors import CorruptChunkError, LazyioError
+from lazyio.errors import CorruptChunkError, corrupt_chunk, translate
 from lazyio.location import Location, storage_errors
 
 __all__ = ["Chunked", "Contiguous", "H5Source", "ReadStrategy", "ViaLibrary", "chunk_index",
@@ -146,22 +146,16 @@ class H5Source:
         if math.prod(out_shape) == 0:
             return np.empty(out_shape, dtype=self.dtype)
         strategy = self.strategy
-        try:
+        # h5py's fallback and the index reads report damage as bare library errors
+        # (IndexError: a damaged chunk index points outside the dataset)
+        where = tuple((s.start, s.stop) for s in box)
+        with translate(self.location, scope="chunk",
+                       what=f"dataset {self.dataset}, block {where}"):
             if isinstance(strategy, Contiguous):
                 return self._read_contiguous(strategy.offset, box)
             if isinstance(strategy, Chunked):
                 return _ChunkReader(self, strategy).read(box, out_shape)
             return self._read_h5py(box)
-        except LazyioError:
-            raise
-        except (OSError, ValueError, KeyError, IndexError, RuntimeError) as err:
-            # h5py's fallback and the index reads report damage as bare library errors
-            # (IndexError: a damaged chunk index points outside the dataset)
-            where = tuple((s.start, s.stop) for s in box)
-            raise CorruptChunkError(
-                f"{self.location}: dataset {self.dataset}, block {where} cannot be read "
-                f"({type(err).__name__}: {err})"
-            ) from err
 
     def _read_h5py(self, box: tuple[slice, ...]) -> np.ndarray[Any, Any]:
         dset = open_h5(self.location, token=self.token)[self.dataset]
@@ -229,10 +223,7 @@ class _ChunkReader:
 
     def _corrupt(self, coords: tuple[int, ...], err: Exception) -> CorruptChunkError:
         src = self.source
-        return CorruptChunkError(
-            f"{src.location}: chunk {coords} of dataset {src.dataset} cannot be decoded "
-            f"({type(err).__name__}: {err})"
-        )
+        return corrupt_chunk(src.location, f"chunk {coords} of dataset {src.dataset}", err)
 
     def _undo(self, raw: bytes, mask: int, coords: tuple[int, ...], skip_shuffle: bool) -> Any:
         """Undo the filters (all, or all but a leading shuffle) on one chunk's bytes."""

@@ -40,7 +40,7 @@ from lazyio.backends.chunking import (
     target_chunk_bytes,
 )
 from lazyio.backends.slicing import apply_residual, split_index
-from lazyio.errors import FormatError, SourceNotFoundError, UnsupportedError
+from lazyio.errors import FormatError, UnsupportedError, not_found
 from lazyio.location import Location, as_location, storage_errors
 
 Order = Literal["C", "F"]  # storage order of a memory-mapped array
@@ -371,7 +371,7 @@ def memmap_distributed(
     if offset < 0:
         raise ValueError(f"offset must be >= 0, not {offset}")
     if not location.exists():
-        raise SourceNotFoundError(f"No such file: '{location}'")
+        raise not_found(location)
     size = location.size()
     itemsize = file_dtype.itemsize
     if shape is None:

@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from lazyio.errors import FormatError, SourceNotFoundError, UnsupportedError
+from lazyio.errors import FormatError, UnsupportedError, not_found
 from lazyio.location import Location
 
 __all__ = ["MAGIC", "NpyHeader", "header_bytes", "read_header"]
@@ -166,7 +166,7 @@ def read_header(location: Location, max_header_size: int | None = None) -> NpyHe
     """
     where = str(location)
     if not location.exists():
-        raise SourceNotFoundError(f"No such file: '{where}'")
+        raise not_found(where)
     with location.open("rb") as fp:
         header = parse_header(fp, where, max_header_size)
     size = location.size()

@@ -9,7 +9,6 @@ numcodecs codecs: nothing is ever unpickled.
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +29,7 @@ from lazyio.backends.zarr.direct import (
     local_v2_layout,
 )
 from lazyio.backends.zarr.stores import DirSpec, StoreSpec, get_bytes, open_store, zarr_array
-from lazyio.errors import CorruptChunkError, LazyioError
+from lazyio.errors import translate
 
 # SAFE_OBJECT_CODECS, LocalV2Layout and local_v2_layout are re-exported: their home is
 # codecs.py / direct.py, but callers found them here first.
@@ -68,17 +67,11 @@ class ZarrSource:
         if plan is not None:
             block = plan.read(box, self.dtype, f"{self.store}: array {self.path}")
             return apply_residual(block, residual)
-        try:
+        # a damaged zip member fails in zipfile, a damaged chunk in numcodecs or zarr
+        with translate(self.store, scope="chunk", what=f"array {self.path}, region {box}"):
             if self.ndim == 0:
                 return np.asarray(self._array()[()], dtype=self.dtype)
             block = np.asarray(self._array()[box])
-        except LazyioError:
-            raise
-        except (RuntimeError, ValueError, TypeError, OSError, KeyError, EOFError,
-                zipfile.BadZipFile) as err:  # a damaged zip member fails in zipfile
-            raise CorruptChunkError(
-                f"{self.store}: array {self.path}, region {box} cannot be read ({err})"
-            ) from err
         return apply_residual(block, residual)
 
 

@@ -19,7 +19,7 @@ from lazyio.backends import to_dask
 from lazyio.backends.chunking import Chunks
 from lazyio.backends.hdf5.filters import creation_options
 from lazyio.backends.hdf5.sources import H5Source
-from lazyio.errors import CorruptChunkError, FormatError, LazyioWarning, UnsafeFileError
+from lazyio.errors import FormatError, LazyioWarning, UnsafeFileError, translate
 from lazyio.formats.hyperspy.node import decode_strings, lazy_grid
 from lazyio.location import Location
 
@@ -104,12 +104,8 @@ class H5Node:
         if dset.dtype.kind in "biufc":
             # the same decoding path as lazy reads: corrupt chunks are named, not opaque
             return self._source(name, dset)[()]
-        try:
+        with translate(self.where, scope="chunk", what=f"dataset {dset.name}"):
             return decode_strings(np.asarray(dset[()]))
-        except OSError as err:
-            raise CorruptChunkError(
-                f"{self.where}: dataset {dset.name} cannot be read ({err})"
-            ) from err
 
     def lazy_array(self, name: str, chunks: Chunks = "auto") -> da.Array:
         dset = self._dataset(name)
