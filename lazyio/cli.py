@@ -42,7 +42,7 @@ def _shape(text: str) -> tuple[int, int, int, int]:
     parts = tuple(int(p) for p in text.lower().replace("x", ",").split(",") if p)
     if len(parts) != 4 or min(parts) < 1:
         raise argparse.ArgumentTypeError("shape needs four positive sizes, e.g. 64,64,128,128")
-    return parts  # type: ignore[return-value]
+    return parts[0], parts[1], parts[2], parts[3]
 
 
 def _value(text: str) -> Any:

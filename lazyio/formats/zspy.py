@@ -21,7 +21,15 @@ from zarr.storage import LocalStore
 from lazyio.backends.atomic import remove_path
 from lazyio.backends.zarr.codecs import default_compressor
 from lazyio.backends.zarr.layout import array_layout
-from lazyio.backends.zarr.stores import FreshStore, StoreSpec, node_kind, open_store
+from lazyio.backends.zarr.stores import (
+    DirSpec,
+    FreshStore,
+    InstanceSpec,
+    StoreSpec,
+    ZipSpec,
+    node_kind,
+    open_store,
+)
 from lazyio.backends.zarr.targets import zarr_target
 from lazyio.errors import (
     FormatError,
@@ -73,9 +81,9 @@ def _spec(source: Any) -> StoreSpec:
         if not source.exists():
             raise SourceNotFoundError(f"No such file or directory: '{source}'")
         if not source.isdir() and _is_zip(source):
-            return StoreSpec("zip", source)
-        return StoreSpec("dir", source)
-    return StoreSpec("instance", instance=source)
+            return ZipSpec(source)
+        return DirSpec(source)
+    return InstanceSpec(source)
 
 
 
@@ -237,7 +245,7 @@ class ZspyFormat(FormatPlugin):
                                   "options": options, "zarr_format": zarr_format,
                                   "update": not write_dataset}
         if not isinstance(target, Location | str):
-            spec = StoreSpec("instance", instance=target)
+            spec: StoreSpec = InstanceSpec(target)
             _write_store(open_store(spec, read_only=False), spec, signal, **common)
             return
         location = as_location(target)
@@ -246,7 +254,7 @@ class ZspyFormat(FormatPlugin):
             _write_store(open_store(spec, read_only=False, cached=False), spec, signal, **common)
             return
         if location.local_path is None:
-            spec = StoreSpec("dir", location)
+            spec = DirSpec(location)
             store = FreshStore(open_store(spec, read_only=False, cached=False))
             # zarr's filesystem is another (async) fsspec instance, shared with earlier
             # reads in this process: its cached listings would still show a removed store
@@ -262,7 +270,7 @@ class ZspyFormat(FormatPlugin):
         # steps: build a directory store first, then pack it (uncompressed) into the zip.
         folder = path + ".dir" if store_type == "zip" else path
         try:
-            _write_store(LocalStore(folder), StoreSpec("dir", Location(folder)), signal,
+            _write_store(LocalStore(folder), DirSpec(Location(folder)), signal,
                          **common)
             if store_type == "zip":
                 _pack_zip(folder, path)

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import ClassVar
 
-import h5py  # type: ignore[import-untyped]
+import h5py
 
 from lazyio import handles
 from lazyio.errors import AccessDeniedError, FormatError, SourceNotFoundError

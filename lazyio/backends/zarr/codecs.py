@@ -16,8 +16,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-import numcodecs  # type: ignore[import-untyped]
-import numcodecs.abc  # type: ignore[import-untyped]
+import numcodecs
+import numcodecs.abc
 import numpy as np
 
 from lazyio.errors import CorruptChunkError, UnsupportedError

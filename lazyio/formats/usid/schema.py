@@ -374,7 +374,7 @@ class USIDView:
     @property
     def dtype(self) -> np.dtype:
         dtype = np.dtype(self.source.dtype)
-        return dtype if self.field is None else dtype.fields[self.field][0]
+        return dtype if self.field is None else dtype[self.field]
 
     @property
     def ndim(self) -> int:
