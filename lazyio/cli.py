@@ -14,9 +14,12 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lazyio.errors import LazyioError
+
+if TYPE_CHECKING:
+    from lazyio.backends.chunking import Chunks
 
 # Failures reported in one line; anything else is a bug and keeps its traceback.
 _FAILURES = (LazyioError, OSError, ValueError, TypeError, KeyError, ImportError,
@@ -69,7 +72,7 @@ def _storage_options(pairs: list[str] | None) -> dict[str, Any] | None:
     return options
 
 
-def _chunks(text: str) -> Any:
+def _chunks(text: str) -> Chunks:
     lowered = text.strip().lower()
     if lowered in ("auto", "none", "default"):
         return None

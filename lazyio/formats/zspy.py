@@ -19,6 +19,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from lazyio.backends.atomic import remove_path
+from lazyio.backends.chunking import Chunks
 from lazyio.backends.zarr.codecs import default_compressor
 from lazyio.backends.zarr.layout import array_layout
 from lazyio.backends.zarr.stores import (
@@ -111,7 +112,7 @@ def _write_store(
     *,
     update: bool,
     zarr_format: ZarrFormat,
-    chunks: Any,
+    chunks: Chunks,
     show_progressbar: bool,
     options: dict[str, Any],
 ) -> None:
@@ -195,7 +196,7 @@ class ZspyFormat(FormatPlugin):
         return _sniff(location, head)
 
     def read(
-        self, source: Any, *, lazy: bool = True, chunks: Any = "auto",
+        self, source: Any, *, lazy: bool = True, chunks: Chunks = "auto",
         allow_external: bool = False, mode: Any = None,
     ) -> list[dict[str, Any]]:
         """Read every signal of a .zspy store (see :func:`lazyio.load`)."""
@@ -231,7 +232,7 @@ class ZspyFormat(FormatPlugin):
             )
 
     def write(
-        self, target: Any, signal: dict[str, Any], *, chunks: Any = None,
+        self, target: Any, signal: dict[str, Any], *, chunks: Chunks = None,
         show_progressbar: bool = True, compressor: Any = None,
         store_type: StoreType | None = None, zarr_format: ZarrFormat = 2, shards: Any = None,
         write_dataset: bool = True, close_file: bool = True, **zarr_options: Any,

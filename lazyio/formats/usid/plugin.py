@@ -274,7 +274,7 @@ def _align_to_storage(
 
 
 def _write_into(
-    h5file: h5py.File, signal: dict[str, Any], *, chunks: Any, show_progressbar: bool,
+    h5file: h5py.File, signal: dict[str, Any], *, chunks: Chunks, show_progressbar: bool,
     options: dict[str, Any],
 ) -> None:
     data = signal["data"]
@@ -426,7 +426,7 @@ class UsidFormat(FormatPlugin):
         source: Any,
         *,
         lazy: bool = True,
-        chunks: Any = "auto",
+        chunks: Chunks = "auto",
         allow_external: bool = False,
         dataset_path: str | None = None,
         ignore_non_uniform_dims: bool = True,
@@ -472,14 +472,14 @@ class UsidFormat(FormatPlugin):
         return "append" if options.get("append") else "create"
 
     def write(
-        self, target: Any, signal: dict[str, Any], *, chunks: Any = None,
+        self, target: Any, signal: dict[str, Any], *, chunks: Chunks = None,
         show_progressbar: bool = True, append: bool = False, **h5_options: Any,
     ) -> None:
         """Write into the local file ``target`` (created, or appended to in place)."""
         path = as_location(target).local_path
         if path is None:  # the pipeline uploads HDF5 files; it never asks for this
             raise FormatError(f"{target}: HDF5 files are written to local paths")
-        common = {"chunks": chunks, "show_progressbar": show_progressbar,
+        common: dict[str, Any] = {"chunks": chunks, "show_progressbar": show_progressbar,
                   "options": h5_options}
         if not append:
             with h5py.File(path, "w") as h5file:

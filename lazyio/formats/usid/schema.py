@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 
 from lazyio.backends.chunking import (
+    Chunks,
     flat_aligned_block,
     flattened_storage_chunks,
     reshaped_2d_chunks,
@@ -534,7 +535,7 @@ def write_ancillary(
 
 
 def main_chunks(
-    request: Any, pos_shape: tuple[int, ...], spec_shape: tuple[int, ...], dtype: np.dtype
+    request: Chunks, pos_shape: tuple[int, ...], spec_shape: tuple[int, ...], dtype: np.dtype
 ) -> tuple[int, int] | None:
     """Storage chunks of the 2-D main dataset for the writer's ``chunks`` argument."""
     return flattened_storage_chunks(request, pos_shape, spec_shape, dtype, TARGET_CHUNK_BYTES)
