@@ -20,7 +20,7 @@ from zarr.storage import LocalStore
 
 from lazyio.backends.atomic import remove_path
 from lazyio.backends.chunking import Chunks
-from lazyio.backends.zarr.codecs import default_compressor
+from lazyio.backends.zarr.codecs import ZarrFormat, default_compressor
 from lazyio.backends.zarr.layout import array_layout
 from lazyio.backends.zarr.stores import (
     DirSpec,
@@ -54,7 +54,6 @@ ZIP_MAGIC = b"PK\x03\x04"
 # Chunks of a few MB holding whole signals: one spectrum or pattern stays a cheap read.
 TARGET_CHUNK_BYTES = 8 * 2**20
 StoreType = Literal["local", "zip"]
-ZarrFormat = Literal[2, 3]
 
 
 def _is_zip(location: Location, head: bytes | None = None) -> bool:

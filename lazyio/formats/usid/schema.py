@@ -17,7 +17,7 @@ import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import dask.array as da
 import h5py
@@ -479,7 +479,7 @@ def set_attr(obj: h5py.HLObject, key: str, value: Any) -> None:
 
 
 def dimensions_from_axes(
-    axes: list[dict[str, Any]], shape: tuple[int, ...], kind: str
+    axes: list[dict[str, Any]], shape: tuple[int, ...], kind: Literal["Pos", "Spec"]
 ) -> list[Dimension]:
     """Dimensions (slowest first) of one side; the dummy dimension for an empty side."""
     if not axes:
