@@ -33,6 +33,7 @@ from lazyio.formats import (
 from lazyio.location import Location, as_location
 
 if TYPE_CHECKING:
+    from lazyio.backends.chunking import Chunks
     from lazyio.formats import FormatPlugin, UntrustedGuard
 
 __all__ = ["check_keywords", "is_store_object", "load", "save"]
@@ -83,7 +84,7 @@ def load(
     *,
     format: str | None = None,
     lazy: bool = True,
-    chunks: Any = "auto",
+    chunks: Chunks = "auto",
     storage_options: dict[str, Any] | None = None,
     untrusted: bool | float = False,
     allow_external: bool = False,
@@ -142,7 +143,7 @@ def read_with(
     *,
     format: str | None,
     lazy: bool,
-    chunks: Any,
+    chunks: Chunks,
     storage_options: dict[str, Any] | None,
     untrusted: bool | float,
     allow_external: bool,
@@ -204,7 +205,7 @@ def save(
     *,
     format: str | None = None,
     overwrite: bool = False,
-    chunks: Any = None,
+    chunks: Chunks = None,
     show_progressbar: bool = True,
     storage_options: dict[str, Any] | None = None,
     verify: bool = False,
@@ -261,7 +262,7 @@ def write_with(
     *,
     format: str | None,
     overwrite: bool,
-    chunks: Any,
+    chunks: Chunks,
     show_progressbar: bool,
     storage_options: dict[str, Any] | None,
     verify: bool,

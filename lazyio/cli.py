@@ -14,9 +14,12 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lazyio.errors import LazyioError
+
+if TYPE_CHECKING:
+    from lazyio.backends.chunking import Chunks
 
 # Failures reported in one line; anything else is a bug and keeps its traceback.
 _FAILURES = (LazyioError, OSError, ValueError, TypeError, KeyError, ImportError,
@@ -42,7 +45,7 @@ def _shape(text: str) -> tuple[int, int, int, int]:
     parts = tuple(int(p) for p in text.lower().replace("x", ",").split(",") if p)
     if len(parts) != 4 or min(parts) < 1:
         raise argparse.ArgumentTypeError("shape needs four positive sizes, e.g. 64,64,128,128")
-    return parts  # type: ignore[return-value]
+    return parts[0], parts[1], parts[2], parts[3]
 
 
 def _value(text: str) -> Any:
@@ -69,7 +72,7 @@ def _storage_options(pairs: list[str] | None) -> dict[str, Any] | None:
     return options
 
 
-def _chunks(text: str) -> Any:
+def _chunks(text: str) -> Chunks:
     lowered = text.strip().lower()
     if lowered in ("auto", "none", "default"):
         return None

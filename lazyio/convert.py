@@ -17,6 +17,7 @@ from lazyio.errors import LazyioWarning
 from lazyio.location import Location, as_location
 
 if TYPE_CHECKING:
+    from lazyio.backends.chunking import Chunks
     from lazyio.formats import Capabilities
 
 __all__ = ["convert", "lost_in_conversion"]
@@ -111,7 +112,7 @@ def convert(
     dst: Any,
     *,
     format: str | None = None,
-    chunks: Any = None,
+    chunks: Chunks = None,
     overwrite: bool = False,
     verify: bool = False,
     storage_options: dict[str, Any] | None = None,
@@ -203,7 +204,7 @@ def convert(
     return written
 
 
-def _storage_chunks(chunks: Any, signal: dict[str, Any], caps: Capabilities) -> Any:
+def _storage_chunks(chunks: Chunks, signal: dict[str, Any], caps: Capabilities) -> Chunks:
     data = signal["data"]
     shape = tuple(int(s) for s in data.shape)
     if chunks is None:
@@ -216,7 +217,7 @@ def _storage_chunks(chunks: Any, signal: dict[str, Any], caps: Capabilities) -> 
                  for c, s in zip(chunks, shape, strict=True))
 
 
-def _default_chunks(signal: dict[str, Any], caps: Capabilities) -> Any:
+def _default_chunks(signal: dict[str, Any], caps: Capabilities) -> tuple[int, ...] | None:
     """The writer's default, unless it would make one huge chunk of the whole array.
 
     HyperSpy's formats store at least one whole signal per chunk; a source without

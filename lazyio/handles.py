@@ -254,7 +254,7 @@ def close_all(client: Any = None) -> int | dict[str, int]:
     if client is True:
         from distributed import default_client
 
-        client = default_client()  # type: ignore[no-untyped-call]
+        client = default_client()
     on_workers = client.run(_close_all_here)
     return {"local": closed, **{str(k): int(v) for k, v in on_workers.items()}}
 

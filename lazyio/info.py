@@ -209,11 +209,12 @@ def _plain(value: Any) -> Any:
 def _bytes(n: int | None) -> str:
     if n is None:
         return "?"
+    value: float = n
     for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"  # pragma: no cover
+        if abs(value) < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value} B"  # pragma: no cover
 
 
 def info(
@@ -273,15 +274,15 @@ def _size_on_disk(location: Location) -> int | None:
 
 
 def _axis_info(axis: dict[str, Any]) -> AxisInfo:
-    common = {"name": str(axis.get("name") or ""), "units": str(axis.get("units") or ""),
-              "size": int(axis.get("size", 0)), "navigate": bool(axis.get("navigate"))}
+    name, units = str(axis.get("name") or ""), str(axis.get("units") or "")
+    size, navigate = int(axis.get("size", 0)), bool(axis.get("navigate"))
     if axis.get("axis") is not None:
         values = np.asarray(axis["axis"], dtype=np.float64)
-        return AxisInfo(**common, non_uniform=True,
+        return AxisInfo(name=name, units=units, size=size, navigate=navigate, non_uniform=True,
                         low=float(values[0]) if values.size else math.nan,
                         high=float(values[-1]) if values.size else math.nan)
-    return AxisInfo(**common, scale=float(axis.get("scale", 1.0)),
-                    offset=float(axis.get("offset", 0.0)))
+    return AxisInfo(name=name, units=units, size=size, navigate=navigate,
+                    scale=float(axis.get("scale", 1.0)), offset=float(axis.get("offset", 0.0)))
 
 
 def _signal_info(signal: dict[str, Any], layout: StorageLayout | None) -> SignalInfo:

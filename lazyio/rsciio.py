@@ -132,10 +132,12 @@ def _populate(module: ModuleType, name: str) -> None:
         setattr(module, attr, func)
     module.__doc__ = (f"{plugin.description or plugin.name}: RosettaSciIO-compatible "
                       "functions over lazyio.load and lazyio.save.")
-    module.NAME = plugin.name  # type: ignore[attr-defined]
-    module.EXTENSIONS = plugin.extensions  # type: ignore[attr-defined]
-    module.plugin = plugin  # type: ignore[attr-defined]
-    module.__all__ = ["file_reader", "file_writer", "read", "sniff", "write"]  # type: ignore[attr-defined]
+    # through the namespace: a module's attributes are its __dict__, which a type checker
+    # only knows for modules it can see
+    vars(module).update(
+        NAME=plugin.name, EXTENSIONS=plugin.extensions, plugin=plugin,
+        __all__=["file_reader", "file_writer", "read", "sniff", "write"],
+    )
 
 
 class _NamespaceLoader(importlib.abc.Loader):

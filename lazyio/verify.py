@@ -44,8 +44,10 @@ def _digest(block: np.ndarray) -> np.ndarray:
 
 def block_digests(array: da.Array) -> da.Array:
     """One 64-bit digest per block of ``array`` (an array of the block-grid's shape)."""
-    return array.map_blocks(
-        _digest, dtype=np.uint64, chunks=tuple((1,) * len(c) for c in array.chunks)
+    # the module function, not the method: functools.wraps gives Array.map_blocks the
+    # signature of map_blocks(func, *arrays), which type checkers then apply to the method
+    return da.map_blocks(
+        _digest, array, dtype=np.uint64, chunks=tuple((1,) * len(c) for c in array.chunks)
     )
 
 

@@ -16,7 +16,12 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from lazyio.backends.chunking import aligned_chunks, regular_chunks, target_chunk_bytes
+from lazyio.backends.chunking import (
+    BlockChunks,
+    aligned_chunks,
+    regular_chunks,
+    target_chunk_bytes,
+)
 
 __all__ = [
     "ChunkSource",
@@ -61,7 +66,7 @@ class ChunkSource(Protocol):
 
 def to_dask(
     source: ChunkSource,
-    chunks: tuple[tuple[int, ...], ...],
+    chunks: BlockChunks,
     *,
     prefix: str = "lazyio",
     token_extra: Any = None,

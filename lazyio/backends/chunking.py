@@ -23,7 +23,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeGuard, cast
 
 import dask
 import numpy as np
@@ -210,7 +210,7 @@ def _align(request: int, storage: int, size: int) -> int:
     return min(aligned, size)
 
 
-def _is_block_chunks(chunks: object) -> bool:
+def _is_block_chunks(chunks: object) -> TypeGuard[BlockChunks]:
     return isinstance(chunks, tuple) and bool(chunks) and all(
         isinstance(c, tuple) for c in chunks)
 
@@ -260,7 +260,7 @@ def aligned_chunks(
     if ndim == 0:
         return ()
     if _is_block_chunks(chunks):
-        return _check_explicit(shape, storage, chunks)  # type: ignore[arg-type]
+        return _check_explicit(shape, storage, chunks)
     request: list[Any]
     if chunks is None or (isinstance(chunks, str) and chunks == "auto"):
         request = ["auto"] * ndim
@@ -394,7 +394,7 @@ def flat_aligned_block(shape: Sequence[int], storage: int, target: int) -> tuple
 def reshaped_2d_chunks(
     row_shape: tuple[int, ...],
     col_shape: tuple[int, ...],
-    storage_chunks: tuple[int, int] | None,
+    storage_chunks: tuple[int, ...] | None,
     itemsize: int,
     limit: int,
 ) -> BlockChunks:
@@ -498,7 +498,7 @@ def storage_chunks(
         return None
     if request is True:
         # h5py's public behaviour for chunks=True
-        from h5py._hl.filters import guess_chunk  # type: ignore[import-untyped]
+        from h5py._hl.filters import guess_chunk
 
         return tuple(guess_chunk(shape, None, np.dtype(dtype).itemsize))
     if request is None or request is False:
@@ -510,8 +510,9 @@ def storage_chunks(
         raise ValueError(
             f"chunks {request} has {len(request)} entries for data of shape {shape}"
         )
+    # an entry that is not a length ("auto", a nested tuple) fails in int(), as it should
     return tuple(
-        s if (c is None or c == -1) else max(1, min(int(c), s))  # type: ignore[arg-type]
+        s if (c is None or c == -1) else max(1, min(int(cast(Any, c)), s))
         for c, s in zip(request, shape, strict=True)
     )
 

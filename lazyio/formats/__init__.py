@@ -30,6 +30,7 @@ from lazyio.location import Location
 
 if TYPE_CHECKING:
     from lazyio.backends import StorageLayout
+    from lazyio.backends.chunking import Chunks
 
 __all__ = [
     "BUILTINS",
@@ -157,7 +158,7 @@ class FormatPlugin(abc.ABC):
 
     @abc.abstractmethod
     def read(
-        self, source: Any, *, lazy: bool = True, chunks: Any = "auto",
+        self, source: Any, *, lazy: bool = True, chunks: Chunks = "auto",
         allow_external: bool = False,
     ) -> list[dict[str, Any]]:
         """Every signal of ``source`` (a Location, or a store object when
@@ -167,7 +168,7 @@ class FormatPlugin(abc.ABC):
 
     @abc.abstractmethod
     def write(
-        self, target: Any, signal: dict[str, Any], *, chunks: Any = None,
+        self, target: Any, signal: dict[str, Any], *, chunks: Chunks = None,
         show_progressbar: bool = True,
     ) -> None:
         """Write ``signal`` (a complete signal dictionary) into ``target``; a plugin adds

@@ -14,6 +14,7 @@ from typing import Any
 import h5py
 
 from lazyio import handles
+from lazyio.backends.chunking import Chunks
 from lazyio.backends.hdf5.layout import dataset_layout
 from lazyio.backends.hdf5.safety import refuse_external
 from lazyio.backends.hdf5.sources import open_h5
@@ -37,7 +38,7 @@ TARGET_CHUNK_BYTES = 1_000_000
 
 
 def _make_writer(
-    key: str, signal: dict[str, Any], chunks: Any, options: dict[str, Any]
+    key: str, signal: dict[str, Any], chunks: Chunks, options: dict[str, Any]
 ) -> ArrayWriter:
     def make_target(node: Node, name: str, dset: h5py.Dataset) -> H5ChunkTarget:
         return H5ChunkTarget(
@@ -112,7 +113,7 @@ class HspyFormat(FormatPlugin):
         return fmt == FILE_FORMAT or "Experiments" in f
 
     def read(
-        self, source: Any, *, lazy: bool = True, chunks: Any = "auto",
+        self, source: Any, *, lazy: bool = True, chunks: Chunks = "auto",
         allow_external: bool = False, mode: Any = None,
     ) -> list[dict[str, Any]]:
         """Read every signal of a .hspy file (see :func:`lazyio.load`)."""
@@ -143,7 +144,7 @@ class HspyFormat(FormatPlugin):
             raise FormatError(f"{target}: in-place metadata updates need a local file")
 
     def write(
-        self, target: Any, signal: dict[str, Any], *, chunks: Any = None,
+        self, target: Any, signal: dict[str, Any], *, chunks: Chunks = None,
         show_progressbar: bool = True, compression: Any = "gzip",
         write_dataset: bool = True, close_file: bool = True, **h5_options: Any,
     ) -> None:

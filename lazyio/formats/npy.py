@@ -17,9 +17,11 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
+import dask.array as da
 import numpy as np
 
 from lazyio.backends import StorageLayout
+from lazyio.backends.chunking import Chunks
 from lazyio.backends.raw.memmap import MemmapSource, memmap_distributed
 from lazyio.backends.raw.npy_header import MAGIC, NpyHeader, read_header
 from lazyio.backends.raw.npy_target import write_npy_into
@@ -33,7 +35,9 @@ __all__ = ["PLUGIN", "NpyFormat"]
 MmapMode = Literal["r", "r+", "c"]
 
 
-def _read_eager(location: Location, header: NpyHeader, mmap_mode: str | None) -> np.ndarray:
+def _read_eager(
+    location: Location, header: NpyHeader, mmap_mode: MmapMode | None
+) -> np.ndarray:
     if mmap_mode is not None:
         if location.local_path is None:
             raise UnsupportedError(f"{location}: mmap_mode needs a local file")
@@ -58,7 +62,7 @@ def _read_eager(location: Location, header: NpyHeader, mmap_mode: str | None) ->
     raw = np.empty(header.nbytes, dtype=np.uint8)
     with location.open("rb") as f:
         f.seek(header.offset)
-        view = memoryview(raw)
+        view = raw.data  # a memoryview of the buffer
         done = 0
         while done < header.nbytes:
             n = f.readinto(view[done:])
@@ -143,7 +147,7 @@ class NpyFormat(FormatPlugin):
         source: Any,
         *,
         lazy: bool = True,
-        chunks: Any = "auto",
+        chunks: Chunks = "auto",
         allow_external: bool = False,
         navigation_axes: Any = None,
         key: str | None = None,
@@ -163,7 +167,8 @@ class NpyFormat(FormatPlugin):
         self.check_read({"allow_pickle": allow_pickle, "mmap_mode": mmap_mode})
         with reading(location):
             header = read_header(location, max_header_size)
-        pos = None
+        pos: np.ndarray | None = None
+        nav_shape: tuple[int, ...] = ()
         if positions is not None:
             pos = np.asarray(positions)
             pos = pos[:, None] if pos.ndim == 1 else pos
@@ -176,25 +181,27 @@ class NpyFormat(FormatPlugin):
             if navigation_shape is None:  # just large enough for every position
                 navigation_shape = (tuple(int(m) + 1 for m in pos.max(axis=0)) if len(pos)
                                     else (0,))
+            nav_shape = tuple(navigation_shape)
         if lazy:
             if mmap_mode is not None:
                 raise ValueError("mmap_mode applies to eager reads (lazy=False) only")
             # With positions, memmap_distributed takes the scan's shape, frames after the
             # navigation axes.
-            shape = header.shape if pos is None else (*navigation_shape, *header.shape[1:])
-            data = memmap_distributed(
+            shape = header.shape if pos is None else (*nav_shape, *header.shape[1:])
+            data: da.Array | np.ndarray = memmap_distributed(
                 location, header.dtype, positions=pos, offset=header.offset, shape=shape,
                 order=header.order, chunks=chunks, block_size_limit=block_size_limit,
                 key=key,
             )
         else:
-            data = _read_eager(location, header, mmap_mode)
+            array = _read_eager(location, header, mmap_mode)
             if key is not None:
                 if header.dtype.names is None or key not in header.dtype.names:
                     raise ValueError(f"key {key!r} is not a field of dtype {header.dtype!r}")
-                data = data[key] if mmap_mode is not None else np.array(data[key], order="K")
+                array = array[key] if mmap_mode is not None else np.array(array[key], order="K")
             if pos is not None:
-                data = _place_scan(data, pos, tuple(navigation_shape))
+                array = _place_scan(array, pos, nav_shape)
+            data = array
         title = PurePosixPath(location.name).stem
         signal = make_signal_dict(
             data, default_axes(data.shape, navigation_axes), title=title, lazy=lazy
@@ -202,7 +209,7 @@ class NpyFormat(FormatPlugin):
         return [signal]
 
     def write(
-        self, target: Any, signal: dict[str, Any], *, chunks: Any = None,
+        self, target: Any, signal: dict[str, Any], *, chunks: Chunks = None,
         show_progressbar: bool = True, allow_pickle: Any = None, fix_imports: Any = None,
     ) -> None:
         """Write the signal's data (numpy or dask) into ``target``; only the data: a

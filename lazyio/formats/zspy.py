@@ -19,9 +19,18 @@ import zarr
 from zarr.storage import LocalStore
 
 from lazyio.backends.atomic import remove_path
-from lazyio.backends.zarr.codecs import default_compressor
+from lazyio.backends.chunking import Chunks
+from lazyio.backends.zarr.codecs import ZarrFormat, default_compressor
 from lazyio.backends.zarr.layout import array_layout
-from lazyio.backends.zarr.stores import FreshStore, StoreSpec, node_kind, open_store
+from lazyio.backends.zarr.stores import (
+    DirSpec,
+    FreshStore,
+    InstanceSpec,
+    StoreSpec,
+    ZipSpec,
+    node_kind,
+    open_store,
+)
 from lazyio.backends.zarr.targets import zarr_target
 from lazyio.errors import (
     FormatError,
@@ -45,7 +54,6 @@ ZIP_MAGIC = b"PK\x03\x04"
 # Chunks of a few MB holding whole signals: one spectrum or pattern stays a cheap read.
 TARGET_CHUNK_BYTES = 8 * 2**20
 StoreType = Literal["local", "zip"]
-ZarrFormat = Literal[2, 3]
 
 
 def _is_zip(location: Location, head: bytes | None = None) -> bool:
@@ -73,9 +81,9 @@ def _spec(source: Any) -> StoreSpec:
         if not source.exists():
             raise not_found(source)
         if not source.isdir() and _is_zip(source):
-            return StoreSpec("zip", source)
-        return StoreSpec("dir", source)
-    return StoreSpec("instance", instance=source)
+            return ZipSpec(source)
+        return DirSpec(source)
+    return InstanceSpec(source)
 
 
 
@@ -99,7 +107,7 @@ def _write_store(
     *,
     update: bool,
     zarr_format: ZarrFormat,
-    chunks: Any,
+    chunks: Chunks,
     show_progressbar: bool,
     options: dict[str, Any],
 ) -> None:
@@ -183,7 +191,7 @@ class ZspyFormat(FormatPlugin):
         return _sniff(location, head)
 
     def read(
-        self, source: Any, *, lazy: bool = True, chunks: Any = "auto",
+        self, source: Any, *, lazy: bool = True, chunks: Chunks = "auto",
         allow_external: bool = False, mode: Any = None,
     ) -> list[dict[str, Any]]:
         """Read every signal of a .zspy store (see :func:`lazyio.load`)."""
@@ -219,7 +227,7 @@ class ZspyFormat(FormatPlugin):
             )
 
     def write(
-        self, target: Any, signal: dict[str, Any], *, chunks: Any = None,
+        self, target: Any, signal: dict[str, Any], *, chunks: Chunks = None,
         show_progressbar: bool = True, compressor: Any = None,
         store_type: StoreType | None = None, zarr_format: ZarrFormat = 2, shards: Any = None,
         write_dataset: bool = True, close_file: bool = True, **zarr_options: Any,
@@ -233,7 +241,7 @@ class ZspyFormat(FormatPlugin):
                                   "options": options, "zarr_format": zarr_format,
                                   "update": not write_dataset}
         if not isinstance(target, Location | str):
-            spec = StoreSpec("instance", instance=target)
+            spec: StoreSpec = InstanceSpec(target)
             _write_store(open_store(spec, read_only=False), spec, signal, **common)
             return
         location = as_location(target)
@@ -242,7 +250,7 @@ class ZspyFormat(FormatPlugin):
             _write_store(open_store(spec, read_only=False, cached=False), spec, signal, **common)
             return
         if location.local_path is None:
-            spec = StoreSpec("dir", location)
+            spec = DirSpec(location)
             store = FreshStore(open_store(spec, read_only=False, cached=False))
             # zarr's filesystem is another (async) fsspec instance, shared with earlier
             # reads in this process: its cached listings would still show a removed store
@@ -258,7 +266,7 @@ class ZspyFormat(FormatPlugin):
         # steps: build a directory store first, then pack it (uncompressed) into the zip.
         folder = path + ".dir" if store_type == "zip" else path
         try:
-            _write_store(LocalStore(folder), StoreSpec("dir", Location(folder)), signal,
+            _write_store(LocalStore(folder), DirSpec(Location(folder)), signal,
                          **common)
             if store_type == "zip":
                 _pack_zip(folder, path)

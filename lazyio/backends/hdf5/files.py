@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-import h5py  # type: ignore[import-untyped]
+import h5py
 
 from lazyio import handles
 from lazyio.errors import translate
 from lazyio.location import Location
 
-__all__ = ["H5FileKey", "RawFileKey", "open_h5", "open_raw"]
+__all__ = ["H5FileKey", "H5Mode", "RawFileKey", "open_h5", "open_raw"]
+
+H5Mode = Literal["r", "r+", "w", "w-", "x", "a"]  # h5py.File's modes
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class H5FileKey(handles.FileKey):
     """An h5py file open for reading (or in ``mode``) on ``location``."""
 
     kind: ClassVar[str] = "h5py"
-    mode: str = "r"
+    mode: H5Mode = "r"
     token: str = ""
 
 
@@ -37,7 +39,7 @@ class RawFileKey(handles.FileKey):
     token: str = ""
 
 
-def open_h5(location: Location, mode: str = "r", token: str = "") -> h5py.File:
+def open_h5(location: Location, mode: H5Mode = "r", token: str = "") -> h5py.File:
     """Open (or reuse) an h5py file for ``location`` from the per-process handle cache."""
 
     def opener() -> h5py.File:

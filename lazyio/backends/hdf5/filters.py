@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numcodecs  # type: ignore[import-untyped]
-import numcodecs.zstd  # type: ignore[import-untyped]
+import numcodecs
+import numcodecs.zstd
 import numpy as np
 
 from lazyio.backends.hdf5.shuffle import shuffle, unshuffle

@@ -45,7 +45,7 @@ def walk(h5file: Any) -> Iterator[tuple[str, str, Any]]:
     from each parent's id, so a 10,000-level hierarchy costs linear time and no Python
     recursion (h5py's ``visititems`` looks every name up from the root: quadratic).
     """
-    from h5py import h5d, h5g, h5l, h5o  # type: ignore[import-untyped]
+    from h5py import h5d, h5g, h5l, h5o
 
     seen: set[tuple[int, Any]] = set()
     stack: list[tuple[Any, str]] = [(h5file.id, "")]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import numcodecs  # type: ignore[import-untyped]
+import numcodecs
 import numpy as np
 
 __all__ = ["shuffle", "unshuffle", "unshuffle_into", "unshuffle_rows"]

@@ -35,6 +35,7 @@ from dask.utils import parse_bytes
 from lazyio import handles
 from lazyio.backends import to_dask
 from lazyio.backends.chunking import (
+    Chunks,
     contiguous_chunks,
     memory_map_chunks,
     target_chunk_bytes,
@@ -296,7 +297,7 @@ def memmap_distributed(
     offset: int = 0,
     shape: int | Sequence[int] | None = None,
     order: Order = "C",
-    chunks: Any = "auto",
+    chunks: Chunks = "auto",
     block_size_limit: int | str | None = None,
     key: str | None = None,
 ) -> da.Array:

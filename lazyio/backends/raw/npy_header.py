@@ -14,12 +14,15 @@ import io
 import math
 import struct
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from lazyio.errors import FormatError, UnsupportedError, not_found
 from lazyio.location import Location
+
+if TYPE_CHECKING:
+    from lazyio.backends.raw.memmap import Order
 
 __all__ = ["MAGIC", "NpyHeader", "header_bytes", "read_header"]
 
@@ -57,7 +60,7 @@ class NpyHeader:
         return math.prod(self.shape) * self.dtype.itemsize
 
     @property
-    def order(self) -> str:
+    def order(self) -> Order:
         """``"F"`` or ``"C"``."""
         return "F" if self.fortran_order else "C"
 

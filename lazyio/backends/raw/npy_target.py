@@ -183,18 +183,18 @@ def write_npy_into(
         _stream_remote(location, data)
         return
     path = location.local_path
-    lazy = isinstance(data, da.Array)
-    fortran = False if lazy else _fortran(data)
+    fortran = not isinstance(data, da.Array) and _fortran(data)
     header = header_bytes(data.shape, data.dtype, fortran)
     # The magic goes in last: until then the file is not a .npy file to any reader.
     blank_header = bytes(len(MAGIC)) + header[len(MAGIC) :]
     with open(path, "wb") as f:
         f.write(blank_header)
-        if lazy:
-            f.truncate(len(header) + data.nbytes)
+        if isinstance(data, da.Array):
+            # _check refused unknown chunk sizes, so nbytes is a whole number
+            f.truncate(len(header) + int(data.nbytes))
         else:
             f.writelines(_payload_pieces(np.asarray(data), fortran))
-    if lazy and data.size:
+    if isinstance(data, da.Array) and data.size:
         _store_blocks(path, len(header), data, show_progressbar)
     with open(path, "r+b") as f:
         f.write(MAGIC)
@@ -217,11 +217,10 @@ def _store_blocks(tmp: str, offset: int, data: da.Array, show_progressbar: bool)
 def _stream_remote(location: Location, data: np.ndarray | da.Array) -> None:
     # Remote targets cannot be written in place: blocks are computed a few at a time in
     # storage order and appended to the object.
-    lazy = isinstance(data, da.Array)
-    fortran = False if lazy else _fortran(data)
+    fortran = not isinstance(data, da.Array) and _fortran(data)
     with location.fs.open(location.path, "wb") as f:
         f.write(header_bytes(data.shape, data.dtype, fortran))
-        if not lazy:
+        if not isinstance(data, da.Array):
             f.writelines(_payload_pieces(np.asarray(data), fortran))
         elif data.ndim == 0:
             f.write(np.asarray(data.compute()).tobytes())

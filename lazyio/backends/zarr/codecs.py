@@ -16,8 +16,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-import numcodecs  # type: ignore[import-untyped]
-import numcodecs.abc  # type: ignore[import-untyped]
+import numcodecs
+import numcodecs.abc
 import numpy as np
 
 from lazyio.errors import CorruptChunkError, UnsupportedError
@@ -68,7 +68,7 @@ def default_compressor() -> numcodecs.abc.Codec:
 # ----------------------------------------------------------------------------- writing
 
 
-def zarr_codec_kwargs(options: Mapping[str, Any], zarr_format: int) -> dict[str, Any]:
+def zarr_codec_kwargs(options: Mapping[str, Any], zarr_format: ZarrFormat) -> dict[str, Any]:
     """Keywords of ``zarr.Group.create_array`` for lazyio's writer options.
 
     Parameters
@@ -328,7 +328,7 @@ def _codec_name(config: Mapping[str, Any]) -> str:
     return f"{name}({args})" if args else str(name)
 
 
-def describe_codecs(meta: Mapping[str, Any], zarr_format: int | None) -> str | None:
+def describe_codecs(meta: Mapping[str, Any], zarr_format: ZarrFormat | None) -> str | None:
     """A short text naming an array's filters and compressors, e.g. ``blosc(cname=zstd,
     clevel=1, shuffle=1)``; ``None`` for raw chunks."""
     names: list[str] = []

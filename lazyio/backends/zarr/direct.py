@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Any
 
-import numcodecs.abc  # type: ignore[import-untyped]
+import numcodecs.abc
 import numpy as np
 
 from lazyio.backends.zarr.codecs import codec_from_config

@@ -178,7 +178,7 @@ def _make_store(spec: StoreSpec, read_only: bool) -> Store:
             root = getattr(inst, "root", None)
             if fs is not None and root is not None:
                 if not fs.async_impl:
-                    from fsspec.implementations.asyn_wrapper import (  # type: ignore[import-untyped]
+                    from fsspec.implementations.asyn_wrapper import (
                         AsyncFileSystemWrapper,
                     )
 

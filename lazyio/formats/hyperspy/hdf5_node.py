@@ -12,7 +12,7 @@ import warnings
 from typing import Any
 
 import dask.array as da
-import h5py  # type: ignore[import-untyped]
+import h5py
 import numpy as np
 
 from lazyio.backends import to_dask

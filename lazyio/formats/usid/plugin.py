@@ -29,7 +29,7 @@ import numpy as np
 from dask.base import tokenize
 
 from lazyio import handles
-from lazyio.backends.chunking import auto_block_bytes
+from lazyio.backends.chunking import BlockChunks, Chunks, auto_block_bytes
 from lazyio.backends.hdf5.layout import dataset_layout
 from lazyio.backends.hdf5.safety import refuse_external
 from lazyio.backends.hdf5.sources import H5Source, open_h5
@@ -83,7 +83,7 @@ _logger = logging.getLogger("lazyio")
 # --------------------------------------------------------------------------- reading
 
 
-def _as_dask(view: USIDView, chunks: tuple[tuple[int, ...], ...], token: str) -> da.Array:
+def _as_dask(view: USIDView, chunks: BlockChunks, token: str) -> da.Array:
     # Like lazyio.backends.to_dask, but fancy=True: the view applies any index through
     # split_index, and dask then fuses a selection (one spectrum, one image) into the read
     # instead of reading the whole block first.
@@ -127,7 +127,7 @@ def _read_main(
     path: str,
     *,
     lazy: bool,
-    chunks: Any,
+    chunks: Chunks,
     non_uniform: NonUniform,
     token: str,
 ) -> list[dict[str, Any]]:
@@ -196,7 +196,7 @@ def _data(
     spec_order: np.ndarray | None,
     *,
     lazy: bool,
-    chunks: Any,
+    chunks: Chunks,
     token: str,
 ) -> Any:
     shape = view.shape
@@ -216,7 +216,7 @@ def _data(
     return _as_dask(view, _auto_chunks(view, chunks), token)
 
 
-def _auto_chunks(view: USIDView, chunks: Any) -> tuple[tuple[int, ...], ...]:
+def _auto_chunks(view: USIDView, chunks: Chunks) -> BlockChunks:
     if chunks is None or chunks == "auto":
         return nd_chunks(
             view.pos_shape, view.spec_shape, view.source.storage_chunks,
@@ -227,12 +227,12 @@ def _auto_chunks(view: USIDView, chunks: Any) -> tuple[tuple[int, ...], ...]:
     return da.core.normalize_chunks(chunks, view.shape, dtype=view.dtype)
 
 
-def _check_non_uniform(non_uniform: Any, ignore_non_uniform_dims: bool) -> NonUniform:
+def _check_non_uniform(non_uniform: object, ignore_non_uniform_dims: bool) -> NonUniform:
     if non_uniform is None:
         non_uniform = "warn" if ignore_non_uniform_dims else "raise"
     if non_uniform not in ("warn", "raise", "axis"):
         raise ValueError(f"non_uniform must be 'warn', 'raise' or 'axis'; got {non_uniform!r}")
-    return non_uniform  # type: ignore[no-any-return]
+    return non_uniform
 
 
 # --------------------------------------------------------------------------- writing
@@ -274,7 +274,7 @@ def _align_to_storage(
 
 
 def _write_into(
-    h5file: h5py.File, signal: dict[str, Any], *, chunks: Any, show_progressbar: bool,
+    h5file: h5py.File, signal: dict[str, Any], *, chunks: Chunks, show_progressbar: bool,
     options: dict[str, Any],
 ) -> None:
     data = signal["data"]
@@ -426,7 +426,7 @@ class UsidFormat(FormatPlugin):
         source: Any,
         *,
         lazy: bool = True,
-        chunks: Any = "auto",
+        chunks: Chunks = "auto",
         allow_external: bool = False,
         dataset_path: str | None = None,
         ignore_non_uniform_dims: bool = True,
@@ -472,14 +472,14 @@ class UsidFormat(FormatPlugin):
         return "append" if options.get("append") else "create"
 
     def write(
-        self, target: Any, signal: dict[str, Any], *, chunks: Any = None,
+        self, target: Any, signal: dict[str, Any], *, chunks: Chunks = None,
         show_progressbar: bool = True, append: bool = False, **h5_options: Any,
     ) -> None:
         """Write into the local file ``target`` (created, or appended to in place)."""
         path = as_location(target).local_path
         if path is None:  # the pipeline uploads HDF5 files; it never asks for this
             raise FormatError(f"{target}: HDF5 files are written to local paths")
-        common = {"chunks": chunks, "show_progressbar": show_progressbar,
+        common: dict[str, Any] = {"chunks": chunks, "show_progressbar": show_progressbar,
                   "options": h5_options}
         if not append:
             with h5py.File(path, "w") as h5file:

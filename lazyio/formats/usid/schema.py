@@ -17,13 +17,14 @@ import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import dask.array as da
 import h5py
 import numpy as np
 
 from lazyio.backends.chunking import (
+    Chunks,
     flat_aligned_block,
     flattened_storage_chunks,
     reshaped_2d_chunks,
@@ -374,7 +375,7 @@ class USIDView:
     @property
     def dtype(self) -> np.dtype:
         dtype = np.dtype(self.source.dtype)
-        return dtype if self.field is None else dtype.fields[self.field][0]
+        return dtype if self.field is None else dtype[self.field]
 
     @property
     def ndim(self) -> int:
@@ -478,7 +479,7 @@ def set_attr(obj: h5py.HLObject, key: str, value: Any) -> None:
 
 
 def dimensions_from_axes(
-    axes: list[dict[str, Any]], shape: tuple[int, ...], kind: str
+    axes: list[dict[str, Any]], shape: tuple[int, ...], kind: Literal["Pos", "Spec"]
 ) -> list[Dimension]:
     """Dimensions (slowest first) of one side; the dummy dimension for an empty side."""
     if not axes:
@@ -534,7 +535,7 @@ def write_ancillary(
 
 
 def main_chunks(
-    request: Any, pos_shape: tuple[int, ...], spec_shape: tuple[int, ...], dtype: np.dtype
+    request: Chunks, pos_shape: tuple[int, ...], spec_shape: tuple[int, ...], dtype: np.dtype
 ) -> tuple[int, int] | None:
     """Storage chunks of the 2-D main dataset for the writer's ``chunks`` argument."""
     return flattened_storage_chunks(request, pos_shape, spec_shape, dtype, TARGET_CHUNK_BYTES)
