@@ -6,8 +6,8 @@ eagerly alike, and when its lazy arrays behave as dask expects of file-backed ar
 the graph pickles and computes in another process, its names are stable while the file
 is, and it computes on process workers and from remote storage. Writing is refused over an
 existing target without ``overwrite=True``, and a write that fails part-way leaves the
-previous target as it was. The suite uses lazyio's public API only, so it holds for a
-format registered through the ``lazyio.formats`` entry points as for the built-ins.
+previous target as it was. The suite uses lazyio's public API and the format registry
+only, so it holds for a format registered through the ``lazyio.formats`` entry points as for the built-ins.
 
 Use it from a test module (pytest collects the subclass, not this module)::
 
@@ -15,10 +15,7 @@ Use it from a test module (pytest collects the subclass, not this module)::
     from lazyio.testing import FormatTests, example_signal
 
     class TestMyFormat(FormatTests):
-        format_name = "myformat"
-        extension = ".myf"
-        keeps_axes = False
-        keeps_metadata = False
+        format_name = "myformat"  # registered in lazyio.formats; capabilities come from it
 
         @pytest.fixture
         def signal(self):
@@ -54,6 +51,7 @@ import numpy as np
 import pytest
 
 import lazyio
+from lazyio.formats import get_plugin
 
 __all__ = [
     "FormatTests",
@@ -183,28 +181,44 @@ def compute_in_subprocess(arr: da.Array, timeout: float = 120) -> np.ndarray:
 class FormatTests:
     """Conformance tests of one format; subclass once per format.
 
-    Class attributes describe what the format keeps; the subclass supplies the
-    ``signal`` fixture (a small signal dictionary, see :func:`example_signal`).
+    The subclass names the format (``format_name``) and supplies the ``signal`` fixture
+    (a small signal dictionary, see :func:`example_signal`); what the format keeps is read
+    from its plugin in the registry (:mod:`lazyio.formats`), so a new format is tested
+    against what it declares.
 
     Attributes
     ----------
     format_name : str
         The name :func:`lazyio.save` and :func:`lazyio.load` take as ``format=``.
-    extension : str
-        The file extension, with its dot.
-    keeps_axes : bool
-        Axis names, scales, offsets, units and the navigation flags survive a round trip.
-    keeps_metadata : bool
-        ``metadata["General"]["title"]`` survives a round trip.
     write_kwargs : dict
         Extra options for every :func:`lazyio.save` of the suite (storage chunks, ...).
+    extension : str
+        The file extension, with its dot (the plugin's first).
+    keeps_axes : bool
+        Axis names, scales, offsets, units and the navigation flags survive a round trip
+        (the plugin's ``capabilities.keeps_axes``).
+    keeps_metadata : bool
+        ``metadata["General"]["title"]`` survives a round trip (the plugin keeps its
+        metadata, or at least the title).
     """
 
     format_name: ClassVar[str]
-    extension: ClassVar[str]
-    keeps_axes: ClassVar[bool] = True
-    keeps_metadata: ClassVar[bool] = True
     write_kwargs: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "format_name" not in cls.__dict__:
+            return
+        plugin = get_plugin(cls.format_name)
+        caps = plugin.capabilities
+        cls.extension = plugin.extensions[0]
+        cls.keeps_axes = caps.keeps_axes
+        cls.keeps_metadata = caps.keeps_metadata and (
+            caps.metadata_kept is None or ("General", "title") in caps.metadata_kept)
+
+    extension: ClassVar[str]
+    keeps_axes: ClassVar[bool]
+    keeps_metadata: ClassVar[bool]
 
     # ------------------------------------------------------------------ fixtures
 

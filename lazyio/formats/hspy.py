@@ -15,14 +15,13 @@ import h5py
 
 from lazyio import handles
 from lazyio.backends.chunking import Chunks
+from lazyio.backends.hdf5.files import check_hdf5_source, open_h5, sniff_hdf5
 from lazyio.backends.hdf5.layout import dataset_layout
-from lazyio.backends.hdf5.safety import refuse_external
-from lazyio.backends.hdf5.sources import open_h5
+from lazyio.backends.hdf5.safety import guard_untrusted, refuse_external
 from lazyio.backends.hdf5.target import H5ChunkTarget, encodable_pipeline, open_for_targets
 from lazyio.errors import FormatError, damaged, reading
 from lazyio.formats import Capabilities, FileDescription, FormatPlugin, UntrustedGuard
-from lazyio.formats._hdf5 import check_hdf5_source, guard_untrusted_hdf5, is_hdf5
-from lazyio.formats._tree import experiment_data_paths, spec_version
+from lazyio.formats.hyperspy.describe import experiment_data_paths, spec_version
 from lazyio.formats.hyperspy.hdf5_node import H5Node
 from lazyio.formats.hyperspy.node import Node
 from lazyio.formats.hyperspy.signal import read_file_tree, write_signal_tree
@@ -97,15 +96,12 @@ class HspyFormat(FormatPlugin):
 
     def untrusted_guard(self) -> UntrustedGuard:
         """The HDF5 child-process check, shared with every HDF5-based format."""
-        return guard_untrusted_hdf5
+        return guard_untrusted
 
     def sniff(self, location: Location, head: bytes) -> bool:
         """HDF5 with ``file_format="HyperSpy"`` or an ``Experiments`` group."""
-        if not is_hdf5(head):
-            return False
-        try:
-            f = open_h5(location, token=location.modified_token())
-        except (OSError, FormatError):
+        f = sniff_hdf5(location, head)
+        if f is None:
             return False
         fmt = f.attrs.get("file_format")
         if isinstance(fmt, bytes):

@@ -40,7 +40,7 @@ from lazyio.errors import (
     translate,
 )
 from lazyio.formats import Capabilities, FileDescription, FormatPlugin
-from lazyio.formats._tree import experiment_data_paths, spec_version
+from lazyio.formats.hyperspy.describe import experiment_data_paths, spec_version
 from lazyio.formats.hyperspy.signal import read_file_tree, write_signal_tree
 from lazyio.formats.hyperspy.writer import ArrayWriter
 from lazyio.formats.hyperspy.zarr_node import ZarrNode

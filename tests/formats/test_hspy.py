@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from formats_table import FORMATS
+from formats_table import SUITE_KWARGS
 
 import lazyio
 from lazyio.testing import FormatTests, example_signal
 
-_F = FORMATS["hspy"]
-
 
 class TestHspy(FormatTests):
-    format_name = _F.name
-    extension = _F.extension
-    keeps_axes = _F.keeps_axes
-    keeps_metadata = _F.keeps_metadata
-    write_kwargs = _F.suite_kwargs
+    format_name = "hspy"
+    write_kwargs = SUITE_KWARGS["hspy"]
 
     @pytest.fixture
     def signal(self):

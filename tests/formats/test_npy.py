@@ -14,7 +14,7 @@ import dask.array as da
 import fsspec
 import numpy as np
 import pytest
-from formats_table import FORMATS
+from formats_table import SUITE_KWARGS
 from npy_arrays import DTYPES, SHAPES, STRUCT, assert_same, leftovers, random_array
 
 import lazyio
@@ -23,15 +23,10 @@ from lazyio.backends.raw.memmap import memmap_distributed
 from lazyio.errors import FormatError, SourceNotFoundError, TargetExistsError, UnsupportedError
 from lazyio.testing import FormatTests, example_signal
 
-_F = FORMATS["npy"]
-
 
 class TestNpy(FormatTests):
-    format_name = _F.name
-    extension = _F.extension
-    keeps_axes = _F.keeps_axes
-    keeps_metadata = _F.keeps_metadata
-    write_kwargs = _F.suite_kwargs
+    format_name = "npy"
+    write_kwargs = SUITE_KWARGS["npy"]
 
     @pytest.fixture
     def signal(self):

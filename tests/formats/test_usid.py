@@ -21,7 +21,7 @@ import dask.array as da
 import h5py
 import numpy as np
 import pytest
-from formats_table import FORMATS
+from formats_table import SUITE_KWARGS
 
 import lazyio
 import lazyio.formats.usid.schema
@@ -40,15 +40,10 @@ from lazyio.testing import FormatTests, example_signal
 pyUSID = importlib.import_module("pyUSID")
 from pyUSID import Dimension
 
-_F = FORMATS["usid"]
-
 
 class TestUsid(FormatTests):
-    format_name = _F.name
-    extension = _F.extension
-    keeps_axes = _F.keeps_axes
-    keeps_metadata = _F.keeps_metadata
-    write_kwargs = _F.suite_kwargs
+    format_name = "usid"
+    write_kwargs = SUITE_KWARGS["usid"]
 
     @pytest.fixture
     def signal(self):

@@ -14,10 +14,39 @@ from typing import ClassVar, Literal
 import h5py
 
 from lazyio import handles
-from lazyio.errors import translate
+from lazyio.errors import FormatError, not_found, translate
 from lazyio.location import Location
 
-__all__ = ["H5FileKey", "H5Mode", "RawFileKey", "open_h5", "open_raw"]
+__all__ = [
+    "HDF5_MAGIC", "H5FileKey", "H5Mode", "RawFileKey", "check_hdf5_source", "is_hdf5",
+    "open_h5", "open_raw", "sniff_hdf5",
+]
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def is_hdf5(head: bytes) -> bool:
+    """Whether ``head`` starts with the HDF5 superblock signature."""
+    return head.startswith(HDF5_MAGIC)
+
+
+def sniff_hdf5(location: Location, head: bytes) -> h5py.File | None:
+    """The file at ``location`` opened for reading if ``head`` has the HDF5 signature and
+    the library opens it, else ``None``: what a format's sniffer looks into."""
+    if not is_hdf5(head):
+        return None
+    try:
+        return open_h5(location, token=location.modified_token())
+    except (OSError, FormatError):
+        return None
+
+
+def check_hdf5_source(location: Location) -> None:
+    """Refuse, with lazyio's wording, a missing file or one without the HDF5 signature."""
+    if not location.exists():
+        raise not_found(location)
+    if not is_hdf5(location.read_head(len(HDF5_MAGIC))):
+        raise FormatError(f"{location}: not an HDF5 file (no HDF5 signature)")
 
 H5Mode = Literal["r", "r+", "w", "w-", "x", "a"]  # h5py.File's modes
 

@@ -20,9 +20,15 @@ import subprocess
 import sys
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["DEFAULT_TIMEOUT", "ExternalScanKey", "inspect_untrusted", "refuse_external"]
+if TYPE_CHECKING:
+    from lazyio.location import Location
+
+__all__ = [
+    "DEFAULT_TIMEOUT", "ExternalScanKey", "guard_untrusted", "inspect_untrusted",
+    "refuse_external",
+]
 
 # Small datasets are read whole in the child: lazyio reads them eagerly as metadata.
 SMALL_BYTES = 1 << 16
@@ -126,6 +132,20 @@ def refuse_external(h5file: Any, where: Any, allow_external: bool) -> None:
             f"{where}: refers to other files, which lazyio does not follow by default: "
             f"{found[0]}{more}; pass allow_external=True if you trust it"
         )
+
+
+def guard_untrusted(location: Location, head: bytes, timeout: float | None) -> None:
+    """With ``untrusted=True``: parse a local HDF5 file in a child process first (see
+    :func:`inspect_untrusted`); other files pass, since only the HDF5 C library parses
+    untrusted structure in-process."""
+    from lazyio.backends.hdf5.files import is_hdf5
+    from lazyio.errors import UnsupportedError
+
+    if not is_hdf5(head):
+        return
+    if location.local_path is None:
+        raise UnsupportedError(f"{location}: untrusted=True needs a local HDF5 file")
+    inspect_untrusted(location.local_path, timeout or DEFAULT_TIMEOUT)
 
 
 def inspect_untrusted(path: str, timeout: float = DEFAULT_TIMEOUT) -> None:

@@ -30,9 +30,10 @@ from dask.base import tokenize
 
 from lazyio import handles
 from lazyio.backends.chunking import BlockChunks, Chunks, auto_block_bytes
+from lazyio.backends.hdf5.files import check_hdf5_source, open_h5, sniff_hdf5
 from lazyio.backends.hdf5.layout import dataset_layout
-from lazyio.backends.hdf5.safety import refuse_external
-from lazyio.backends.hdf5.sources import H5Source, open_h5
+from lazyio.backends.hdf5.safety import guard_untrusted, refuse_external
+from lazyio.backends.hdf5.sources import H5Source
 from lazyio.backends.hdf5.target import H5ChunkTarget, encodable_pipeline, open_for_targets
 from lazyio.backends.store import rechunk_to_storage, store
 from lazyio.errors import (
@@ -44,7 +45,6 @@ from lazyio.errors import (
     reading,
 )
 from lazyio.formats import Capabilities, FileDescription, FormatPlugin, UntrustedGuard, WriteMode
-from lazyio.formats._hdf5 import check_hdf5_source, guard_untrusted_hdf5, is_hdf5
 from lazyio.formats.usid.schema import (
     ANCILLARY,
     Dimension,
@@ -399,15 +399,12 @@ class UsidFormat(FormatPlugin):
 
     def untrusted_guard(self) -> UntrustedGuard:
         """The HDF5 child-process check, shared with every HDF5-based format."""
-        return guard_untrusted_hdf5
+        return guard_untrusted
 
     def sniff(self, location: Location, head: bytes) -> bool:
         """An HDF5 file holding at least one USID main dataset (and not a HyperSpy file)."""
-        if not is_hdf5(head):
-            return False
-        try:
-            f = open_h5(location, token=location.modified_token())
-        except (OSError, FormatError):
+        f = sniff_hdf5(location, head)
+        if f is None:
             return False
         if decode_text(f.attrs.get("file_format")) == "HyperSpy":
             return False
