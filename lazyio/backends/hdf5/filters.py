@@ -168,10 +168,21 @@ def _exact(name: str, out: bytes, out_nbytes: int, exact: bool) -> bytes:
     return out
 
 
+_DEFLATE_MAX_RATIO = 1032
+
+
 def _deflate_decoder(_values: Values, _itemsize: int, out_nbytes: int, exact: bool) -> Codec:
     bound = max(out_nbytes, 1)  # 0 would mean "unbounded" to zlib
+    # deflate expands at most ~1032:1, so a stream this short cannot inflate beyond a
+    # few chunks' worth: one call (faster for small chunks), size checked after
+    short = max(4 * bound, 1 << 20) // _DEFLATE_MAX_RATIO
 
     def inflate(buf: Any) -> bytes:
+        if (len(buf) if type(buf) is bytes else memoryview(buf).nbytes) <= short:
+            whole = zlib.decompress(buf)
+            if exact and len(whole) != out_nbytes:
+                return _exact("deflate", whole, out_nbytes, exact)  # raises
+            return whole
         d = zlib.decompressobj()
         out: bytes = d.decompress(buf, bound)
         # stopped at the bound: only the stream's end may remain
