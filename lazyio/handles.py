@@ -79,10 +79,18 @@ def _close(handle: Any) -> None:
 class HandleCache:
     """A bounded, thread-safe LRU of open handles.
 
+    Beyond ``maxsize`` the least recently used handle is *released*, not closed: the cache
+    drops its reference and the handle closes when its last user is done with it (files,
+    memory maps and h5py files all close when no reference is left). Closing it outright
+    would pull it from under a thread still reading through it: an h5py dataset then
+    fails with "invalid identifier", and a raw descriptor's number could be reused by
+    another file and read silently. :meth:`close`, :meth:`close_matching` and
+    :meth:`close_all` do close, because their callers ask for it.
+
     Parameters
     ----------
     maxsize : int
-        How many handles stay open at once; the least recently used is closed beyond it.
+        How many handles the cache keeps open at once.
     """
 
     def __init__(self, maxsize: int = 128) -> None:
@@ -108,8 +116,7 @@ class HandleCache:
                 handle = opener()
                 self._handles[key] = handle
                 while len(self._handles) > self.maxsize:
-                    _, old = self._handles.popitem(last=False)
-                    _close(old)
+                    self._handles.popitem(last=False)  # released: see the class docstring
             else:
                 self._handles.move_to_end(key)
             return handle

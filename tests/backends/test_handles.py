@@ -97,3 +97,30 @@ def test_writer_registry_is_per_process(tmp_path):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert reg.get("a") == 1
+
+
+def test_handles_released_by_a_full_cache_stay_valid_for_their_readers(tmp_path, monkeypatch):
+    """A cache of one slot, four threads reading four files at once: each eviction used to
+    close a handle another thread was reading through (h5py: 'invalid identifier'; a raw
+    descriptor's number could be reused by the next open file and read silently)."""
+    import dask
+    import dask.array as da
+
+    import lazyio
+
+    rng = np.random.default_rng(7)
+    arrays, lazy = [], []
+    for i in range(4):
+        data = rng.integers(0, 2**16, size=(16, 32, 64), dtype="u2")
+        for fmt, kwds in (("hspy", {"compression": "gzip"}), ("hspy", {"compression": None})):
+            path = tmp_path / f"f{i}-{kwds['compression']}.hspy"
+            lazyio.save(path, data, format=fmt, chunks=(1, 32, 64), show_progressbar=False,
+                        **kwds)
+            arrays.append(data)
+            lazy.append(lazyio.load(path, chunks=(1, 32, 64))[0]["data"])
+    monkeypatch.setattr(handles.default_cache, "maxsize", 1)
+    stacked = da.concatenate(lazy)
+    for _ in range(3):
+        with dask.config.set(scheduler="threads", num_workers=4):
+            np.testing.assert_array_equal(stacked.compute(), np.concatenate(arrays))
+    lazyio.close_all()

@@ -7,7 +7,7 @@ of its previous version.
 
 from __future__ import annotations
 
-import os
+import io
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -85,10 +85,15 @@ def open_h5(location: Location, mode: H5Mode = "r", token: str = "") -> h5py.Fil
                            handles.opened_unchanged(location, token, opener))
 
 
-def open_raw(location: Location, token: str) -> int:
-    """A raw file descriptor for ``pread`` (local files only)."""
+def open_raw(location: Location, token: str) -> io.FileIO:
+    """An unbuffered read-only file for ``os.pread`` on its descriptor (local files only).
+
+    A file object rather than a bare descriptor: it closes when its last user drops it, so
+    a descriptor released by the cache is never closed (and its number reused) while a
+    task still reads through it.
+    """
     path = location.local_path
     if path is None:
         raise ValueError(f"{location} is not a local file")
     return handles.acquire(RawFileKey(location, token), handles.opened_unchanged(
-        location, token, lambda: os.open(path, os.O_RDONLY)))
+        location, token, lambda: io.FileIO(path, "r")))

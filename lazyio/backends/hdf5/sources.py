@@ -212,7 +212,8 @@ class _ChunkReader:
     def _fetch(self, ranges: list[tuple[int, int]]) -> list[bytes]:
         location = self.source.location
         if location.local_path is not None:
-            fd = open_raw(location, self.source.token)
+            raw = open_raw(location, self.source.token)  # held: it stays open while read
+            fd = raw.fileno()
             return [os.pread(fd, size, offset) for offset, size in ranges]
         fs, path = location.fs, location.path
         starts = [o for o, _ in ranges]
