@@ -16,6 +16,7 @@ import h5py
 from lazyio import handles
 from lazyio.backends.chunking import Chunks
 from lazyio.backends.hdf5.files import check_hdf5_source, open_h5, sniff_hdf5
+from lazyio.backends.hdf5.filters import check_creation_options
 from lazyio.backends.hdf5.layout import dataset_layout
 from lazyio.backends.hdf5.safety import guard_untrusted, refuse_external
 from lazyio.backends.hdf5.target import H5ChunkTarget, encodable_pipeline, open_for_targets
@@ -132,7 +133,9 @@ class HspyFormat(FormatPlugin):
     def check_write(
         self, target: Any, signal: dict[str, Any], options: Mapping[str, Any]
     ) -> None:
-        """``write_dataset`` must be a bool; in-place updates need a local file."""
+        """``write_dataset`` must be a bool; in-place updates need a local file; HDF5
+        dataset options are checked before the file is created."""
+        check_creation_options({"compression": "gzip", **options}, target)
         write_dataset = options.get("write_dataset", True)
         if not isinstance(write_dataset, bool):
             raise TypeError(f"write_dataset must be True or False, not {write_dataset!r}")

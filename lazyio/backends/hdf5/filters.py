@@ -405,6 +405,51 @@ def encoder(fid: int, values: Values, itemsize: int) -> Codec | None:
     return make(values, itemsize) if make is not None else None
 
 
+# compression names h5py knows without a plugin
+_NAMED_COMPRESSION = ("gzip", "lzf", "szip")
+_BOOL_OPTIONS = ("shuffle", "fletcher32")
+
+
+def check_creation_options(options: Mapping[str, Any], where: object) -> None:
+    """Refuse, before a file is created, writer options h5py would reject half-way.
+
+    ``compression`` is ``None``, ``"gzip"``, ``"lzf"``, ``"szip"``, a gzip level 0-9, the id
+    of an HDF5 filter available here, or a filter object (``hdf5plugin.Blosc()``);
+    ``shuffle`` and ``fletcher32`` are booleans; a gzip ``compression_opts`` is a level 0-9.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Naming ``where`` (the target), the option and what it accepts.
+    """
+    compression = options.get("compression")
+    if isinstance(compression, bool) or not (
+            compression is None or isinstance(compression, str | int | Mapping)):
+        raise TypeError(
+            f"{where}: compression must be a name ({', '.join(_NAMED_COMPRESSION)}), a gzip "
+            f"level, a filter id or a filter object such as hdf5plugin.Blosc(), not "
+            f"{compression!r}")
+    if isinstance(compression, str) and compression not in _NAMED_COMPRESSION:
+        raise ValueError(
+            f"{where}: unknown compression {compression!r}; use one of "
+            f"{', '.join(_NAMED_COMPRESSION)}, None, or an hdf5plugin filter object")
+    if isinstance(compression, int) and not 0 <= compression <= 9:
+        import h5py
+
+        if compression < 0 or not h5py.h5z.filter_avail(compression):
+            raise ValueError(
+                f"{where}: compression={compression}: neither a gzip level (0-9) nor the id "
+                "of an HDF5 filter available here")
+    for name in _BOOL_OPTIONS:
+        value = options.get(name)
+        if value is not None and not isinstance(value, bool | np.bool_):
+            raise TypeError(f"{where}: {name} must be True or False, not {value!r}")
+    level = options.get("compression_opts")
+    if compression == "gzip" and level is not None and (
+            isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 9):
+        raise ValueError(f"{where}: a gzip compression_opts is a level 0-9, not {level!r}")
+
+
 def creation_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """h5py ``create_dataset`` keywords from lazyio's writer options.
 

@@ -31,6 +31,7 @@ from dask.base import tokenize
 from lazyio import handles
 from lazyio.backends.chunking import BlockChunks, Chunks, auto_block_bytes
 from lazyio.backends.hdf5.files import check_hdf5_source, open_h5, sniff_hdf5
+from lazyio.backends.hdf5.filters import check_creation_options
 from lazyio.backends.hdf5.layout import dataset_layout
 from lazyio.backends.hdf5.safety import guard_untrusted, refuse_external
 from lazyio.backends.hdf5.sources import H5Source
@@ -458,6 +459,7 @@ class UsidFormat(FormatPlugin):
     ) -> None:
         """Refuse data a USID main dataset cannot hold, and appends to remote files."""
         _check_writable(target, signal["data"])
+        check_creation_options(options, target)
         append = options.get("append", False)
         if not isinstance(append, bool):
             raise TypeError(f"append must be True or False, not {append!r}")

@@ -174,3 +174,34 @@ def test_no_other_module_holds_filter_ids():
     offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
                  if p.name != "filters.py" and pattern.search(p.read_text())]
     assert offenders == []
+
+
+@pytest.mark.parametrize("fmt", ["hspy", "usid"])
+@pytest.mark.parametrize(
+    ("options", "error", "words"),
+    [
+        ({"compression": "bogus"}, ValueError, "unknown compression 'bogus'"),
+        ({"compression": 12345}, ValueError, "neither a gzip level"),
+        ({"compression": 1.5}, TypeError, "compression must be"),
+        ({"shuffle": "maybe"}, TypeError, "shuffle must be True or False"),
+        ({"fletcher32": 1}, TypeError, "fletcher32 must be True or False"),
+        ({"compression": "gzip", "compression_opts": "x"}, ValueError, "level 0-9"),
+    ],
+)
+def test_bad_dataset_options_are_refused_before_writing(tmp_path, fmt, options, error, words):
+    """h5py would raise its own error half-way through the write; lazyio names the target
+    and the option, and writes nothing."""
+    target = tmp_path / ("out.hspy" if fmt == "hspy" else "out.h5")
+    with pytest.raises(error, match=words) as info:
+        lazyio.save(target, np.zeros((4, 6), dtype="f4"), format=fmt, show_progressbar=False,
+                    **options)
+    assert str(target) in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("compression", [None, "gzip", "lzf", 4, 32015])
+def test_good_dataset_options_are_accepted(tmp_path, compression):
+    data = np.arange(24, dtype="f4").reshape(4, 6)
+    target = tmp_path / "out.hspy"
+    lazyio.save(target, data, compression=compression, shuffle=True, show_progressbar=False)
+    np.testing.assert_array_equal(lazyio.load(target, lazy=False)[0]["data"], data)
