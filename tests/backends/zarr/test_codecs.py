@@ -71,6 +71,7 @@ def test_blosc_autoshuffle_is_chosen_from_the_dtype(tmp_path, dtype, expected):
     np.testing.assert_array_equal(lazyio.load(path, lazy=False)[0]["data"], data)
 
 
+@pytest.mark.filterwarnings("ignore:Numcodecs codecs are not in the Zarr version 3")
 def test_zstd_zlib_and_others_translate():
     assert isinstance(as_zarr3_codec(numcodecs.Zstd(level=4)), zarr_codecs.ZstdCodec)
     gzip = as_zarr3_codec(numcodecs.Zlib(level=2))
