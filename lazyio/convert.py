@@ -229,13 +229,6 @@ def _default_chunks(signal: dict[str, Any], caps: Capabilities) -> tuple[int, ..
     has_navigation = any(a.get("navigate") for a in signal.get("axes", []))
     if not limit or has_navigation or not caps.nd_storage_chunks or data.nbytes <= limit:
         return None
-    chunks = [1] * data.ndim
-    running = data.dtype.itemsize
-    for i in reversed(range(data.ndim)):
-        if running * data.shape[i] <= limit:
-            chunks[i] = int(data.shape[i])
-            running *= data.shape[i]
-        else:
-            chunks[i] = max(1, limit // running)
-            break
-    return tuple(chunks)
+    from lazyio.backends.chunking import trailing_storage_chunks  # keeps `import lazyio` light
+
+    return trailing_storage_chunks(tuple(int(s) for s in data.shape), data.dtype.itemsize, limit)

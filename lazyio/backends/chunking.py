@@ -34,12 +34,12 @@ if TYPE_CHECKING:
     from numpy.typing import DTypeLike
 
 __all__ = [
-    "CONVERT_BLOCK_BYTES",
-    "MAX_BLOCKS",
-    "REMOTE_BLOCK_BYTES",
     "AxisChunk",
     "BlockChunks",
+    "CONVERT_BLOCK_BYTES",
     "Chunks",
+    "MAX_BLOCKS",
+    "REMOTE_BLOCK_BYTES",
     "aligned_chunks",
     "auto_block_bytes",
     "contiguous_chunks",
@@ -55,6 +55,7 @@ __all__ = [
     "signal_chunks",
     "storage_chunks",
     "target_chunk_bytes",
+    "trailing_storage_chunks",
 ]
 
 _logger = logging.getLogger("lazyio")
@@ -336,6 +337,25 @@ def contiguous_chunks(
         block[axis] = -(-size // n_blocks)
         break
     return regular_chunks(shape, block)
+
+
+def trailing_storage_chunks(shape: Sequence[int], itemsize: int, limit: int) -> tuple[int, ...]:
+    """Storage chunks of at most ``limit`` bytes made of whole trailing axes: the last axes
+    whole while they fit, the next one cut to what is left, ones before it.
+
+    For an array that is one signal (no navigation axes), where "at least one whole
+    signal per chunk" would make one chunk of the whole array.
+    """
+    chunks = [1] * len(shape)
+    running = itemsize
+    for i in reversed(range(len(shape))):
+        if running * shape[i] <= limit:
+            chunks[i] = int(shape[i])
+            running *= shape[i]
+        else:
+            chunks[i] = max(1, limit // running)
+            break
+    return tuple(chunks)
 
 
 def memory_map_chunks(

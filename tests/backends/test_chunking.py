@@ -179,3 +179,20 @@ def test_old_homes_use_the_policy():
         importlib.import_module("lazyio.backends.layout")
     assert "Chunks" in chunking.__all__
     assert "BlockChunks" in chunking.__all__
+
+
+@pytest.mark.parametrize(
+    ("shape", "itemsize", "limit", "expected"),
+    [
+        ((4, 8, 16), 2, 10**6, (4, 8, 16)),  # fits whole
+        ((100, 64, 64), 4, 64 * 64 * 4 * 10, (10, 64, 64)),  # whole frames, 10 per chunk
+        ((3, 1000), 8, 800, (1, 100)),  # the last axis cut
+        ((5,), 1, 0, (1,)),  # never empty
+    ],
+)
+def test_trailing_storage_chunks(shape, itemsize, limit, expected):
+    from lazyio.backends.chunking import trailing_storage_chunks
+
+    chunks = trailing_storage_chunks(shape, itemsize, limit)
+    assert chunks == expected
+    assert all(1 <= c <= s for c, s in zip(chunks, shape, strict=True))
