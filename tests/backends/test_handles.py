@@ -7,6 +7,7 @@ import os
 
 import h5py
 import numpy as np
+import pytest
 
 import lazyio
 from lazyio import handles
@@ -124,3 +125,42 @@ def test_handles_released_by_a_full_cache_stay_valid_for_their_readers(tmp_path,
         with dask.config.set(scheduler="threads", num_workers=4):
             np.testing.assert_array_equal(stacked.compute(), np.concatenate(arrays))
     lazyio.close_all()
+
+
+def test_memo_builds_a_value_once_while_other_threads_wait():
+    """Threads asking at once for a missing value wait for one build (a chunk index built
+    by every thread at once doubled the CPU of a small-chunk read); other keys build
+    meanwhile."""
+    import threading
+    import time
+
+    memo = handles.Memo()
+    calls: list[str] = []
+
+    def build(key: str):
+        def run():
+            calls.append(key)
+            time.sleep(0.05)
+            return key.upper()
+        return run
+
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda k=k: results.append(memo.get(k, build(k))))
+               for k in ["a"] * 6 + ["b"] * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(calls) == ["a", "b"]
+    assert sorted(results) == ["A"] * 6 + ["B"] * 2
+
+
+def test_memo_build_that_fails_is_retried():
+    memo = handles.Memo()
+
+    def broken():
+        raise OSError("disk on fire")
+
+    with pytest.raises(OSError, match="disk on fire"):
+        memo.get("k", broken)
+    assert memo.get("k", lambda: 3) == 3

@@ -26,7 +26,14 @@ import numpy as np
 
 from lazyio import handles
 from lazyio.backends.hdf5.files import open_h5, open_raw
-from lazyio.backends.hdf5.filters import SHUFFLE, Pipeline, decodable, decoders, read_pipeline
+from lazyio.backends.hdf5.filters import (
+    SHUFFLE,
+    Pipeline,
+    batch_decoders,
+    decodable,
+    decoders,
+    read_pipeline,
+)
 from lazyio.backends.hdf5.index import ChunkIndex, chunk_index
 from lazyio.backends.hdf5.shuffle import unshuffle_into, unshuffle_rows
 from lazyio.backends.slicing import apply_residual, split_index
@@ -298,21 +305,22 @@ class _ChunkReader:
         """
         cs, nbytes = self.chunks, self.chunk_nbytes
         grid = tuple(slice(r.start, r.stop) for r in ranges_per_axis)
-        raws = self._fetch(list(zip(index.offsets[grid].ravel().tolist(),
-                                    index.sizes[grid].ravel().tolist(), strict=True)))
+        sizes = index.sizes[grid].ravel().tolist()
+        raws = self._fetch(list(zip(index.offsets[grid].ravel().tolist(), sizes, strict=True)))
         pipeline = self.filters[1:] if self.shuffle_first else self.filters
-        steps = decoders(pipeline, self.itemsize, nbytes, 0)
+        steps = batch_decoders(pipeline, self.itemsize, nbytes, max(sizes, default=0))
         flat = np.empty((len(raws), nbytes), dtype=np.uint8)
+        into = flat.reshape(-1).data  # a writable view of the batch buffer
         n = 0
         try:
             for n, raw in enumerate(raws):
                 buf: Any = raw
                 for step in steps:
                     buf = step(buf)
-                row = np.frombuffer(buf, dtype=np.uint8)
-                if row.size != nbytes:  # never broadcast a short chunk into place
-                    raise ValueError(f"{row.size} bytes decoded where the chunk has {nbytes}")
-                flat[n] = row
+                got = memoryview(buf).cast("B")
+                if got.nbytes != nbytes:  # never broadcast a short chunk into place
+                    raise ValueError(f"{got.nbytes} bytes decoded where the chunk has {nbytes}")
+                into[n * nbytes:(n + 1) * nbytes] = got
         except Exception as err:
             coords = tuple(int(i) + r.start for i, r in zip(
                 np.unravel_index(n, [len(r) for r in ranges_per_axis]), ranges_per_axis,
