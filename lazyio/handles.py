@@ -59,9 +59,9 @@ class MapKey(FileKey):
 
 
 def _on_location(key: Hashable, location: Hashable) -> bool:
-    # typed keys name their location; keys of rooms not yet typed are plain tuples that
-    # hold the location or an object whose location it is (a zarr store spec)
-    parts = key if isinstance(key, tuple) else (key,)
+    # a typed key names its location, itself or through an object whose location it is
+    # (a zarr store spec); a plain tuple key may hold either among its parts
+    parts = key if isinstance(key, tuple) else (key, getattr(key, "location", None))
     return any(p == location or getattr(p, "location", None) == location for p in parts)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -37,6 +37,24 @@ __all__ = ["SAFE_OBJECT_CODECS", "LocalV2Layout", "ObjectZarrSource", "ZarrSourc
 
 
 @dataclass(frozen=True)
+class ZarrArrayKey(handles.FileKey):
+    """An open zarr array in the handle cache; ``location`` is its store spec."""
+
+    kind: ClassVar[str] = "zarr-array"
+    path: str = ""
+    token: str = ""
+
+
+@dataclass(frozen=True)
+class DirectPlanKey:
+    """The memo key of one array's direct chunk-file read plan (``handles.memo``)."""
+
+    location: StoreSpec
+    path: str
+    token: str
+
+
+@dataclass(frozen=True)
 class ZarrSource:
     """A zarr array read through zarr-python, reopened per process."""
 
@@ -52,14 +70,14 @@ class ZarrSource:
         return len(self.shape)
 
     def _array(self) -> Any:
-        key = ("zarr-array", self.store, self.path, self.token)
+        key = ZarrArrayKey(self.store, self.path, self.token)
         return handles.acquire(key, handles.opened_unchanged(
             self.store.location, self.token,
             lambda: zarr_array(open_store(self.store), self.path)))
 
     def _plan(self) -> DirectPlan | None:
-        key = ("zarr-direct", self.store, self.path, self.token)
-        return handles.memo(key, lambda: _checked_plan(self))
+        return handles.memo(DirectPlanKey(self.store, self.path, self.token),
+                            lambda: _checked_plan(self))
 
     def __getitem__(self, key: Any) -> np.ndarray:
         box, residual = split_index(key, self.shape)

@@ -321,11 +321,19 @@ def _refuse_escaping_members(loc: Location, names: list[str]) -> None:
             )
 
 
+@dataclass(frozen=True)
+class StoreKey(handles.FileKey):
+    """An open zarr store in the handle cache; ``location`` is its :data:`StoreSpec`."""
+
+    kind: ClassVar[str] = "zarr-store"
+    read_only: bool = True
+
+
 def open_store(spec: StoreSpec, read_only: bool = True, cached: bool = True) -> Store:
     """Open (or reuse, per process) the store described by ``spec``."""
     if not cached or isinstance(spec, InstanceSpec):
         return _make_store(spec, read_only)
-    return handles.acquire(("zarr-store", spec, read_only), lambda: _make_store(spec, read_only))
+    return handles.acquire(StoreKey(spec, read_only), lambda: _make_store(spec, read_only))
 
 
 async def _collect(it: AsyncIterator[str]) -> list[str]:
