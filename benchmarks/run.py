@@ -142,10 +142,10 @@ def header(args: argparse.Namespace, elapsed: float) -> str:
 
 
 def write_readme(text: str) -> None:
-    readme = ROOT / "README.md"
+    readme = ROOT / "docs/performance.md"
     content = readme.read_text()
     if START not in content or END not in content:
-        raise SystemExit(f"README.md has no {START} ... {END} markers")
+        raise SystemExit(f"docs/performance.md has no {START} ... {END} markers")
     before, rest = content.split(START, 1)
     after = rest.split(END, 1)[1]
     readme.write_text(f"{before}{START}\n{text}\n{END}{after}")
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--only", default=",".join((*FORMATS, "remote")),
                         help="comma-separated subset of " + ",".join((*FORMATS, "remote")))
     parser.add_argument("--write-readme", action="store_true",
-                        help="replace the table between the bench markers in README.md")
+                        help="replace the table between the bench markers in docs/performance.md")
     parser.add_argument("--workdir", default=None, help="where to write the files")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     args = parser.parse_args(argv)
