@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Install lazyio with its test extra into .venv, check style and types, and run the test suite.
+# Install lazyio with its test and docs extras into .venv, check style and types, build the
+# documentation (strict: any warning fails), and run the test suite.
 # Extra arguments go to pytest (e.g. -k hspy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash ci/install.sh test
+bash ci/install.sh test,docs
 .venv/bin/ruff check .
 .venv/bin/python -m mypy
+site="$(mktemp -d)"
+# not --quiet: it hides warnings from the strict check as well, so a broken link would pass
+NO_MKDOCS_2_WARNING=1 .venv/bin/python -m mkdocs build --strict --site-dir "$site"
+rm -rf "$site"
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -194,3 +194,13 @@ def test_parser_reads_fences_and_needs(tmp_path):
     ]
     assert unmet("some.module.that.does.not.exist") is not None
     assert unmet("json") is None
+
+
+def test_every_page_is_in_the_site_navigation():
+    # mkdocs only logs (never warns about) a page left out of the nav, so the strict build
+    # would not catch it
+    config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    listed = set(re.findall(r":\s*([\w/-]+\.md)\s*$", config, flags=re.MULTILINE))
+    pages = {p.relative_to(ROOT / "docs").as_posix() for p in (ROOT / "docs").glob("*.md")}
+    assert pages - listed == set(), "add these pages to the nav of mkdocs.yml"
+    assert "index.md" in listed  # generated from README.md by docs/hooks/pages.py
