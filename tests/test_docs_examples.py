@@ -33,7 +33,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
-_FENCE = re.compile(r"^(?P<indent>[ ]{0,3})(?P<fence>`{3,}|~{3,})[ ]*(?P<info>[^`]*)$")
+_FENCE = re.compile(r"^(?P<indent>[ ]*)(?P<fence>`{3,}|~{3,})[ ]*(?P<info>[^`]*)$")
 _NEEDS = re.compile(r"^<!--\s*docs-example:\s*needs\s+(?P<need>.+?)\s*-->\s*$")
 
 
@@ -183,7 +183,8 @@ def test_parser_reads_fences_and_needs(tmp_path):
     page = tmp_path / "page.md"
     page.write_text(
         "text\n<!-- docs-example: needs some.module -->\n```python\nx = 1\n```\n"
-        "- item\n\n  ```text\n  not run\n  ```\n````python\n```\ny = 2\n````\n",
+        "- item\n\n  ```text\n  not run\n  ```\n````python\n```\ny = 2\n````\n"
+        "1. step\n\n    ```py\n    z = 3\n    ```\n",
         encoding="utf-8",
     )
     blocks = parse_blocks(page, root=tmp_path)
@@ -191,6 +192,7 @@ def test_parser_reads_fences_and_needs(tmp_path):
         (3, "python", "x = 1\n", ("some.module",)),
         (8, "text", "not run\n", ()),
         (11, "python", "```\ny = 2\n", ()),
+        (17, "py", "z = 3\n", ()),  # deep in a list: still found, so still run
     ]
     assert unmet("some.module.that.does.not.exist") is not None
     assert unmet("json") is None
