@@ -154,21 +154,40 @@ def test_python_blocks_compile(path):
         compile(block.code, block.label, "exec")
 
 
-@pytest.mark.parametrize("path", PAGES_WITH_PYTHON, ids=_page_id)
-def test_page_examples_run(path, tmp_path):
-    blocks = [b.__dict__ for b in _python_blocks(path)]
+def run_blocks(blocks: list[Block], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run `blocks` in order in one fresh process started in `cwd`."""
     # this checkout's lazyio, never an installed copy; figures drawn without a display
     env = {**os.environ, "MPLBACKEND": "Agg",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, "-c", _RUNNER, str(ROOT / "tests")], input=json.dumps(blocks), text=True,
-        capture_output=True, cwd=tmp_path, env=env, timeout=240, check=False,
+    return subprocess.run(
+        [sys.executable, "-c", _RUNNER, str(ROOT / "tests")],
+        input=json.dumps([b.__dict__ for b in blocks]), text=True, capture_output=True,
+        cwd=cwd, env=env, timeout=240, check=False,
     )
+
+
+@pytest.mark.parametrize("path", PAGES_WITH_PYTHON, ids=_page_id)
+def test_page_examples_run(path, tmp_path):
+    blocks = _python_blocks(path)
+    proc = run_blocks(blocks, tmp_path)
     if proc.returncode != 0:
         pytest.fail(f"an example of {_page_id(path)} failed:\n{proc.stdout}\n{proc.stderr}",
                     pytrace=False)
     ran = [line for line in proc.stdout.splitlines() if line.startswith(("RAN ", "SKIPPED "))]
     assert len(ran) == len(blocks), proc.stdout
+
+
+def test_runner_shares_a_namespace_and_names_the_failing_line(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("```python\nx = 1\n```\n\n```python\nassert x == 1\nprint(y)\n```\n"
+                    "```python\nprint('never')\n```\n", encoding="utf-8")
+    proc = run_blocks(parse_blocks(page, root=tmp_path), tmp_path)
+    assert proc.returncode == 1
+    assert "RAN page.md:1" in proc.stdout
+    assert "FAILED page.md:5" in proc.stderr
+    assert 'File "page.md:5", line 7' in proc.stderr  # the page's own line number
+    assert "NameError: name 'y' is not defined" in proc.stderr
+    assert "never" not in proc.stdout
 
 
 @pytest.mark.parametrize("block", WAITING, ids=lambda b: b.label)
