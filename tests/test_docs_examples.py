@@ -225,3 +225,17 @@ def test_every_page_is_in_the_site_navigation():
     pages = {p.relative_to(ROOT / "docs").as_posix() for p in (ROOT / "docs").glob("*.md")}
     assert pages - listed == set(), "add these pages to the nav of mkdocs.yml"
     assert "index.md" in listed  # generated from README.md by docs/hooks/pages.py
+
+
+def test_sphinx_roles_become_inline_code_on_the_site():
+    pytest.importorskip("griffe")  # the docs extra
+    spec = importlib.util.spec_from_file_location("sphinx_roles",
+                                                  ROOT / "docs/hooks/sphinx_roles.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = ("See :func:`lazyio.save`, :class:`~lazyio.errors.FormatError` and "
+            ":meth:`FileInfo.to_dict`; ``:func:`` alone stays.")
+    assert module._ROLE.sub(module._plain, text) == (
+        "See `lazyio.save`, `FormatError` and `FileInfo.to_dict`; ``:func:`` alone stays.")
