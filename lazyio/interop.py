@@ -25,6 +25,8 @@ _UNIFORM_RTOL = 1e-6
 # "Intensity (counts)": HyperSpy's quantity is a name with its units in parentheses
 _QUANTITY = re.compile(r"^(.*?)\s*\(([^()]*)\)$")
 _NDARRAY = "__ndarray__"
+# the largest lazy metadata array read into the JSON attribute
+_JSON_ARRAY_BYTES = 2**20
 
 
 def _xarray() -> Any:
@@ -76,6 +78,13 @@ def cf_to_quantity(long_name: str, units: str) -> str:
 
 
 def _json_default(value: Any) -> Any:
+    if hasattr(value, "dask") and hasattr(value, "nbytes"):
+        # metadata arrays are read lazily: small ones are read for the JSON; a big one is
+        # left out (named with its shape), as an attribute is no place for bulk data
+        if int(value.nbytes) > _JSON_ARRAY_BYTES:
+            return {"omitted_array": {"shape": [int(n) for n in value.shape],
+                                      "dtype": str(value.dtype)}}
+        value = np.asarray(value.compute())
     if isinstance(value, np.ndarray):
         return {_NDARRAY: value.tolist(), "dtype": str(value.dtype)}
     if isinstance(value, np.generic):
