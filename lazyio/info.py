@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import html
 import math
+import os
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
@@ -217,9 +218,22 @@ def _bytes(n: int | None) -> str:
     return f"{value} B"  # pragma: no cover
 
 
+@overload
+def info(
+    source: str | os.PathLike[str] | Location, *, format: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> FileInfo: ...
+
+
+@overload
 def info(
     source: Any, *, format: str | None = None, storage_options: dict[str, Any] | None = None
-) -> Any:
+) -> FileInfo | SignalInfo: ...
+
+
+def info(
+    source: Any, *, format: str | None = None, storage_options: dict[str, Any] | None = None
+) -> FileInfo | SignalInfo:
     """Describe a file: format, spec version, and for each signal its shape, dtype,
     storage and dask chunks, compression, axes and sizes, reading metadata only.
 
