@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import tomllib
+import warnings
 from pathlib import Path
 
 import dask.array as da
@@ -211,3 +212,18 @@ def test_from_xarray_navigation_dims_and_cf_attrs():
     again = lazyio.to_xarray(signal)
     assert again.coords["t"].attrs["navigate"] == 1
     assert (again.attrs["long_name"], again.attrs["units"]) == ("Counts", "1/s")
+
+
+def test_engine_data_computes_on_a_cluster(client, tmp_path, rng):
+    """Each xarray task reads its lazyio block on the worker (the BackendArray travels
+    pickled and reads on the synchronous scheduler there, never submitting from a
+    worker)."""
+    signal = make_signal(rng)
+    path = tmp_path / "cluster.zspy"
+    lazyio.save(path, signal, chunks=(1, 5, 3, 6), show_progressbar=False)
+    with warnings.catch_warnings():  # y=1 splits lazyio's (whole-array) block: intended
+        warnings.simplefilter("ignore", UserWarning)
+        arr = xr.open_dataarray(path, engine=ENGINE, chunks={"y": 1})
+    assert arr.data.npartitions == 4
+    total = client.compute(arr.sum("E").data).result()
+    np.testing.assert_allclose(total, signal["data"].sum(axis=3), rtol=1e-5)
