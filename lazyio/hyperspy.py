@@ -29,6 +29,16 @@ PLUGIN_NAME = "lazyio"
 _HYPERSPY_READER_KEYWORDS = ("show_progressbar",)
 
 
+def _require_hyperspy() -> None:
+    try:
+        import hyperspy.io  # noqa: F401 - only its presence is checked here
+    except ImportError as err:
+        raise ImportError(
+            "lazyio.hyperspy needs HyperSpy: pip install hyperspy (lazyio's tests cover "
+            "HyperSpy 2.4 and 2.5)"
+        ) from err
+
+
 def _plugin_spec() -> dict[str, Any]:
     """lazyio's entry in RosettaSciIO's plugin list.
 
@@ -54,6 +64,7 @@ def _plugin_spec() -> dict[str, Any]:
 
 def _io_plugins() -> list[dict[str, Any]]:
     # The very list object hyperspy.io imported: appending to it is what HyperSpy sees.
+    _require_hyperspy()
     from rsciio import IO_PLUGINS
 
     plugins: list[dict[str, Any]] = IO_PLUGINS
@@ -143,6 +154,8 @@ def to_signal(signal: dict[str, Any], *, lazy: bool | None = None) -> Any:
         ...), with axes, metadata, markers, models and learning results.
     """
     import dask.array as da
+
+    _require_hyperspy()
     from hyperspy.io import dict2signal
 
     from lazyio.signals import as_signal_dict

@@ -70,6 +70,14 @@ def test_import_lazyio_does_not_import_hyperspy_and_register_is_explicit():
     assert out.stdout.strip() == "ok"
 
 
+def test_missing_hyperspy_is_a_clear_error(monkeypatch, tmp_path):
+    lazyio.save(tmp_path / "a.npy", np.zeros(3), show_progressbar=False)
+    monkeypatch.setitem(sys.modules, "hyperspy.io", None)
+    for call in (lh.register, lambda: lh.load(tmp_path / "a.npy")):
+        with pytest.raises(ImportError, match="pip install hyperspy"):
+            call()
+
+
 def test_normalising_a_lazy_signal_keeps_its_dask_array(hs, rng):
     s = lazy_signal(hs, rng)
     d = as_signal_dict(s)
