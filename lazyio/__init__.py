@@ -65,6 +65,10 @@ def __getattr__(name: str) -> Any:
         from lazyio.backends.raw.memmap import memmap_distributed
 
         return memmap_distributed
+    if name == "hyperspy":  # lazyio.hyperspy without importing it first; HyperSpy stays unloaded
+        import importlib
+
+        return importlib.import_module("lazyio.hyperspy")
     if name in ("to_xarray", "from_xarray"):
         from lazyio import interop
 

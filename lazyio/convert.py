@@ -130,8 +130,10 @@ def convert(
 
     Parameters
     ----------
-    src : str, os.PathLike or Location
-        The file to convert: a local path or an fsspec URL; its format is detected.
+    src : str, os.PathLike, Location, signal dictionary or HyperSpy signal
+        The file to convert: a local path or an fsspec URL; its format is detected. A
+        signal in memory (a dictionary or a HyperSpy signal, lazy or not) is written as
+        it is, streamed, with the same warning about what the target cannot hold.
     dst : str, os.PathLike or Location
         Where to write. With several signals in ``src``, they are written to
         ``<stem>_0<ext>``, ``<stem>_1<ext>``, ... beside ``dst``.
@@ -165,10 +167,13 @@ def convert(
     """
     from lazyio._api import check_keywords, load, save
     from lazyio.formats import format_from_extension, get_plugin
+    from lazyio.signals import as_signal_dict, is_signal
 
-    source = as_location(src, storage_options)
+    in_memory = [as_signal_dict(src)] if is_signal(src) else None
+    # a signal in memory has no location: dst's protocol decides its storage options
+    source = as_location("" if in_memory else src, storage_options)
     if target_storage_options is None and isinstance(dst, str | os.PathLike):
-        same = _protocol(as_location(dst)) == _protocol(source)
+        same = in_memory is not None or _protocol(as_location(dst)) == _protocol(source)
         target_storage_options = storage_options if same else None
     target = as_location(dst, target_storage_options)
     plugin = get_plugin(format if format is not None else format_from_extension(target))
@@ -184,8 +189,11 @@ def convert(
 
     from lazyio.backends.chunking import conversion_block_bytes
 
-    with dask.config.set({"array.chunk-size": conversion_block_bytes()}):
-        signals = load(source, lazy=True)
+    if in_memory is not None:
+        signals = in_memory
+    else:
+        with dask.config.set({"array.chunk-size": conversion_block_bytes()}):
+            signals = load(source, lazy=True)
     if verify:
         writer_kwds["verify"] = True
     written = []
@@ -195,13 +203,21 @@ def convert(
         if lost:
             warnings.warn(
                 f"{out}: the {target_format} format cannot hold the {', '.join(lost)} of "
-                f"{source.name}; they are not written", LazyioWarning, stacklevel=2,
+                f"{_source_name(source, signal, in_memory is not None)}; they are not "
+                "written", LazyioWarning, stacklevel=2,
             )
         save(out, signal, format=target_format, overwrite=overwrite,
              chunks=_storage_chunks(chunks, signal, plugin.capabilities),
              show_progressbar=show_progressbar, **writer_kwds)
         written.append(out.url)
     return written
+
+
+def _source_name(source: Location, signal: dict[str, Any], in_memory: bool) -> str:
+    if not in_memory:
+        return source.name
+    title = (signal.get("metadata") or {}).get("General", {}).get("title") or ""
+    return f"the signal {title!r}" if title else "the signal"
 
 
 def _storage_chunks(chunks: Chunks, signal: dict[str, Any], caps: Capabilities) -> Chunks:

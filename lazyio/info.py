@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import html
 import math
+import os
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
@@ -217,16 +218,31 @@ def _bytes(n: int | None) -> str:
     return f"{value} B"  # pragma: no cover
 
 
+@overload
+def info(
+    source: str | os.PathLike[str] | Location, *, format: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> FileInfo: ...
+
+
+@overload
 def info(
     source: Any, *, format: str | None = None, storage_options: dict[str, Any] | None = None
-) -> FileInfo:
+) -> FileInfo | SignalInfo: ...
+
+
+def info(
+    source: Any, *, format: str | None = None, storage_options: dict[str, Any] | None = None
+) -> FileInfo | SignalInfo:
     """Describe a file: format, spec version, and for each signal its shape, dtype,
     storage and dask chunks, compression, axes and sizes, reading metadata only.
 
     Parameters
     ----------
-    source : str, os.PathLike or Location
-        A local path or an fsspec URL (``s3://``, ``https://``, ``memory://``, ...).
+    source : str, os.PathLike, Location, signal dictionary or HyperSpy signal
+        A local path or an fsspec URL (``s3://``, ``https://``, ``memory://``, ...). A
+        signal in memory (a dictionary or a HyperSpy signal, lazy or not) is described
+        without computing its data, as a :class:`SignalInfo`.
     format : str, optional
         A registered format name, to skip detection (see :func:`lazyio.load`).
     storage_options : dict, optional
@@ -234,8 +250,8 @@ def info(
 
     Returns
     -------
-    FileInfo
-        Prints as a text table, renders as HTML in Jupyter, and converts to a
+    FileInfo or SignalInfo
+        A :class:`SignalInfo` for a signal in memory, else a :class:`FileInfo`. Prints as a text table, renders as HTML in Jupyter, and converts to a
         JSON-serialisable dict with :meth:`FileInfo.to_dict`.
 
     Examples
@@ -246,7 +262,10 @@ def info(
     """
     from lazyio._api import load
     from lazyio.formats import detect_format, get_plugin
+    from lazyio.signals import as_signal_dict, is_signal
 
+    if is_signal(source):
+        return _signal_info(as_signal_dict(source), None)
     location = as_location(source, storage_options)
     plugin = get_plugin(format) if format is not None else None  # unknown names fail first
     if plugin is None:

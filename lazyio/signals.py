@@ -8,13 +8,15 @@ hspy/zspy). A writer also accepts a bare numpy or dask array.
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import dask.array as da
 import numpy as np
 
-__all__ = ["as_signal_dict", "default_axes", "make_signal_dict", "signal_axes_indices"]
+__all__ = ["as_signal_dict", "default_axes", "from_hyperspy", "is_hyperspy_signal", "is_signal",
+           "make_signal_dict", "signal_axes_indices"]
 
 
 def default_axes(
@@ -62,12 +64,71 @@ def make_signal_dict(
     }
 
 
+def is_hyperspy_signal(obj: Any) -> bool:
+    """Whether ``obj`` is a HyperSpy signal (lazy or not), without importing HyperSpy.
+
+    A HyperSpy signal can only exist once ``hyperspy.signal`` has been imported, so the
+    check looks the class up in ``sys.modules``; ``import lazyio`` stays free of HyperSpy.
+    """
+    module = sys.modules.get("hyperspy.signal")
+    base = getattr(module, "BaseSignal", None)
+    return base is not None and isinstance(obj, base)
+
+
+def is_signal(obj: Any) -> bool:
+    """Whether ``obj`` is a signal rather than a file: a signal dictionary (a mapping with
+    ``data``) or a HyperSpy signal."""
+    return (isinstance(obj, Mapping) and "data" in obj) or is_hyperspy_signal(obj)
+
+
+def from_hyperspy(signal: Any) -> dict[str, Any]:
+    """A HyperSpy signal as a signal dictionary, its data not computed.
+
+    Uses the signal's own dictionary export (the one ``BaseSignal.save`` hands to file
+    writers), so axes (names, units, navigate, non-uniform vectors), metadata (markers
+    included), original metadata, models and learning results are kept, and the data is
+    the signal's own array: a lazy signal's dask array stays lazy.
+
+    Parameters
+    ----------
+    signal : hyperspy.signal.BaseSignal
+        Any HyperSpy signal, lazy or not.
+
+    Returns
+    -------
+    dict
+        A signal dictionary as :func:`lazyio.load` returns; learning results (when the
+        signal has any) under ``attributes["learning_results"]``.
+    """
+    from hyperspy.misc.utils import get_object_package_info
+
+    out = dict(signal._to_dictionary(add_learning_results=True, add_models=True))
+    out.pop("tmp_parameters", None)  # where HyperSpy last read or wrote it: not signal data
+    attributes = dict(out.get("attributes") or {})
+    learning = {k: v for k, v in (out.pop("learning_results", None) or {}).items()
+                if v is not None}
+    if learning:
+        attributes["learning_results"] = learning
+    attributes["_lazy"] = bool(getattr(signal, "_lazy", False))
+    out["attributes"] = attributes
+    info = get_object_package_info(signal)
+    out["package"] = str(info.get("package", "") or "")
+    out["package_version"] = str(info.get("package_version", "") or "")
+    out.setdefault("models", {})
+    return out
+
+
 def as_signal_dict(signal: Any) -> dict[str, Any]:
-    """Accept a signal dict or a bare array and return a complete signal dict.
+    """Accept a signal dict, a HyperSpy signal or a bare array; return a complete signal
+    dict.
 
     Missing keys get defaults; ``axes`` are completed (``size``, ``navigate``, ...) from
-    the data's shape. The caller's dictionary is not modified.
+    the data's shape. The caller's dictionary is not modified. A HyperSpy signal goes
+    through :func:`from_hyperspy` first (checked before the array case: a signal has
+    ``__array__``, which would compute a lazy one).
     """
+    if is_hyperspy_signal(signal):
+        signal = from_hyperspy(signal)
     if isinstance(signal, Mapping):
         if "data" not in signal:
             raise ValueError("A signal dictionary needs a 'data' entry")
@@ -77,7 +138,7 @@ def as_signal_dict(signal: Any) -> dict[str, Any]:
         out = {"data": data}
     else:
         raise TypeError(
-            f"Expected a signal dictionary or an array; got an instance of "
+            f"Expected a signal dictionary, a HyperSpy signal or an array; got an instance of "
             f"{type(signal).__name__}"
         )
     data = out["data"]

@@ -12,6 +12,7 @@ from formats_table import EXT as FORMATS
 from formats_table import HYPERSPY
 
 import lazyio
+from lazyio import interop
 
 
 def make_signal(rng: np.random.Generator) -> dict:
@@ -56,9 +57,12 @@ def test_to_xarray_keeps_lazy_data_and_calibration(stored):
         assert arr.name == "pattern"
         np.testing.assert_allclose(arr.coords["kx"].values, -3.0 + 1.0 * np.arange(6))
         assert arr.coords["ky"].attrs["units"] == "1/nm"
-        assert arr.coords["y"].attrs["navigate"] is True
-        assert arr.coords["kx"].attrs["navigate"] is False
-        assert arr.attrs["metadata"]["General"]["title"] == "pattern"
+        assert arr.coords["y"].attrs["navigate"] == 1  # netCDF has no booleans
+        assert arr.coords["kx"].attrs["navigate"] == 0
+        assert arr.coords["kx"].attrs["long_name"] == "kx"
+        assert (arr.attrs["long_name"], arr.attrs["units"]) == ("I", "a.u.")
+        metadata, _ = interop.metadata_from_json(arr.attrs[interop.METADATA_ATTR])
+        assert metadata["General"]["title"] == "pattern"
     np.testing.assert_array_equal(arr.sel(x=-0.5).values if fmt != "npy"
                                   else arr.isel(axis_1=1).values, signal["data"][:, 1])
 

@@ -10,14 +10,23 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+# stored executed, so they read with their results (plots included) without running them
+EXECUTED = {"05_hyperspy", "06_xarray"}
 
 
-def test_there_are_notebooks_stored_without_outputs():
-    assert len(NOTEBOOKS) >= 4
+def test_there_are_notebooks_stored_as_intended():
+    assert len(NOTEBOOKS) >= 6
+    assert {p.stem for p in NOTEBOOKS} >= EXECUTED
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
-        for cell in nb.cells:
-            if cell.cell_type == "code":
+        code = [cell for cell in nb.cells if cell.cell_type == "code"]
+        if path.stem in EXECUTED:
+            # every cell run once, in order, none failed
+            assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), (
+                path.name)
+            assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+        else:
+            for cell in code:
                 assert cell.outputs == [], f"{path.name} is stored with outputs"
                 assert cell.execution_count is None, path.name
 
