@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lazyio.errors import names_target
 from lazyio.location import Location, as_location
 
 if TYPE_CHECKING:
@@ -217,6 +218,7 @@ def _bytes(n: int | None) -> str:
     return f"{value} B"  # pragma: no cover
 
 
+@names_target("source")
 def info(
     source: Any, *, format: str | None = None, storage_options: dict[str, Any] | None = None
 ) -> FileInfo:

@@ -167,10 +167,16 @@ class Location:
         object.__setattr__(self, "url", state["url"])
         object.__setattr__(self, "storage_options", state["storage_options"])
 
+    @property
+    def fs_options(self) -> dict[str, Any]:
+        """The storage options a filesystem of this location is built with: the caller's,
+        plus lazyio's time limit where they set none (see :func:`remote_timeout`). Code
+        that builds its own filesystem (zarr's store) passes these."""
+        return _with_timeouts(self.url, self.storage_options)
+
     @cached_property
     def _fs_and_path(self) -> tuple[fsspec.AbstractFileSystem, str]:
-        return fsspec.core.url_to_fs(self.url, **_with_timeouts(self.url,
-                                                                self.storage_options))
+        return fsspec.core.url_to_fs(self.url, **self.fs_options)
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:

@@ -544,14 +544,37 @@ class _FaultyHandler(_RangeHandler):
         self.send_header("Content-Length", str(stop - start))
         self.send_header("Content-Type", "application/octet-stream")
         self.end_headers()
+        written = 0
         with open(path, "rb") as f:
             f.seek(start)
-            self.wfile.write(f.read(sent))
+            try:
+                while written < sent:
+                    piece = f.read(min(sent - written, 2**16))
+                    self.wfile.write(piece)
+                    written += len(piece)
+            except (BrokenPipeError, ConnectionResetError):
+                # the client read the headers and hung up, as it should on an unwanted
+                # whole file: `aborted` counts these, `bytes` what went out before
+                self.close_connection = True
+                with self.state.lock:
+                    self.state.aborted += 1
+                    self.state.lock.notify_all()
+                return
+            finally:
+                with self.state.lock:
+                    self.state.body_bytes += written
         if sent < stop - start:
             self.wfile.flush()
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
+
+
+class _QuietServer(_Server):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # clients hang up on faulty answers by design: no traceback for that
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class FaultyHTTPServer(RangeHTTPServer):
@@ -565,10 +588,23 @@ class FaultyHTTPServer(RangeHTTPServer):
         super().__init__(root)
         self.fault = fault or Fault()
         self.released = threading.Event()  # ends hanging requests when the server stops
+        self.lock = threading.Condition()
+        self.aborted = 0  # faulty answers the client hung up on before their end
+        self.body_bytes = 0  # body bytes of faulty answers that went out
 
     def heal(self) -> None:
         """Behave again (hanging requests stay hung until :meth:`stop`)."""
         self.fault = Fault()
+
+    def reset_stats(self) -> None:
+        super().reset_stats()
+        self.aborted = self.body_bytes = 0
+
+    def wait_aborted(self, count: int, timeout: float = 10.0) -> bool:
+        """Wait until clients have hung up on ``count`` faulty answers (the server learns
+        it only when its next write fails)."""
+        with self.lock:
+            return self.lock.wait_for(lambda: self.aborted >= count, timeout)
 
     def start(self) -> FaultyHTTPServer:
         handler = type("Handler", (_FaultyHandler,), {
@@ -580,7 +616,7 @@ class FaultyHTTPServer(RangeHTTPServer):
 
         self.released.clear()
         try:
-            self._server = _Server((HOST, 0), factory)
+            self._server = _QuietServer((HOST, 0), factory)
         except OSError as err:
             raise ServerError(f"HTTP server could not bind {HOST}: {err}") from err
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
