@@ -329,6 +329,9 @@ def _http_status(target: object, status: int, reason: str) -> LazyioError:
         return not_found(target, f"the server answered {answer}")
     if status in (401, 403):
         return access_denied(target, f"the server answered {answer}")
+    if status in (405, 501):
+        return UnsupportedError(f"'{target}': the server does not support this request "
+                                f"(it answered {answer}); a plain HTTP server is read-only")
     if status >= 500:
         return connection_failed(target, f"the server answered {answer} (a server-side "
                                          "failure; trying again later may work)")
@@ -435,7 +438,27 @@ def _fsspec_error(e: BaseException, target: object) -> LazyioError | None:
     # fsspec's HTTP file raises this ValueError when a server ignores Range
     if isinstance(e, ValueError) and "support range requests" in str(e):
         return range_not_supported(target)
+    if isinstance(e, NotImplementedError) and _raised_in(e, "fsspec"):
+        # e.g. opening an HTTP URL for writing: the filesystem cannot do it at all
+        return UnsupportedError(f"'{target}': its storage cannot do this (fsspec's "
+                                f"{_protocol(target)} filesystem does not implement it; "
+                                "HTTP URLs are read-only)" if _protocol(target) in
+                                ("http", "https") else f"'{target}': its storage cannot "
+                                "do this (the fsspec filesystem does not implement it)")
     return None
+
+
+def _raised_in(err: BaseException, package: str) -> bool:
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    name = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return name == package or name.startswith(package + ".")
+
+
+def _protocol(target: object) -> str:
+    text = str(_target_name(target))
+    return text.split("://", 1)[0].lower() if "://" in text else "file"
 
 
 def _socket_error(e: BaseException, target: object) -> LazyioError | None:

@@ -171,7 +171,6 @@ def test_http_status_on_open_and_on_compute(server, fmt, status, error, words):
 
 
 @pytest.mark.parametrize(("status", "error"), [(500, LazyioConnectionError),
-                                                (503, LazyioConnectionError),
                                                 (403, AccessDeniedError)])
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_s3_endpoint_status_on_read_and_write(server, fmt, status, error):
@@ -375,3 +374,12 @@ def test_python_http_server(stdlib_http, name):
     else:
         data = lazyio.load(url)[0]["data"]
         np.testing.assert_array_equal(data.compute(scheduler="threads"), example_data())
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_save_to_a_plain_http_server_is_a_lazyio_error(server, fmt):
+    url = server.url(f"written{CASES[fmt].ext}")
+    with pytest.raises(LazyioError) as err:  # read-only: 501 to PUT/POST, or no writer
+        write_example(url, fmt)
+    assert url in str(err.value)
+    assert not os.path.exists(os.path.join(server.root, f"written{CASES[fmt].ext}"))
