@@ -248,7 +248,8 @@ class Location:
         """Size in bytes of the file."""
         if self.local_path is not None:
             return os.path.getsize(self.local_path)
-        return int(self.fs.size(self.path))
+        with storage_errors(self.url):
+            return int(self.fs.size(self.path))
 
     def modified_token(self) -> str:
         """A token that changes when the file changes (mtime and size where known; locally
