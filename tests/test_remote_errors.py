@@ -383,3 +383,25 @@ def test_save_to_a_plain_http_server_is_a_lazyio_error(server, fmt):
         write_example(url, fmt)
     assert url in str(err.value)
     assert not os.path.exists(os.path.join(server.root, f"written{CASES[fmt].ext}"))
+
+
+def test_silent_s3_endpoint_times_out_as_configured(monkeypatch):
+    import s3fs
+
+    monkeypatch.setenv("LAZYIO_TIMEOUT", "1")  # reaches s3fs's connect/read limits
+    monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)  # s3fs retries time-outs 5 times
+    with SilentPort() as port:
+        options = {"key": "testing", "secret": "testing",
+                   "client_kwargs": {"endpoint_url": port.base_url},
+                   "config_kwargs": {"retries": {"total_max_attempts": 1}}}
+        for url, call in [
+            ("s3://bucket/example.hspy",
+             lambda: lazyio.load("s3://bucket/example.hspy", storage_options=options)),
+            ("s3://bucket/written.npy",
+             lambda: write_example("s3://bucket/written.npy", "npy", storage_options=options)),
+        ]:
+            started = time.monotonic()
+            with pytest.raises(LazyioConnectionError) as err:
+                call()
+            assert time.monotonic() - started < 8
+            _assert_connection_error(err.value, url, "timed out")
