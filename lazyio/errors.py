@@ -202,7 +202,43 @@ def translate(target: object, *, scope: Scope = "file", what: str = "") -> Itera
         ours = _translated(err, target, scope, what)
         if ours is None:
             raise
+        _raise_from(ours, err)
+
+
+class LibraryErrorSummary(Exception):
+    """Stands in, in the cause chain of a lazyio error, for a library exception that cannot
+    be pickled (aiohttp's carry their response headers): its type and message only."""
+
+
+def _portable(err: BaseException, depth: int = 0) -> BaseException:
+    """``err`` if it pickles (with its chain, where ``distributed`` pickles chains), else a
+    :class:`LibraryErrorSummary` chain of the same messages."""
+    import pickle
+
+    try:
+        pickle.dumps(err)
+    except Exception:  # noqa: BLE001 - any pickling failure means: summarise
+        summary = LibraryErrorSummary(f"{type(err).__module__}.{type(err).__qualname__}: "
+                                      f"{err}")
+        following = err.__cause__ or err.__context__
+        if following is not None and depth < 8:
+            summary.__cause__ = _portable(following, depth + 1)
+        return summary
+    return err
+
+
+def _raise_from(ours: LazyioError, err: BaseException) -> None:
+    """``raise ours from err``, with a chain that survives pickling: an error raised in a
+    ``distributed`` task reaches the client with its class only if its causes pickle
+    (otherwise the client gets a bare ``Exception`` holding its repr)."""
+    cause = _portable(err)
+    if cause is err:
         raise ours from err
+    try:
+        raise cause
+    except LibraryErrorSummary as handled:
+        handled.__context__ = None  # it would be ``err``: the chain must not reach it
+        raise ours from handled
 
 
 def _translated(err: Exception, target: object, scope: Scope, what: str) -> LazyioError | None:
@@ -252,7 +288,7 @@ def transport_errors(target: object) -> Iterator[None]:
         found = transport_error(err, target)
         if found is None:
             raise
-        raise found from err
+        _raise_from(found, err)
 
 
 def names_target(argument: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -273,7 +309,7 @@ def names_target(argument: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
                 found = transport_error(err, _target_name(bound.get(argument)))
                 if found is None:
                     raise
-                raise found from err
+                _raise_from(found, err)
 
         return wrapper
 

@@ -405,3 +405,17 @@ def test_silent_s3_endpoint_times_out_as_configured(monkeypatch):
                 call()
             assert time.monotonic() - started < 8
             _assert_connection_error(err.value, url, "timed out")
+
+
+@pytest.mark.parametrize("fmt", ["hspy", "zspy"])
+def test_classified_on_cluster_workers(server, client, fmt):
+    # the workers meet the failure; the client gets the same class and message
+    url = _url(server, fmt)
+    data = lazyio.load(url)[0]["data"]
+    server.fault = Fault(truncate=10)
+    with pytest.raises(LazyioConnectionError, match="lost during the transfer") as err:
+        data.compute()
+    assert url in str(err.value)
+    server.fault = Fault(status=503)
+    with pytest.raises(LazyioConnectionError, match="HTTP 503"):
+        data.sum().compute()
