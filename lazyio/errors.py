@@ -14,7 +14,7 @@ import inspect
 import socket
 import sys
 from collections.abc import Callable, Iterator
-from typing import Literal, ParamSpec, TypeVar
+from typing import Literal, NoReturn, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 
@@ -227,7 +227,7 @@ def _portable(err: BaseException, depth: int = 0) -> BaseException:
     return err
 
 
-def _raise_from(ours: LazyioError, err: BaseException) -> None:
+def _raise_from(ours: LazyioError, err: BaseException) -> NoReturn:
     """``raise ours from err``, with a chain that survives pickling: an error raised in a
     ``distributed`` task reaches the client with its class only if its causes pickle
     (otherwise the client gets a bare ``Exception`` holding its repr)."""
