@@ -175,13 +175,15 @@ Scope = Literal["file", "chunk", "storage"]
 def translate(target: object, *, scope: Scope = "file", what: str = "") -> Iterator[None]:
     """The one place where the errors of storage and file libraries become lazyio's.
 
-    lazyio's own errors pass through. A missing file becomes
-    :class:`SourceNotFoundError` and a refusal :class:`AccessDeniedError`, whatever library
+    lazyio's own errors pass through. Transport failures come first, in every scope
+    (:func:`transport_error`: a refused connection, a time-out, an HTTP 5xx, a body cut
+    short become :class:`LazyioConnectionError`, never a missing file or a corrupt
+    chunk); a path that is a directory or a socket :class:`FormatError`. A missing file
+    becomes :class:`SourceNotFoundError` and a refusal :class:`AccessDeniedError`, whatever library
     raised them. Other library errors mean damage: with ``scope="file"`` (opening a file,
     reading its metadata) a :class:`FormatError`; with ``scope="chunk"`` (reading array
     data; ``what`` names the dataset and chunk or region) a :class:`CorruptChunkError`;
-    with ``scope="storage"`` (a byte transfer) they pass unchanged, since a transport
-    failure says nothing about the file.
+    with ``scope="storage"`` (a byte transfer) the rest pass unchanged.
     On the file scope, builtin errors raised by lazyio's own code (argument checks: a bad
     ``chunks=`` stays a ``ValueError``) pass through too.
 
