@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -286,9 +287,14 @@ def test_s3_unreachable_mid_write(doomed_s3, fmt):
     options = _revive(doomed_s3)
     url = f"s3://{doomed_s3.bucket}/mid-write{CASES[fmt].ext}"
 
+    stopping, stopped = threading.Event(), threading.Event()
+
     def stop_at_third(block: np.ndarray, block_info: Any = None) -> np.ndarray:
-        if block_info and block_info[0]["chunk-location"][0] == 2:
+        # once only: a second pass over the source must not stop it again
+        if block_info and block_info[0]["chunk-location"][0] == 2 and not stopping.is_set():
+            stopping.set()
             doomed_s3.stop()
+            stopped.set()
         return block
 
     signal = example_signal()
@@ -298,6 +304,8 @@ def test_s3_unreachable_mid_write(doomed_s3, fmt):
     with pytest.raises(LazyioConnectionError) as err:
         lazyio.save(url, signal, format=fmt, storage_options=options,
                     show_progressbar=False, **kwargs)
+    # the failure can reach us while the stopping task still waits for the server to exit
+    assert stopped.wait(30)
     _assert_connection_error(err.value, url, doomed_s3.endpoint_url)
     assert ".tmp" not in str(err.value)
     assert "lazyio-tmp" not in str(err.value)
