@@ -19,6 +19,7 @@ from lazyio.errors import (
     LazyioError,
     TargetExistsError,
     UnsupportedError,
+    names_target,
     not_found,
     reading,
 )
@@ -137,6 +138,7 @@ def load(
     )
 
 
+@names_target("source")
 def read_with(
     caller: str,
     source: Any,
@@ -255,6 +257,7 @@ def save(
                verify=verify, compute=compute, options=options)
 
 
+@names_target("target")
 def write_with(
     caller: str,
     target: Any,

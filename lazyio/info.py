@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
+from lazyio.errors import names_target
 from lazyio.location import Location, as_location
 
 if TYPE_CHECKING:
@@ -231,6 +232,7 @@ def info(
 ) -> FileInfo | SignalInfo: ...
 
 
+@names_target("source")
 def info(
     source: Any, *, format: str | None = None, storage_options: dict[str, Any] | None = None
 ) -> FileInfo | SignalInfo:

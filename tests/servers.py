@@ -6,6 +6,12 @@
 - :class:`RangeHTTPServer`: a threaded HTTP server serving a folder, honouring single
   ``Range`` requests (206) and ``HEAD`` with ``Content-Length``, counting requests and
   bytes served.
+- Misbehaving peers for the error tests: :class:`FaultyHTTPServer` (a RangeHTTPServer
+  whose :class:`Fault` can be switched at any moment: ignore ``Range`` as
+  ``python -m http.server`` does, answer a fixed status such as 500/403/404, cut bodies
+  short, or accept a request and never answer), :class:`SilentPort` (accepts
+  connections, never reads or answers) and :class:`ClosedPort` (a port with nothing
+  listening: connections are refused).
 
 Both bind 127.0.0.1 only. A server that fails to start raises :class:`ServerError`; the
 tests never turn that into a skip.
@@ -32,7 +38,10 @@ from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
-__all__ = ["TAG_HEADER", "HTTPServerProcess", "RangeHTTPServer", "S3Server", "ServerError", "free_port"]
+__all__ = [
+    "TAG_HEADER", "ClosedPort", "Fault", "FaultyHTTPServer", "HTTPServerProcess",
+    "RangeHTTPServer", "S3Server", "ServerError", "SilentPort", "free_port",
+]
 
 HOST = "127.0.0.1"
 STATS_PATH = "/__lazyio_stats__"
@@ -445,6 +454,225 @@ class RangeHTTPServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# --------------------------------------------------------------------------- misbehaving peers
+
+
+@dataclass
+class Fault:
+    """What a :class:`FaultyHTTPServer` does wrong; all off, it is a RangeHTTPServer.
+
+    Attributes
+    ----------
+    status : int, optional
+        Answer every request (GET and HEAD, any path: it can stand in for an S3
+        endpoint) with this status and no body.
+    ignore_range : bool
+        Answer ranged GETs with 200 and the whole file, and HEAD without
+        ``Accept-Ranges``, as ``python -m http.server`` does.
+    truncate : int, optional
+        Announce the full ``Content-Length`` but send only this many body bytes, then
+        close the connection (a connection lost mid-body).
+    hang : bool
+        Read every request and never answer (until the server stops).
+    """
+
+    status: int | None = None
+    ignore_range: bool = False
+    truncate: int | None = None
+    hang: bool = False
+
+
+class _FaultyHandler(_RangeHandler):
+    state: FaultyHTTPServer  # set on the per-server subclass
+
+    def _misbehaved(self, *, head: bool) -> bool:
+        """Apply a status or hang fault; whether the request has been dealt with."""
+        fault = self.state.fault
+        if fault.hang:
+            self.counter.add(head=head)
+            self.state.released.wait()
+            self.close_connection = True
+            return True
+        if fault.status is not None:
+            self.counter.add(head=head)
+            self.send_response(fault.status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return True
+        return False
+
+    def do_HEAD(self) -> None:
+        if self._misbehaved(head=True):
+            return
+        path = self._file()
+        if path is None or not self.state.fault.ignore_range:
+            super().do_HEAD()
+            return
+        self.counter.add(head=True)
+        self.send_response(200)
+        self.send_header("Content-Length", str(os.path.getsize(path)))
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        if self.path == STATS_PATH or self._misbehaved(head=False):
+            if self.path == STATS_PATH:
+                super().do_GET()
+            return
+        fault = self.state.fault
+        path = self._file()
+        if path is None or not (fault.ignore_range or fault.truncate is not None):
+            super().do_GET()
+            return
+        size = os.path.getsize(path)
+        start, stop, status = 0, size, 200
+        match = _RANGE.match(self.headers.get("Range", "").strip())
+        if match and not fault.ignore_range and match.group(1):
+            start = int(match.group(1))
+            stop = min(size, int(match.group(2)) + 1) if match.group(2) else size
+            status = 206
+        sent = stop - start if fault.truncate is None else min(fault.truncate, stop - start)
+        self.counter.add(ranged=status == 206, nbytes=sent)
+        self.send_response(status)
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
+        else:
+            self.send_header("Last-Modified", self.date_time_string(
+                int(os.path.getmtime(path))))
+        self.send_header("Content-Length", str(stop - start))
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+        written = 0
+        with open(path, "rb") as f:
+            f.seek(start)
+            try:
+                while written < sent:
+                    piece = f.read(min(sent - written, 2**16))
+                    self.wfile.write(piece)
+                    written += len(piece)
+            except (BrokenPipeError, ConnectionResetError):
+                # the client read the headers and hung up, as it should on an unwanted
+                # whole file: `aborted` counts these, `bytes` what went out before
+                self.close_connection = True
+                with self.state.lock:
+                    self.state.aborted += 1
+                    self.state.lock.notify_all()
+                return
+            finally:
+                with self.state.lock:
+                    self.state.body_bytes += written
+        if sent < stop - start:
+            self.wfile.flush()
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+
+class _QuietServer(_Server):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # clients hang up on faulty answers by design: no traceback for that
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class FaultyHTTPServer(RangeHTTPServer):
+    """A :class:`RangeHTTPServer` that misbehaves as its :attr:`fault` says.
+
+    The fault can be changed at any moment (``server.fault = Fault(status=500)``), e.g.
+    between a lazy load and its compute; :meth:`heal` restores good behaviour.
+    """
+
+    def __init__(self, root: str, fault: Fault | None = None) -> None:
+        super().__init__(root)
+        self.fault = fault or Fault()
+        self.released = threading.Event()  # ends hanging requests when the server stops
+        self.lock = threading.Condition()
+        self.aborted = 0  # faulty answers the client hung up on before their end
+        self.body_bytes = 0  # body bytes of faulty answers that went out
+
+    def heal(self) -> None:
+        """Behave again (hanging requests stay hung until :meth:`stop`)."""
+        self.fault = Fault()
+
+    def reset_stats(self) -> None:
+        super().reset_stats()
+        self.aborted = self.body_bytes = 0
+
+    def wait_aborted(self, count: int, timeout: float = 10.0) -> bool:
+        """Wait until clients have hung up on ``count`` faulty answers (the server learns
+        it only when its next write fails)."""
+        with self.lock:
+            return self.lock.wait_for(lambda: self.aborted >= count, timeout)
+
+    def start(self) -> FaultyHTTPServer:
+        handler = type("Handler", (_FaultyHandler,), {
+            "counter": self.counter, "link": self.link, "state": self})
+        root = self.root
+
+        def factory(*args: Any, **kwargs: Any) -> Any:
+            return handler(*args, directory=root, **kwargs)
+
+        self.released.clear()
+        try:
+            self._server = _QuietServer((HOST, 0), factory)
+        except OSError as err:
+            raise ServerError(f"HTTP server could not bind {HOST}: {err}") from err
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.released.set()
+        super().stop()
+
+
+class SilentPort:
+    """A port on 127.0.0.1 that accepts connections (the kernel completes them) and never
+    reads or answers: a client waits until its own timeout."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind((HOST, 0))
+        self._sock.listen(64)
+        self.port: int = self._sock.getsockname()[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ClosedPort:
+    """A port on 127.0.0.1 with nothing listening: connecting is refused at once. The
+    port is held (bound, not listening) so that no other server takes it meanwhile."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind((HOST, 0))
+        self.port: int = self._sock.getsockname()[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class HTTPServerProcess:

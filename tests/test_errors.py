@@ -17,7 +17,7 @@ import dask.array as da
 import h5py
 import numpy as np
 import pytest
-from formats_table import HYPERSPY, HYPERSPY_KINDS
+from formats_table import EXT, HYPERSPY, HYPERSPY_KINDS, NAMES
 
 import lazyio
 from lazyio.errors import (
@@ -558,3 +558,126 @@ def test_untrusted_mode_survives_a_library_hang(tmp_path: Path) -> None:
     with pytest.raises(LazyioError) as info:
         load_and_compute(path, True, untrusted=5)
     assert_lazyio_error(info, path)
+
+
+# ------------------------------------------------------------ special files, links, dirs
+
+
+
+def _refused_promptly(call: Any, fifo: Path | None = None) -> BaseException:
+    """Run ``call`` in a thread; it must raise within a few seconds. A reader stuck on a
+    FIFO is released by opening its other end, so a failing test cannot hang the suite."""
+    import threading
+
+    outcome: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            outcome["err"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(5)
+    if thread.is_alive():
+        if fifo is not None:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(fd)
+        thread.join(5)
+        pytest.fail("the call blocked on a special file")
+    assert "err" in outcome, "the call did not raise"
+    return outcome["err"]
+
+
+def _special(tmp_path: Path, kind: str, ext: str) -> Path:
+    import socket
+
+    path = tmp_path / f"special{ext}"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))  # closed with the test's garbage; the file stays
+        sock.close()
+    elif kind == "link-to-fifo":
+        os.mkfifo(tmp_path / "target-fifo")
+        os.symlink(tmp_path / "target-fifo", path)
+    elif kind == "device":
+        os.symlink("/dev/zero", path)  # read whole, it would never end
+    return path
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "link-to-fifo", "device"])
+@pytest.mark.parametrize("fmt", NAMES)
+def test_special_file_as_input_is_refused_without_blocking(tmp_path: Path, fmt: str,
+                                                           kind: str) -> None:
+    path = _special(tmp_path, kind, EXT[fmt])
+    fifo = tmp_path / "target-fifo" if kind == "link-to-fifo" else path
+    calls = {
+        "detected": lambda: lazyio.load(path),
+        "named": lambda: lazyio.load(path, format=fmt),
+        "eager": lambda: lazyio.load(path, format=fmt, lazy=False),
+        "untrusted": lambda: lazyio.load(path, untrusted=True),
+        "info": lambda: lazyio.info(path),
+    }
+    expected = {"fifo": "a FIFO", "link-to-fifo": "a FIFO", "socket": "a socket",
+                "device": "a character device"}[kind]
+    for name, call in calls.items():
+        err = _refused_promptly(call, fifo if kind in ("fifo", "link-to-fifo") else None)
+        assert isinstance(err, FormatError), f"{name}: {type(err).__name__}: {err}"
+        assert str(path) in str(err), str(err)
+        assert f"not a regular file ({expected})" in str(err), str(err)
+
+
+@pytest.mark.parametrize("fmt", NAMES)
+def test_symlink_loop_is_named(tmp_path: Path, fmt: str) -> None:
+    a, b = tmp_path / f"a{EXT[fmt]}", tmp_path / f"b{EXT[fmt]}"
+    os.symlink(b, a)
+    os.symlink(a, b)
+    for call in (lambda: lazyio.load(a), lambda: lazyio.load(a, format=fmt),
+                 lambda: lazyio.info(a)):
+        with pytest.raises(SourceNotFoundError) as info:
+            call()
+        assert_lazyio_error(info, a, "a loop of symbolic links")
+
+
+def test_dangling_symlink_names_its_target(tmp_path: Path) -> None:
+    link = tmp_path / "data.hspy"
+    os.symlink(tmp_path / "moved-away.hspy", link)
+    with pytest.raises(SourceNotFoundError) as info:
+        lazyio.load(link)
+    assert_lazyio_error(info, link, "a symbolic link to the missing", "moved-away.hspy")
+
+
+@pytest.mark.parametrize("fmt", [n for n in NAMES if n != "zspy"])
+def test_directory_where_a_file_is_needed(tmp_path: Path, fmt: str) -> None:
+    folder = tmp_path / f"folder{EXT[fmt]}"
+    folder.mkdir()
+    (folder / "inside.txt").write_text("not data")
+    for call in (lambda: lazyio.load(folder), lambda: lazyio.load(folder, format=fmt),
+                 lambda: lazyio.info(folder)):
+        with pytest.raises(FormatError) as info:
+            call()
+        assert_lazyio_error(info, folder, "not a regular file (a directory)")
+
+
+def test_socket_errors_of_local_files_are_not_connection_errors(tmp_path: Path) -> None:
+    from lazyio.errors import LazyioConnectionError, transport_error
+
+    local = str(tmp_path / "x.npy")
+    assert transport_error(BrokenPipeError(32, "Broken pipe"), local) is None
+    remote = transport_error(ConnectionResetError(104, "reset"), "https://example.invalid/x")
+    assert isinstance(remote, LazyioConnectionError)
+
+
+def test_new_errors_pickle_with_their_message() -> None:
+    # they travel back from dask process workers and distributed workers
+    from lazyio.errors import connection_failed, range_not_supported
+
+    for err in (connection_failed("s3://b/k.zspy", "connection refused by 127.0.0.1:9"),
+                range_not_supported("http://127.0.0.1:8/x.npy")):
+        clone = pickle.loads(pickle.dumps(err))
+        assert type(clone) is type(err)
+        assert str(clone) == str(err)
+        assert isinstance(clone, ConnectionError | NotImplementedError)

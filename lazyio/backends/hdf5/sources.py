@@ -38,7 +38,7 @@ from lazyio.backends.hdf5.index import ChunkIndex, chunk_index
 from lazyio.backends.hdf5.shuffle import unshuffle_into, unshuffle_rows
 from lazyio.backends.slicing import apply_residual, split_index
 from lazyio.errors import CorruptChunkError, corrupt_chunk, translate
-from lazyio.location import Location, storage_errors
+from lazyio.location import Location
 
 __all__ = ["Chunked", "Contiguous", "H5Source", "ReadStrategy", "ViaLibrary", "chunk_index",
            "open_h5"]
@@ -222,12 +222,8 @@ class _ChunkReader:
             raw = open_raw(location, self.source.token)  # held: it stays open while read
             fd = raw.fileno()
             return [os.pread(fd, size, offset) for offset, size in ranges]
-        fs, path = location.fs, location.path
-        starts = [o for o, _ in ranges]
-        ends = [o + s for o, s in ranges]
-        with storage_errors(location.url):
-            # one concurrent batch of range requests (fsspec's async filesystems)
-            return list(fs.cat_ranges([path] * len(ranges), starts, ends, on_error="raise"))
+        # one concurrent batch of range requests (fsspec's async filesystems)
+        return location.read_ranges([o for o, _ in ranges], [o + s for o, s in ranges])
 
     def _corrupt(self, coords: tuple[int, ...], err: Exception) -> CorruptChunkError:
         src = self.source

@@ -42,7 +42,7 @@ from lazyio.backends.chunking import (
 )
 from lazyio.backends.slicing import apply_residual, split_index
 from lazyio.errors import FormatError, UnsupportedError, not_found
-from lazyio.location import Location, as_location, storage_errors
+from lazyio.location import Location, as_location
 
 Order = Literal["C", "F"]  # storage order of a memory-mapped array
 __all__ = ["MemmapSource", "contiguous_chunks", "memmap_distributed"]
@@ -241,9 +241,7 @@ class MemmapSource:
         if len(starts) == 1:
             raws = [self.location.read_bytes(starts[0], ends[0])]
         else:
-            fs, path = self.location.fs, self.location.path
-            with storage_errors(self.location.url):
-                raws = fs.cat_ranges([path] * len(starts), starts, ends, on_error="raise")
+            raws = self.location.read_ranges(starts, ends)
         tail = (slice(None), *box[g + 1 :], slice(None))
         for lead, raw, start in zip(leads, raws, starts, strict=True):
             if len(raw) != run_items * itemsize:

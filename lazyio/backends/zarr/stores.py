@@ -192,7 +192,7 @@ def _make_store(spec: StoreSpec, read_only: bool) -> Store:
     loc = spec.location
     if loc.local_path is not None:
         return LocalStore(loc.local_path, read_only=read_only)
-    store = FsspecStore.from_url(loc.url, storage_options=loc.storage_options,
+    store = FsspecStore.from_url(loc.url, storage_options=loc.fs_options,
                                  read_only=read_only)
     return _MetadataCache(store) if read_only else store
 
