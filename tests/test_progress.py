@@ -32,7 +32,7 @@ def array() -> da.Array:
                          chunks=(1, 32, 32))
 
 
-PLAIN = re.compile(r"^writing (\S+): 32\.8 kB in (\d+\.\d\d) s \((\d+\.\d) MB/s\)$", re.M)
+PLAIN = re.compile(r"^writing (\S+): 32\.8 kB in (\d+\.\d\d) s \((\d+\.\d) MB/s\)$", re.MULTILINE)
 
 
 @pytest.mark.parametrize("ext", list(EXT.values()))
