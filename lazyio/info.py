@@ -275,8 +275,8 @@ def _tree_json(value: Any) -> Any:
 
 
 def _leaf_text(value: Any) -> str:
-    text = value if isinstance(value, str) and value else json.dumps(
-        _tree_json(value), ensure_ascii=False)
+    plain = _tree_json(value)
+    text = plain if isinstance(plain, str) and plain else json.dumps(plain, ensure_ascii=False)
     text = " ".join(text.split())
     return text if len(text) <= _TEXT_CHARS else text[:_TEXT_CHARS - 3] + "..."
 
