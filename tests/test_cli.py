@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -292,14 +293,47 @@ def test_info_imports_only_what_the_format_needs(source, tmp_path):
 
 def test_demo_small(tmp_path, capsys):
     outdir = tmp_path / "demo"
-    assert main(["demo", "--shape", "4,4,16,16", "--outdir", str(outdir)]) == 0
+    assert main(["demo", "--shape", "8,8,32,32", "--outdir", str(outdir)]) == 0
     out = capsys.readouterr().out
     for fmt in ("hspy", "zspy", "npy"):
         assert fmt in out
-        assert (outdir / f"virtual_bf_{fmt}.png").read_bytes().startswith(b"\x89PNG")
-        assert (outdir / f"mean_pattern_{fmt}.png").exists()
+        # matplotlib is in the test extra: one figure per format
+        assert (outdir / f"virtual_images_{fmt}.png").read_bytes().startswith(b"\x89PNG")
     assert "write MB/s" in out
     assert "False" not in out  # every format read back the right images
+
+
+def test_demo_figures_without_matplotlib(tmp_path, monkeypatch):
+    from lazyio.demo import make_dataset, save_figures
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # "import matplotlib" fails
+    data = make_dataset((4, 4, 16, 16))
+    images = (data.sum(axis=(2, 3)).compute(),) * 2 + (data.mean(axis=(0, 1)).compute(),)
+    written = save_figures(str(tmp_path), "npy", images, [{}] * 4)
+    assert sorted(os.path.basename(p) for p in written) == [
+        "mean_pattern_npy.png", "virtual_bf_npy.png", "virtual_df_npy.png"]
+    for path in written:
+        assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_sample_has_grains_and_a_thickness_ramp():
+    from lazyio.demo import _sample, make_dataset, virtual_masks
+
+    shape = (24, 24, 32, 32)
+    data = make_dataset(shape)
+    bf_mask, df_mask = virtual_masks(*shape[2:])
+    bf = (data * bf_mask).sum(axis=(2, 3)).compute().astype(float)
+    df = (data * df_mask).sum(axis=(2, 3)).compute().astype(float)
+    grain, thickness = _sample(*shape[:2], seed=0)
+    # thicker (right) is darker in bright field
+    assert bf[:, :4].mean() > 1.5 * bf[:, -4:].mean()
+    # each grain scatters its own share into the dark-field ring: per unit thickness, the
+    # grains differ far beyond the Poisson noise (a sample without grains gives ~1.0)
+    per_grain = [(df / thickness)[grain == g].mean() for g in np.unique(grain)]
+    assert len(per_grain) >= 3
+    assert max(per_grain) / min(per_grain) > 1.5
+    # and the dataset is the same every time it is computed (the checks rely on it)
+    np.testing.assert_array_equal(data[3:5, 7:9].compute(), make_dataset(shape)[3:5, 7:9])
 
 
 def run(*args: str, cwd: str) -> subprocess.CompletedProcess:
