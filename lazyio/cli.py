@@ -274,7 +274,7 @@ def _demo(args: argparse.Namespace) -> int:
         cells = [f"{row[c]:10.1f}" if isinstance(row[c], float) else f"{row[c]!s:>10}"
                  for c in cols]
         print(" | ".join(cells))
-    print(f"virtual bright-field and dark-field images, mean patterns: {args.outdir}/*.png")
+    print(f"virtual bright-field and dark-field images, mean pattern: {args.outdir}/*.png")
     return 0 if all(r["correct"] for r in rows) else 1
 
 
