@@ -147,3 +147,27 @@ def test_cluster_terminal_bar(tmp_path, capfd, client, no_delay, terminal):
     err = capfd.readouterr().err
     assert "writing t.zspy" in err
     assert "32.8k/32.8k" in err
+
+
+def test_jupyter_widget_renders_in_a_static_notebook(tmp_path):
+    # run in a real kernel: the bar is the tqdm widget, its state is saved with the
+    # notebook, and the text shown where widgets are not rendered is the finished bar
+    nbclient = pytest.importorskip("nbclient")
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("ipywidgets")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import dask.array as da, numpy as np, lazyio\n"
+        "from lazyio.backends import progress\n"
+        "progress.DELAY = 0\n"
+        "a = da.from_array(np.zeros((16, 64, 64)), chunks=(1, 64, 64))\n"
+        f"lazyio.save({str(tmp_path / 'nb.zspy')!r}, a, verify=True)")]
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = nb.cells[0].outputs
+    assert [o["output_type"] for o in outputs] == ["display_data"] * 2
+    texts = [o["data"]["text/plain"] for o in outputs]
+    assert texts[0].startswith("writing nb.zspy: 100%")
+    assert texts[1].startswith("verifying nb.zspy: 100%")
+    assert all("application/vnd.jupyter.widget-view+json" in o["data"] for o in outputs)
+    assert nb.metadata["widgets"]  # the widget state, for renderers that draw widgets

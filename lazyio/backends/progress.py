@@ -161,17 +161,22 @@ class Bar:
         self._closed = False
         self._stream = tqdm_kwargs.pop("file", None) or sys.stderr
         self._tqdm: Any = None
-        if show and (_in_jupyter() or _interactive(self._stream)):
+        self._widget: _Widget | None = None
+        if show and _in_jupyter():
+            self._widget = _Widget.make(self, **tqdm_kwargs)
+            self._tqdm = self._widget.bar if self._widget is not None else None
+        if show and self._tqdm is None and _interactive(self._stream):
             self._tqdm = self._make_tqdm(**tqdm_kwargs)
         self._plain = show and self._tqdm is None
 
-    def _make_tqdm(self, **kwargs: Any) -> Any:
-        # tqdm.auto picks the notebook widget in Jupyter (with ipywidgets), text otherwise
-        from tqdm.auto import tqdm
+    def _scale(self) -> dict[str, Any]:
+        return {"unit_scale": True, "unit_divisor": 1000} if self.unit == "B" else {}
 
-        scale = {"unit_scale": True, "unit_divisor": 1000} if self.unit == "B" else {}
+    def _make_tqdm(self, **kwargs: Any) -> Any:
+        from tqdm import tqdm
+
         return tqdm(desc=self.label or None, total=self.total, unit=self.unit,
-                    delay=self.delay, leave=True, file=self._stream, **scale, **kwargs)
+                    delay=self.delay, leave=True, file=self._stream, **self._scale(), **kwargs)
 
     def update_to(self, n: float) -> None:
         """Move the bar to ``n`` units done (whole units, never back, never past the end)."""
@@ -183,6 +188,8 @@ class Bar:
             self.n = target
             if self._tqdm is not None:
                 self._tqdm.update(step)
+            if self._widget is not None:
+                self._widget.show_if_due(self._start)
 
     def close(self, ok: bool = True) -> Phase:
         """Finish the bar (at 100 % when ``ok``) and record its phase."""
@@ -194,7 +201,9 @@ class Bar:
             self._closed = True
         if ok:
             self.update_to(self.total)
-        if self._tqdm is not None:
+        if self._widget is not None:
+            self._widget.close(self._start)
+        elif self._tqdm is not None:
             self._tqdm.close()
         elif self._plain and ok and seconds >= self.delay:
             self._stream.write(self._summary(phase) + "\n")
@@ -210,6 +219,46 @@ class Bar:
         rate = phase.rate
         speed = f" ({rate / 1e6:.1f} MB/s)" if rate is not None else ""
         return f"{self.label}: {_size(self.total)} in {phase.seconds:.2f} s{speed}"
+
+
+class _Widget:
+    """tqdm's notebook widget, displayed by us (once :data:`DELAY` has passed) under a
+    display id, so that closing it can replace the text shown where widgets are not
+    rendered (a static render of the notebook) with the finished bar's line."""
+
+    def __init__(self, bar: Any, delay: float) -> None:
+        self.bar = bar
+        self.delay = delay
+        self.handle: Any = None
+
+    @classmethod
+    def make(cls, owner: Bar, **kwargs: Any) -> _Widget | None:
+        try:
+            from tqdm.notebook import tqdm as notebook_tqdm
+
+            bar = notebook_tqdm(desc=owner.label or None, total=owner.total, unit=owner.unit,
+                                leave=True, display=False, **owner._scale(), **kwargs)
+        except ImportError:  # no ipywidgets: a text bar instead
+            return None
+        return cls(bar, owner.delay)
+
+    def _bundle(self) -> dict[str, Any]:
+        return {"text/plain": self.bar.format_meter(**self.bar.format_dict),
+                "application/vnd.jupyter.widget-view+json": {
+                    "version_major": 2, "version_minor": 0,
+                    "model_id": self.bar.container.model_id}}
+
+    def show_if_due(self, start: float) -> None:
+        if self.handle is None and time.perf_counter() - start >= self.delay:
+            from IPython.display import display
+
+            self.handle = display(self._bundle(), raw=True, display_id=True)
+
+    def close(self, start: float) -> None:
+        self.bar.close()
+        self.show_if_due(start)
+        if self.handle is not None:
+            self.handle.update(self._bundle(), raw=True)  # the finished bar's text
 
 
 class TqdmCallback(Callback):
