@@ -276,6 +276,9 @@ def test_info_imports_only_what_the_format_needs(source, tmp_path):
     path, _ = source
     script = textwrap.dedent(f"""
         import sys
+        import lazyio  # light: no array or storage library yet
+        early = {{"dask.array", "h5py", "zarr", "pandas"}} & set(sys.modules)
+        assert not early, early
         from lazyio.cli import main
         code = main(["info", {path!r}])
         heavy = ("zarr", "pandas", "xarray", "hyperspy", "scipy", "sparse", "numba")
