@@ -295,14 +295,19 @@ def write_with(
     signal = as_signal_dict(signal)
     plugin.check_write(where, signal, options)
     common = {"chunks": chunks, "show_progressbar": show_progressbar, **options}
-    if store:
-        plugin.write(target, signal, **common)
-    else:
-        _write_location(plugin, where, signal, overwrite, common)
-    if verify:
-        from lazyio.verify import verify_written
+    from lazyio.backends.progress import target_name
 
-        verify_written(where, signal, format=plugin.name)
+    # progress bars name the file asked for, not the temporary it is written to
+    with target_name(where.name if isinstance(where, Location) else type(where).__name__):
+        if store:
+            plugin.write(target, signal, **common)
+        else:
+            _write_location(plugin, where, signal, overwrite, common)
+        if verify:
+            from lazyio.verify import verify_written
+
+            verify_written(where, signal, format=plugin.name,
+                           show_progressbar=show_progressbar)
 
 
 def _write_location(

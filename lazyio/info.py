@@ -10,6 +10,7 @@ header). No array data are read.
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -75,6 +76,9 @@ class SignalInfo:
     stored_nbytes : int or None
         Bytes the array occupies in the file, where the format tells.
     axes : list of AxisInfo
+    metadata, original_metadata : dict
+        The signal's trees as read (arrays in them are summarised, never read, by
+        :meth:`to_dict` and the text rendering).
     """
 
     title: str
@@ -88,10 +92,28 @@ class SignalInfo:
     nbytes: int
     stored_nbytes: int | None
     axes: list[AxisInfo] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    original_metadata: dict[str, Any] = field(default_factory=dict, repr=False,
+                                              compare=False)
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dictionary (tuples as lists)."""
-        return _plain(asdict(self))
+    def to_dict(self, *, metadata: bool = True) -> dict[str, Any]:
+        """A JSON-serialisable dictionary (tuples as lists; arrays in the metadata trees
+        summarised); ``metadata=False`` leaves the two trees out."""
+        trees = {"metadata": self.metadata, "original_metadata": self.original_metadata}
+        fields = {k: v for k, v in self.__dict__.items() if k not in trees}
+        doc = _plain({**fields, "axes": [asdict(a) for a in self.axes]})
+        if metadata:
+            doc.update({k: _tree_json(v) for k, v in trees.items()})
+        return dict(doc)
+
+    def metadata_lines(self) -> list[str]:
+        """The ``metadata`` and ``original_metadata`` trees, drawn as text trees."""
+        lines: list[str] = []
+        for name, tree in (("metadata", self.metadata),
+                           ("original_metadata", self.original_metadata)):
+            lines.append(name if tree else f"{name}: (empty)")
+            lines += _tree_lines(tree, "")
+        return lines
 
     def _rows(self) -> list[tuple[str, str]]:
         on_disk = _bytes(self.stored_nbytes) if self.stored_nbytes is not None else "?"
@@ -170,11 +192,16 @@ class FileInfo:
     size_on_disk: int | None
     signals: list[SignalInfo] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dictionary (what ``lazyio info --json`` prints)."""
-        return _plain(asdict(self))
+    def to_dict(self, *, metadata: bool = True) -> dict[str, Any]:
+        """A JSON-serialisable dictionary (what ``lazyio info --json`` prints; the metadata
+        trees only with ``metadata=True``, as ``--metadata`` asks)."""
+        return {"url": self.url, "format": self.format, "spec_version": self.spec_version,
+                "size_on_disk": self.size_on_disk,
+                "signals": [s.to_dict(metadata=metadata) for s in self.signals]}
 
-    def __str__(self) -> str:
+    def to_text(self, *, metadata: bool = False) -> str:
+        """The text table (what printing gives); ``metadata=True`` adds each signal's
+        metadata trees (``lazyio info --metadata``)."""
         version = f" {self.spec_version}" if self.spec_version else ""
         size = _bytes(self.size_on_disk) if self.size_on_disk is not None else "?"
         lines = [f"{self.url}", (f"  format: {self.format}{version}, {size} on disk, "
@@ -182,7 +209,12 @@ class FileInfo:
         for i, sig in enumerate(self.signals):
             lines.append(f"  [{i}] {sig.title or '(untitled)'}")
             lines += ["    " + line for line in sig._text_lines()]
+            if metadata:
+                lines += ["    " + line for line in sig.metadata_lines()]
         return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_text()
 
     def __repr__(self) -> str:
         return str(self)
@@ -206,6 +238,63 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+_LIST_ITEMS = 8  # a longer list or array in a metadata tree is summarised
+_TEXT_CHARS = 200
+
+
+def _summary(value: Any) -> str | None:
+    """A short description of an array-like leaf, or ``None`` for other values."""
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is None or dtype is None:
+        return None
+    lazy = "lazy " if type(value).__module__.split(".")[0] == "dask" else ""
+    return f"<{lazy}array {tuple(int(s) for s in shape)} {dtype}>"
+
+
+def _tree_json(value: Any) -> Any:
+    """A metadata tree as JSON values, without reading any array data."""
+    if isinstance(value, dict):
+        return {str(k): _tree_json(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return _tree_json(value.item())
+    if isinstance(value, np.ndarray) and value.size <= _LIST_ITEMS and value.dtype.kind in (
+            "b", "i", "u", "f", "U", "S"):
+        return _tree_json(value.tolist())
+    described = _summary(value)
+    if described is not None:
+        return described
+    if isinstance(value, list | tuple):
+        return [_tree_json(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN or infinity
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)  # dates, times and what else a reader put in a tree
+
+
+def _leaf_text(value: Any) -> str:
+    plain = _tree_json(value)
+    text = plain if isinstance(plain, str) and plain else json.dumps(plain, ensure_ascii=False)
+    text = " ".join(text.split())
+    return text if len(text) <= _TEXT_CHARS else text[:_TEXT_CHARS - 3] + "..."
+
+
+def _tree_lines(tree: dict[str, Any], indent: str) -> list[str]:
+    lines = []
+    items = list(tree.items())
+    for i, (key, value) in enumerate(items):
+        last = i == len(items) - 1
+        branch, below = ("└── ", "    ") if last else ("├── ", "│   ")
+        if isinstance(value, dict) and value:
+            lines.append(f"{indent}{branch}{key}")
+            lines += _tree_lines(value, indent + below)
+        else:
+            lines.append(f"{indent}{branch}{key} = {_leaf_text(value)}")
+    return lines
 
 
 def _bytes(n: int | None) -> str:
@@ -328,4 +417,6 @@ def _signal_info(signal: dict[str, Any], layout: StorageLayout | None) -> Signal
         nbytes=int(data.nbytes),
         stored_nbytes=layout.stored,
         axes=[_axis_info(a) for a in signal.get("axes", [])],
+        metadata=dict(signal.get("metadata") or {}),
+        original_metadata=dict(signal.get("original_metadata") or {}),
     )

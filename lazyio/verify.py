@@ -68,7 +68,29 @@ def _pairs(
     return [(f"signal {title!r}" if title else "the signal's data", data, written[0]["data"])]
 
 
-def compare_arrays(target: str, label: str, expected: Any, actual: Any) -> None:
+def _digests(expected: da.Array, actual: da.Array, show: bool) -> tuple[Any, Any]:
+    """Both digest grids, under the bar every write shows (local or cluster)."""
+    from lazyio.backends.progress import cluster_progress, label_for, progress_bar
+    from lazyio.backends.store import uses_distributed
+
+    # the bar counts the bytes read back (the source is computed again beside them)
+    label, nbytes = label_for("verifying"), int(actual.nbytes)
+    if uses_distributed():
+        from distributed import default_client
+
+        client = default_client()
+        futures = client.compute([block_digests(expected), block_digests(actual)])
+        cluster_progress(futures, show, label, nbytes)
+        want, got = client.gather(futures)
+        return want, got
+    with progress_bar(show, label, nbytes):
+        want, got = dask.compute(block_digests(expected), block_digests(actual))
+    return want, got
+
+
+def compare_arrays(
+    target: str, label: str, expected: Any, actual: Any, *, show_progressbar: bool = False
+) -> None:
     """Raise :class:`VerificationError` unless ``actual`` holds ``expected``'s data.
 
     Parameters
@@ -79,6 +101,8 @@ def compare_arrays(target: str, label: str, expected: Any, actual: Any) -> None:
         The signal or dataset compared, named in the error.
     expected, actual : numpy or dask array
         The source and the array read back from ``target``.
+    show_progressbar : bool, default False
+        Show a ``verifying <name>`` bar over the comparison.
     """
     if tuple(expected.shape) != tuple(actual.shape):
         raise VerificationError(
@@ -96,7 +120,7 @@ def compare_arrays(target: str, label: str, expected: Any, actual: Any) -> None:
     expected = (expected if isinstance(expected, da.Array)
                 else da.from_array(np.asarray(expected), chunks=actual.chunks))
     expected = expected.rechunk(actual.chunks)
-    want, got = dask.compute(block_digests(expected), block_digests(actual))
+    want, got = _digests(expected, actual, show_progressbar)
     bad = np.argwhere(want != got)
     if len(bad):
         index = tuple(int(i) for i in bad[0])
@@ -114,6 +138,7 @@ def verify_written(
     format: str,
     storage_options: dict[str, Any] | None = None,
     remove_on_mismatch: bool = True,
+    show_progressbar: bool = False,
 ) -> None:
     """Check that what was written at ``target`` holds ``signal``'s data, chunk by chunk.
 
@@ -133,6 +158,8 @@ def verify_written(
     remove_on_mismatch : bool, default True
         Delete a written file that fails verification, so that a bad copy is never left
         looking like a good one (zarr store instances are left as they are).
+    show_progressbar : bool, default False
+        Show a ``verifying <name>`` bar (what :func:`lazyio.save` passes on).
 
     Raises
     ------
@@ -157,7 +184,7 @@ def verify_written(
             raise VerificationError(f"{name}: no signal could be read back")
         for label, expected, actual in _pairs(source, written,
                                              plugin.capabilities.splits_fields):
-            compare_arrays(name, label, expected, actual)
+            compare_arrays(name, label, expected, actual, show_progressbar=show_progressbar)
     except VerificationError:
         if remove_on_mismatch and is_path:
             _remove(where)

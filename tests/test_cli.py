@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,13 +129,19 @@ def test_convert_verify(source, tmp_path, capsys):
     np.testing.assert_array_equal(lazyio.load(dst)[0]["data"].compute(), signal["data"])
 
 
-def test_convert_progress_bar_shows_throughput(source, tmp_path, capsys, monkeypatch):
+def test_convert_progress_agrees_with_the_summary(source, tmp_path, capsys, monkeypatch):
     path, _ = source
     monkeypatch.setattr("lazyio.backends.progress.DELAY", 0)  # a tiny file is written at once
-    assert main(["convert", path, str(tmp_path / "p.npy")]) == 0
-    err = capsys.readouterr().err
-    assert "writing" in err
-    assert "B/s" in err
+    assert main(["convert", path, str(tmp_path / "p.npy"), "--verify"]) == 0
+    out, err = capsys.readouterr()
+    # not a terminal: one plain line per phase, named after the target
+    bars = dict(re.findall(r"^(writing|verifying) p\.npy: (.+)$", err, re.MULTILINE))
+    assert set(bars) == {"writing", "verifying"}
+    # the summary repeats the bars' figures (same bytes, same clock), then the total time
+    for verb, figures in bars.items():
+        assert f"{verb} {figures}" in out
+    assert "3.8 kB in" in bars["writing"]
+    assert re.search(r"; \d+\.\d\d s in all, verified$", out.strip())
 
 
 @pytest.mark.parametrize("target", ["cl.zspy", "cl.hspy"])
@@ -175,16 +183,160 @@ def test_help_exits_zero(capsys):
     assert "convert" in capsys.readouterr().out
 
 
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"lazyio {lazyio.__version__}"
+
+
+def test_bare_command_prints_usage_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("usage: lazyio")
+    for command in ("info", "convert", "demo"):
+        assert command in err
+    assert list(tmp_path.iterdir()) == []  # the demo did not run
+
+
+def test_messages_name_the_flags(source, tmp_path, capsys):
+    path, _ = source
+    target = str(tmp_path / "exists.zspy")
+    assert main(["convert", path, target, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["convert", path, target, "--no-progress"]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert target in line  # the target, not a temporary
+    assert "--overwrite" in line
+    assert "overwrite=True" not in line
+    assert main(["convert", path, str(tmp_path / "out.xyz")]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "--format" in line
+    assert "format=" not in line
+
+
+@pytest.mark.parametrize("error", [ZeroDivisionError("boom"), RuntimeError("deep\ninside"),
+                                   KeyError("key"), lazyio.CorruptChunkError("x: bad")])
+def test_every_failure_is_one_line(source, capsys, monkeypatch, error):
+    path, _ = source
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(sys.modules["lazyio.info"], "info", broken)
+    assert main(["info", path]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert str(error).strip("'").split()[0] in line
+    monkeypatch.setenv("LAZYIO_DEBUG", "1")  # asks for the traceback
+    with pytest.raises(type(error)):
+        main(["info", path])
+
+
+def test_info_several_files(source, tmp_path, rng, capsys):
+    path, _ = source
+    other = str(tmp_path / "other.npy")
+    lazyio.save(other, make_signal(rng), show_progressbar=False)
+    assert main(["info", path, other]) == 0
+    out = capsys.readouterr().out
+    assert out.index(path) < out.index(other)
+    assert "format: hspy" in out
+    assert "format: npy" in out
+    assert main(["info", path, other, "--json"]) == 0
+    docs = json.loads(capsys.readouterr().out)
+    assert [d["format"] for d in docs] == ["hspy", "npy"]
+    # a missing file is its own error line; the others are still described, exit 1
+    missing = str(tmp_path / "missing.hspy")
+    assert main(["info", missing, path]) == 1
+    out, err = capsys.readouterr()
+    assert "missing.hspy" in one_error_line(err)
+    assert "format: hspy" in out
+
+
+def test_info_metadata(source, capsys):
+    path, _ = source
+    assert main(["info", path]) == 0
+    assert "original_metadata" not in capsys.readouterr().out
+    assert main(["info", path, "--metadata"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\s+metadata$", out, re.MULTILINE)
+    assert re.search(r"[├└]── General$", out, re.MULTILINE)
+    assert re.search(r"└── title = scan$", out, re.MULTILINE)
+    assert re.search(r"└── gain = 2$", out, re.MULTILINE)
+    assert main(["info", path, "--json"]) == 0
+    assert "metadata" not in json.loads(capsys.readouterr().out)["signals"][0]
+    assert main(["info", path, "--json", "--metadata"]) == 0
+    [sig] = json.loads(capsys.readouterr().out)["signals"]
+    assert sig["metadata"]["General"]["title"] == "scan"
+    assert sig["original_metadata"] == {"detector": {"gain": 2}}
+
+
+def test_info_imports_only_what_the_format_needs(source, tmp_path):
+    # `lazyio info` of an .hspy file: no zarr (another format's library), and none of the
+    # optional libraries dask.array would import (xarray -> pandas, sparse -> numba, scipy)
+    path, _ = source
+    script = textwrap.dedent(f"""
+        import sys
+        import lazyio  # light: no array or storage library yet
+        early = {{"dask.array", "h5py", "zarr", "pandas"}} & set(sys.modules)
+        assert not early, early
+        from lazyio.cli import main
+        code = main(["info", {path!r}])
+        heavy = ("zarr", "pandas", "xarray", "hyperspy", "scipy", "sparse", "numba")
+        print("IMPORTED", *[m for m in heavy if m in sys.modules])
+        sys.exit(code)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=False, timeout=120, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "IMPORTED"
+    import xarray  # imports normally afterwards in the same process (nothing left hidden)
+
+    assert xarray.DataArray
+
+
 def test_demo_small(tmp_path, capsys):
     outdir = tmp_path / "demo"
-    assert main(["demo", "--shape", "4,4,16,16", "--outdir", str(outdir)]) == 0
+    assert main(["demo", "--shape", "8,8,32,32", "--outdir", str(outdir)]) == 0
     out = capsys.readouterr().out
     for fmt in ("hspy", "zspy", "npy"):
         assert fmt in out
-        assert (outdir / f"virtual_bf_{fmt}.png").read_bytes().startswith(b"\x89PNG")
-        assert (outdir / f"mean_pattern_{fmt}.png").exists()
+    # matplotlib is in the test extra: one figure, from what the first format read back
+    assert (outdir / "virtual_images.png").read_bytes().startswith(b"\x89PNG")
     assert "write MB/s" in out
     assert "False" not in out  # every format read back the right images
+
+
+def test_demo_figures_without_matplotlib(tmp_path, monkeypatch):
+    from lazyio.demo import make_dataset, save_figures
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # "import matplotlib" fails
+    data = make_dataset((4, 4, 16, 16))
+    images = (data.sum(axis=(2, 3)).compute(),) * 2 + (data.mean(axis=(0, 1)).compute(),)
+    written = save_figures(str(tmp_path), "demo.npy", images, [{}] * 4)
+    assert sorted(os.path.basename(p) for p in written) == [
+        "mean_pattern.png", "virtual_bf.png", "virtual_df.png"]
+    for path in written:
+        assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_sample_has_grains_and_a_thickness_ramp():
+    from lazyio.demo import _sample, make_dataset, virtual_masks
+
+    shape = (24, 24, 32, 32)
+    data = make_dataset(shape)
+    bf_mask, df_mask = virtual_masks(*shape[2:])
+    bf = (data * bf_mask).sum(axis=(2, 3)).compute().astype(float)
+    df = (data * df_mask).sum(axis=(2, 3)).compute().astype(float)
+    grain, thickness = _sample(*shape[:2], seed=0)
+    # thicker (right) is darker in bright field
+    assert bf[:, :4].mean() > 1.5 * bf[:, -4:].mean()
+    # each grain scatters its own share into the dark-field ring: per unit thickness, the
+    # grains differ far beyond the Poisson noise (a sample without grains gives ~1.0)
+    per_grain = [(df / thickness)[grain == g].mean() for g in np.unique(grain)]
+    assert len(per_grain) >= 3
+    assert max(per_grain) / min(per_grain) > 1.5
+    # and the dataset is the same every time it is computed (the checks rely on it)
+    np.testing.assert_array_equal(data[3:5, 7:9].compute(), make_dataset(shape)[3:5, 7:9])
 
 
 def run(*args: str, cwd: str) -> subprocess.CompletedProcess:

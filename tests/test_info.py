@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import h5py
 import numpy as np
@@ -179,3 +180,38 @@ def test_missing_file_and_bad_format(tmp_path):
     junk.write_bytes(b"not an array file")
     with pytest.raises(lazyio.UnknownFormatError, match=r"junk\.bin"):
         lazyio.info(junk)
+
+
+@pytest.mark.parametrize("fmt", HYPERSPY)
+def test_metadata_trees(tmp_path, rng, fmt):
+    signal = make_signal(rng)
+    signal["original_metadata"] = {"detector": {"gain": 2, "offsets": np.arange(3.0),
+                                                "map": np.arange(100).reshape(10, 10)},
+                                   "notes": "a\nb"}
+    path = str(tmp_path / f"meta.{fmt}")
+    lazyio.save(path, signal, show_progressbar=False)
+    [sig] = lazyio.info(path).signals
+    assert sig.metadata["General"]["title"] == "scan"
+    assert sig.original_metadata["detector"]["gain"] == 2
+    doc = sig.to_dict()
+    assert json.loads(json.dumps(doc)) == doc
+    detector = doc["original_metadata"]["detector"]
+    # a short array in memory is listed; a lazy one is described, never read
+    assert detector["offsets"] in ([0.0, 1.0, 2.0], "<lazy array (3,) float64>")
+    assert re.fullmatch(r"<(lazy )?array \(10, 10\) int64>", detector["map"])  # summarised
+    assert "metadata" not in sig.to_dict(metadata=False)
+    text = lazyio.info(path).to_text(metadata=True)
+    assert re.search(r"[├└]── map = <(lazy )?array \(10, 10\) int64>$", text, re.MULTILINE)
+    assert "notes = a b" in text  # one line per leaf
+    assert "map" not in str(lazyio.info(path))  # printing shows the tables only
+
+
+@pytest.mark.parametrize(("written_as", "named"), [("npy", "hspy"), ("hspy", "npy"),
+                                                   ("zspy", "hspy")])
+def test_content_decides_over_the_extension(tmp_path, rng, written_as, named):
+    # the format named like the extension sniffs first; when it says no, the others do
+    path = str(tmp_path / f"scan.{written_as}")
+    lazyio.save(path, make_signal(rng), show_progressbar=False)
+    renamed = str(tmp_path / f"misnamed.{named}")
+    os.rename(path, renamed)
+    assert lazyio.info(renamed).format == written_as

@@ -72,7 +72,9 @@ def store(
     if uses_distributed():
         _store_distributed(arrays, list(targets), show_progressbar, lock)
         return
-    with progress(show_progressbar, "writing", int(sum(a.nbytes for a in arrays))):
+    from lazyio.backends.progress import label_for
+
+    with progress(show_progressbar, label_for("writing"), int(sum(a.nbytes for a in arrays))):
         da.store(arrays, list(targets), lock=lock, compute=True)
 
 
@@ -81,7 +83,7 @@ def _store_distributed(
 ) -> None:
     from distributed import default_client, futures_of, wait
 
-    from lazyio.backends.progress import cluster_progress
+    from lazyio.backends.progress import cluster_progress, label_for
 
     client = default_client()
     region_pairs = [(a, t) for a, t in zip(arrays, targets, strict=True)
@@ -90,7 +92,9 @@ def _store_distributed(
         stored = da.store([a for a, _ in region_pairs], [t for _, t in region_pairs],
                           lock=lock, compute=False)
         persisted = stored.persist()
-        cluster_progress(persisted, show_progressbar)
+        # the bar local schedulers show, fed by the scheduler; it returns once all is done
+        cluster_progress(persisted, show_progressbar, label_for("writing"),
+                         int(sum(a.nbytes for a, _ in region_pairs)))
         wait(futures_of(persisted))
         for future in futures_of(persisted):
             future.result()  # re-raise a task's error here
@@ -106,7 +110,7 @@ def _single_writer(
     from dask.array.core import slices_from_chunks
     from distributed import as_completed
 
-    from lazyio.backends.progress import step_bar
+    from lazyio.backends.progress import label_for, step_bar
 
     regions = slices_from_chunks(array.chunks)
     blocks = array.to_delayed().ravel()
@@ -122,7 +126,7 @@ def _single_writer(
         return client.compute(encode(region, block))
 
     pending = as_completed([f for f in (submit() for _ in range(window)) if f is not None])
-    with step_bar(show_progressbar, "writing", int(array.nbytes), len(regions)) as step:
+    with step_bar(show_progressbar, label_for("writing"), int(array.nbytes), len(regions)) as step:
         for future in pending:
             target.write_encoded(future.result())
             step()

@@ -280,13 +280,17 @@ def get_plugin(name: str) -> FormatPlugin:
     key = str(name).lower().lstrip(".")
     if key in _loaded:
         return _loaded[key]
-    references = _references()
-    if key not in references:
-        raise UnknownFormatError(
-            f"Unknown format {name!r}; lazyio knows {', '.join(references)}"
-        )
+    # a built-in name wins over entry points, so it needs no scan of them (~80 ms)
+    reference = BUILTINS.get(key)
+    if reference is None:
+        references = _references()
+        if key not in references:
+            raise UnknownFormatError(
+                f"Unknown format {name!r}; lazyio knows {', '.join(references)}"
+            )
+        reference = references[key]
     try:
-        plugin = _load(key, references[key])
+        plugin = _load(key, reference)
     except (ImportError, AttributeError, TypeError) as err:
         raise UnknownFormatError(f"The {key!r} format plugin cannot be loaded: {err}") from err
     _loaded[key] = plugin
@@ -313,13 +317,27 @@ def _sniffs(plugin: FormatPlugin, location: Location, head: bytes) -> bool:
 
 
 def detect_format(location: Location) -> str:
-    """Name the format of the file at ``location``: from its content, else its extension."""
+    """Name the format of the file at ``location``: from its content, else its extension.
+
+    The format named like the extension (``.hspy`` -> ``hspy``) sniffs first, so that a file
+    with its usual extension imports its own plugin only (``lazyio info`` stays fast; the
+    Zarr plugin alone imports zarr, 0.3 s); the others sniff in registry order after it.
+    """
     if not location.exists():
         raise not_found(location)
     head = location.read_head(HEAD_BYTES)
+    named = location.suffix.lstrip(".")
+    if named in BUILTINS or named in _references():
+        try:
+            plugin = get_plugin(named)
+        except UnknownFormatError as err:
+            _logger.debug("format plugin %s unavailable: %s", named, err)
+        else:
+            if _sniffs(plugin, location, head):
+                return named
     plugins = available_plugins()
     for name, plugin in plugins.items():
-        if _sniffs(plugin, location, head):
+        if name != named and _sniffs(plugin, location, head):
             return name
     for name, plugin in plugins.items():
         if location.suffix in plugin.extensions:
