@@ -45,7 +45,15 @@ from lazyio.errors import (
     UnsupportedError,
     reading,
 )
-from lazyio.formats import Capabilities, FileDescription, FormatPlugin, UntrustedGuard, WriteMode
+from lazyio.formats import (
+    Capabilities,
+    FileDescription,
+    FormatPlugin,
+    UntrustedGuard,
+    WriteMode,
+    check_axes,
+    check_bool_option,
+)
 from lazyio.formats.usid.schema import (
     ANCILLARY,
     Dimension,
@@ -412,7 +420,8 @@ class UsidFormat(FormatPlugin):
         return bool(find_main(f, first_only=True))
 
     def check_read(self, options: Mapping[str, Any]) -> None:
-        """Validate ``non_uniform`` and ``dataset_path``."""
+        """Validate ``non_uniform``, ``ignore_non_uniform_dims`` and ``dataset_path``."""
+        check_bool_option("ignore_non_uniform_dims", options.get("ignore_non_uniform_dims"))
         _check_non_uniform(options.get("non_uniform"),
                            options.get("ignore_non_uniform_dims", True))
         dataset_path = options.get("dataset_path")
@@ -457,12 +466,13 @@ class UsidFormat(FormatPlugin):
     def check_write(
         self, target: Any, signal: dict[str, Any], options: Mapping[str, Any]
     ) -> None:
-        """Refuse data a USID main dataset cannot hold, and appends to remote files."""
+        """Refuse axes that contradict the data, data a USID main dataset cannot hold, bad
+        option values, and appends to remote files."""
+        check_axes(target, signal)
         _check_writable(target, signal["data"])
         check_creation_options(options, target)
         append = options.get("append", False)
-        if not isinstance(append, bool):
-            raise TypeError(f"append must be True or False, not {append!r}")
+        check_bool_option("append", append, target)
         if append and getattr(target, "local_path", None) is None and target.exists():
             raise UnsupportedError(f"{target}: appending needs a local file")
 
