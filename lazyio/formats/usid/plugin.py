@@ -226,10 +226,11 @@ def _data(
 
 
 def _auto_chunks(view: USIDView, chunks: Chunks) -> BlockChunks:
-    if chunks is None or chunks == "auto":
+    if chunks is None or (isinstance(chunks, str) and chunks in ("auto", "storage")):
+        # "storage": the smallest N-D blocks of whole 2-D storage chunks (a one-byte budget)
         return nd_chunks(
             view.pos_shape, view.spec_shape, view.source.storage_chunks,
-            view.dtype.itemsize, auto_block_bytes(),
+            view.dtype.itemsize, 1 if chunks == "storage" else auto_block_bytes(),
         )
     # explicit chunks are the caller's choice; blocks that split storage chunks still read
     # correctly, each task decoding the storage chunks it touches
