@@ -251,3 +251,26 @@ def test_no_file_handle_in_the_graph_close_all_instead(tmp_path, dropin, caplog)
     lazyio.close_all()
     np.testing.assert_array_equal(s.data.compute(), _signal().data)  # reopened on demand
     lazyio.close_all()
+
+
+def test_a_gap_in_the_axis_groups_is_damage_not_a_resize(tmp_path, dropin):
+    path = tmp_path / "a.hspy"
+    hs.signals.Signal2D(np.zeros((2, 3, 4), dtype="f4")).save(path)
+    with h5py.File(path, "a") as f:
+        del f["Experiments/__unnamed__/axis-1"]
+    with pytest.raises(OSError, match="axis-1 is missing while axis-2 is stored"):
+        dropin.load(path)
+
+
+def test_an_absurd_shape_under_stale_axes_is_still_refused(tmp_path):
+    """A header edited to claim 10**12 rows is refused, not read as replaced data."""
+    import json
+
+    path = tmp_path / "a.zspy"
+    lazyio.save(path, np.zeros((4, 5), dtype="f4"), show_progressbar=False)
+    zarray = path / "Experiments" / "__unnamed__" / "data" / ".zarray"
+    meta = json.loads(zarray.read_text())
+    meta["shape"] = [10**12 * 4, 5]
+    zarray.write_text(json.dumps(meta))
+    with pytest.raises(FormatError, match=r"axis-0 says 4.*more than 2\*\*40 elements"):
+        lazyio.load(path)

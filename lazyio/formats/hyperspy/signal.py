@@ -7,6 +7,7 @@ writing produces version 3.3, as RosettaSciIO does, so HyperSpy reads lazyio's f
 from __future__ import annotations
 
 import copy
+import math
 import re
 import warnings
 from collections.abc import Callable
@@ -50,6 +51,10 @@ def file_version(root: Node) -> tuple[int, int]:
     )
 
 
+# Axes are corrected to the data's shape only below this many elements (8 TB of float64):
+# a header edited to claim 10**12 rows under axes that say 4 is a lie to refuse, not a
+# dataset replaced in place, and would otherwise become a dask array of hundreds of TB.
+MAX_CORRECTED_ELEMENTS = 2**40
 _LIST_AXES = re.compile(r"_list_(\d+)_axes")
 
 
@@ -67,6 +72,12 @@ def _stored_axes(group: Node, ndim: int) -> tuple[list[Any], int]:
             if isinstance(value, np.bool_):
                 axis[key] = bool(value)
         axes.append(axis)
+    gap = next((j for j in range(len(axes) + 1, ndim) if f"axis-{j}" in members), None)
+    if gap is not None:  # axis-i missing but a later one stored: damage, not a resize
+        raise FormatError(
+            f"{group.where}: {group.path}/data has {ndim} dimensions but axis-{len(axes)} "
+            f"is missing while axis-{gap} is stored: the axis groups are damaged"
+        )
     surplus = 0
     while f"axis-{ndim + surplus}" in members:
         surplus += 1
@@ -96,10 +107,11 @@ def _axes(group: Node, shape: tuple[int, ...]) -> list[dict[str, Any]]:
     """The axes of ``group``'s data, made to fit the data's ``shape``.
 
     A dataset replaced in place (e.g. with h5py) can disagree with the axes written beside
-    it; as RosettaSciIO, the data's shape wins. Sizes are corrected (name, units, scale and
-    offset kept; a non-uniform axis of the wrong length becomes an index axis), missing
-    axes get defaults and surplus ones are dropped, with a :class:`LazyioWarning` naming
-    each axis corrected. Writers refuse such axes
+    it; the data's shape wins. Sizes are corrected (name, units, scale and offset kept; a
+    non-uniform axis of the wrong length becomes an index axis), trailing axes the data
+    gained get defaults and those it lost are dropped, with a :class:`LazyioWarning`
+    naming each axis corrected. A gap in the axis groups (axis-1 missing, axis-2 stored)
+    is damage, not a resize, and raises :class:`FormatError`. Writers refuse such axes
     (:func:`lazyio.formats.check_axes`).
     """
     ndim = len(shape)
@@ -128,6 +140,12 @@ def _axes(group: Node, shape: tuple[int, ...]) -> list[dict[str, Any]]:
         axes.append(axis)
     if surplus:
         fixed.append(f"{surplus} surplus axis group(s) dropped")
+    if fixed and math.prod(shape) > MAX_CORRECTED_ELEMENTS:
+        raise FormatError(
+            f"{group.where}: {group.path}/data has shape {shape}, which its axes do not "
+            f"describe ({'; '.join(fixed)}), and declares more than 2**40 elements: "
+            "refused as a damaged header rather than read as replaced data"
+        )
     if fixed:
         warnings.warn(
             f"{group.where}: {group.path}/data has shape {shape}, which its axes do not "
