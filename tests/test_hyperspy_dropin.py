@@ -274,3 +274,17 @@ def test_an_absurd_shape_under_stale_axes_is_still_refused(tmp_path):
     zarray.write_text(json.dumps(meta))
     with pytest.raises(FormatError, match=r"axis-0 says 4.*more than 2\*\*40 elements"):
         lazyio.load(path)
+
+
+def test_a_non_uniform_axis_of_the_wrong_length_becomes_an_index_axis(tmp_path, dropin):
+    path = tmp_path / "a.hspy"
+    axes = [{"name": "x", "size": 4, "navigate": True},
+            {"name": "E", "units": "eV", "axis": np.array([1.0, 2.0, 4.0, 8.0, 16.0])}]
+    lazyio.save(path, {"data": np.zeros((4, 5), dtype="f4"), "axes": axes},
+                show_progressbar=False)
+    _replace_hspy_data(path, np.ones((4, 7), dtype="f4"))
+    with pytest.warns(LazyioWarning, match="axis-1 says 5"):
+        s = dropin.load(path)
+    e = s.axes_manager[-1]
+    assert (e.size, e.name, e.units, e.is_uniform) == (7, "E", "eV", True)
+    np.testing.assert_array_equal(e.axis, np.arange(7.0))

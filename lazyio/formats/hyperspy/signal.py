@@ -135,7 +135,6 @@ def _axes(group: Node, shape: tuple[int, ...]) -> list[dict[str, Any]]:
             if isinstance(axis.get("x"), dict):  # a functional axis evaluates on its x
                 axis["x"] = {**axis["x"], "size": n}
             fixed.append(f"axis-{i} says {size}")
-        if size is not None or "size" in axis:
             axis["size"] = n
         axes.append(axis)
     if surplus:
