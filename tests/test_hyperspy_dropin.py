@@ -288,3 +288,16 @@ def test_a_non_uniform_axis_of_the_wrong_length_becomes_an_index_axis(tmp_path, 
     e = s.axes_manager[-1]
     assert (e.size, e.name, e.units, e.is_uniform) == (7, "E", "eV", True)
     np.testing.assert_array_equal(e.axis, np.arange(7.0))
+
+
+def test_usid_through_hyperspy(tmp_path, dropin):
+    path = tmp_path / "a.h5"
+    s = _signal((3, 4, 5))
+    s.save(path)
+    back = dropin.load(path, lazy=True, chunks="storage", file_format="USID")
+    assert back.data.shape == (3, 4, 5)
+    assert back.axes_manager[-1].offset == 10.0
+    np.testing.assert_array_equal(back.data.compute(), s.data)
+    with pytest.raises(ValueError, match="fletcher32"):
+        s.save(path, overwrite=True, fletcher32="yes")
+    lazyio.close_all()

@@ -26,6 +26,8 @@ from importlib.metadata import entry_points
 from types import MappingProxyType, ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import numpy as np
+
 from lazyio.errors import FormatError, LazyioError, UnknownFormatError, not_found
 from lazyio.location import Location
 
@@ -240,7 +242,7 @@ def check_bool_option(name: str, value: Any, where: object = None) -> None:
     OptionError
         A ``TypeError`` and a ``ValueError``, naming ``where`` (the target) and the option.
     """
-    if value is not None and not isinstance(value, bool):
+    if value is not None and not isinstance(value, bool | np.bool_):
         prefix = f"{where}: " if where is not None else ""
         raise OptionError(f"{prefix}{name} must be True or False, not {value!r}")
 

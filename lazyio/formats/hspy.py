@@ -157,6 +157,8 @@ class HspyFormat(FormatPlugin):
         agrees with ``write_dataset``; in-place updates need a local file; HDF5 dataset
         options are checked before the file is created."""
         check_axes(target, signal)
+        for flag in ("shuffle", "fletcher32"):  # OptionError: a ValueError too, as RosettaSciIO
+            check_bool_option(flag, options.get(flag), target)
         check_creation_options({"compression": "gzip", **options}, target)
         write_dataset = options.get("write_dataset", True)
         check_bool_option("write_dataset", write_dataset, target)

@@ -471,6 +471,8 @@ class UsidFormat(FormatPlugin):
         option values, and appends to remote files."""
         check_axes(target, signal)
         _check_writable(target, signal["data"])
+        for flag in ("shuffle", "fletcher32"):  # OptionError: a ValueError too, as RosettaSciIO
+            check_bool_option(flag, options.get(flag), target)
         check_creation_options(options, target)
         append = options.get("append", False)
         check_bool_option("append", append, target)
