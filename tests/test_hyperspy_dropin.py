@@ -288,6 +288,15 @@ def test_a_non_uniform_axis_of_the_wrong_length_becomes_an_index_axis(tmp_path, 
     e = s.axes_manager[-1]
     assert (e.size, e.name, e.units, e.is_uniform) == (7, "E", "eV", True)
     np.testing.assert_array_equal(e.axis, np.arange(7.0))
+    # the same file written by HyperSpy itself (its axis dict says "_type": "DataAxis")
+    t = hs.signals.Signal1D(np.zeros((4, 5), dtype="f4"))
+    t.axes_manager[-1].convert_to_non_uniform_axis()
+    t.save(path, overwrite=True)
+    _replace_hspy_data(path, np.ones((4, 7), dtype="f4"))
+    with pytest.warns(LazyioWarning, match="axis-1 says 5"):
+        u = dropin.load(path)
+    assert u.axes_manager[-1].size == 7
+    assert u.axes_manager[-1].is_uniform
 
 
 def test_usid_through_hyperspy(tmp_path, dropin):

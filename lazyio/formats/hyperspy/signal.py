@@ -132,6 +132,8 @@ def _axes(group: Node, shape: tuple[int, ...]) -> list[dict[str, Any]]:
                 del axis["axis"]
                 axis.setdefault("scale", 1.0)
                 axis.setdefault("offset", 0.0)
+                if axis.get("_type") == "DataAxis":  # HyperSpy's non-uniform axis type
+                    axis["_type"] = "UniformDataAxis"
             if isinstance(axis.get("x"), dict):  # a functional axis evaluates on its x
                 axis["x"] = {**axis["x"], "size": n}
             fixed.append(f"axis-{i} says {size}")
