@@ -224,19 +224,28 @@ def test_lazy_ragged_signal_with_one_navigation_axis_round_trips(tmp_path, dropi
 # ------------------------------------------------------------- chunks and handles
 
 
-def test_chunks_storage_gives_the_storage_chunks(tmp_path, dropin):
-    path = tmp_path / "a.hspy"
+@pytest.mark.parametrize("ext", ["hspy", "zspy"])
+def test_chunks_storage_gives_the_storage_chunks(tmp_path, dropin, ext):
+    path = tmp_path / f"a.{ext}"
     s = hs.signals.Signal2D(np.arange(16 * 8 * 8, dtype="f4").reshape(16, 8, 8))
     s.save(path, chunks=(2, 8, 8))
-    with h5py.File(path, "r") as f:
-        storage = f["Experiments/__unnamed__/data"].chunks
-    assert storage == (2, 8, 8)
+    [layout] = lazyio.info(path).signals
+    assert layout.storage_chunks == (2, 8, 8)
     grouped = dropin.load(path, lazy=True)
-    assert grouped.data.chunksize != storage  # "auto" groups storage chunks
+    assert grouped.data.chunksize != (2, 8, 8)  # "auto" groups storage chunks
     exact = dropin.load(path, lazy=True, chunks="storage")
-    assert exact.data.chunksize == storage
+    assert exact.data.chunksize == (2, 8, 8)
     assert exact.data.numblocks == (8, 1, 1)
     np.testing.assert_array_equal(exact.data.compute(), s.data)
+    lazyio.close_all()
+
+
+def test_chunks_storage_without_storage_chunks_is_auto(tmp_path):
+    path = tmp_path / "a.npy"
+    np.save(path, np.zeros((64, 32), dtype="f4"))
+    [auto] = lazyio.load(path)
+    [storage] = lazyio.load(path, chunks="storage")
+    assert storage["data"].chunks == auto["data"].chunks
 
 
 def test_no_file_handle_in_the_graph_close_all_instead(tmp_path, dropin, caplog):
