@@ -140,6 +140,8 @@ def test_compatibility_keywords_stay_accepted(tmp_path):
         ("zspy", {"close_file": 1}, TypeError, "close_file"),
         ("usid", {"append": "yes"}, ValueError, "append"),
         ("usid", {"fletcher32": "yes"}, TypeError, "fletcher32"),
+        ("usid", {"scaleoffset": "3"}, ValueError, "scaleoffset"),
+        ("hspy", {"scaleoffset": -1}, ValueError, "scaleoffset"),
         ("npy", {"allow_pickle": "no"}, ValueError, "allow_pickle"),
         ("zspy", {"store_type": "tar"}, ValueError, "store_type"),
         ("zspy", {"zarr_format": 4}, ValueError, "zarr_format"),

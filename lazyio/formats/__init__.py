@@ -46,6 +46,7 @@ __all__ = [
     "check_axes",
     "check_bool_option",
     "check_choice_option",
+    "check_scaleoffset_option",
     "detect_format",
     "format_from_extension",
     "format_names",
@@ -245,6 +246,23 @@ def check_bool_option(name: str, value: Any, where: object = None) -> None:
     if value is not None and not isinstance(value, bool | np.bool_):
         prefix = f"{where}: " if where is not None else ""
         raise OptionError(f"{prefix}{name} must be True or False, not {value!r}")
+
+
+def check_scaleoffset_option(value: Any, where: object = None) -> None:
+    """Refuse an HDF5 ``scaleoffset`` that is neither ``None``, a bool nor an integer >= 0
+    (h5py would only fail once the file exists).
+
+    Raises
+    ------
+    OptionError
+        A ``TypeError`` and a ``ValueError``, naming ``where`` and the option.
+    """
+    if value is None or isinstance(value, bool | np.bool_):
+        return
+    if not isinstance(value, int | np.integer) or value < 0:
+        prefix = f"{where}: " if where is not None else ""
+        raise OptionError(f"{prefix}scaleoffset must be True, False or an integer >= 0, "
+                          f"not {value!r}")
 
 
 def check_choice_option(

@@ -29,6 +29,7 @@ from lazyio.formats import (
     check_axes,
     check_bool_option,
     check_choice_option,
+    check_scaleoffset_option,
 )
 from lazyio.formats.hyperspy.describe import experiment_data_paths, spec_version
 from lazyio.formats.hyperspy.hdf5_node import H5Node
@@ -159,6 +160,7 @@ class HspyFormat(FormatPlugin):
         check_axes(target, signal)
         for flag in ("shuffle", "fletcher32"):  # OptionError: a ValueError too, as RosettaSciIO
             check_bool_option(flag, options.get(flag), target)
+        check_scaleoffset_option(options.get("scaleoffset"), target)
         check_creation_options({"compression": "gzip", **options}, target)
         write_dataset = options.get("write_dataset", True)
         check_bool_option("write_dataset", write_dataset, target)

@@ -53,6 +53,7 @@ from lazyio.formats import (
     WriteMode,
     check_axes,
     check_bool_option,
+    check_scaleoffset_option,
 )
 from lazyio.formats.usid.schema import (
     ANCILLARY,
@@ -473,6 +474,7 @@ class UsidFormat(FormatPlugin):
         _check_writable(target, signal["data"])
         for flag in ("shuffle", "fletcher32"):  # OptionError: a ValueError too, as RosettaSciIO
             check_bool_option(flag, options.get(flag), target)
+        check_scaleoffset_option(options.get("scaleoffset"), target)
         check_creation_options(options, target)
         append = options.get("append", False)
         check_bool_option("append", append, target)
