@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Collection, Iterator, MutableMapping
+from collections.abc import Collection, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from lazyio.errors import (
     LazyioError,
@@ -80,6 +82,20 @@ def _check_bool(name: str, value: Any) -> None:
         raise TypeError(f"{name} must be True or False, not {value!r}")
 
 
+def _check_read_chunks(chunks: Any) -> None:
+    """Refuse a ``chunks=`` of the wrong type or an unknown name before the file opens."""
+    if isinstance(chunks, str):
+        if chunks not in ("auto", "storage"):
+            raise ValueError(f"chunks must be 'auto', 'storage', an int, a tuple or a dict, "
+                             f"not {chunks!r}")
+        return
+    if chunks is None or isinstance(chunks, Mapping | tuple | list):
+        return
+    if isinstance(chunks, bool) or not isinstance(chunks, int | np.integer):
+        raise TypeError(f"chunks must be 'auto', 'storage', an int, a tuple or a dict, "
+                        f"not {chunks!r}")
+
+
 def load(
     source: Any,
     *,
@@ -106,8 +122,11 @@ def load(
     lazy : bool, default True
         Return dask arrays whose tasks each read one chunk-aligned block. Opening reads
         metadata only. With ``False`` the data are read into numpy arrays.
-    chunks : "auto", int, tuple or dict
-        Dask chunks for lazy reads, rounded to whole storage chunks. ``"auto"`` groups
+    chunks : "auto", "storage", int, tuple or dict
+        Dask chunks for lazy reads, rounded to whole storage chunks. ``"storage"`` makes
+        the dask chunks exactly the storage chunks (``"auto"`` for data stored without
+        chunks, and for h5USID the smallest N-D blocks of whole 2-D storage chunks).
+        ``"auto"`` groups
         storage chunks up to dask's ``array.chunk-size``.
     storage_options : dict, optional
         Passed to fsspec for URLs.
@@ -156,6 +175,7 @@ def read_with(
     (``caller`` names the public function in keyword errors)."""
     _check_bool("lazy", lazy)
     _check_bool("allow_external", allow_external)
+    _check_read_chunks(chunks)
     if isinstance(untrusted, bool):
         timeout = None
     elif isinstance(untrusted, int | float) and untrusted > 0:

@@ -22,8 +22,12 @@ class LazyioError(Exception):
     """Root of every error raised by lazyio."""
 
 
-class FormatError(LazyioError, ValueError):
-    """The file is not of the expected format, or is malformed."""
+class FormatError(LazyioError, ValueError, OSError):
+    """The file is not of the expected format, or is malformed.
+
+    A ``ValueError`` (lazyio's contract) and an ``OSError``: RosettaSciIO raises
+    ``OSError``/``IOError`` for a file that is not valid or is damaged, and HyperSpy code
+    catches that."""
 
 
 class UnknownFormatError(FormatError):

@@ -125,7 +125,24 @@ def test_compatibility_keywords_stay_accepted(tmp_path):
     ("fmt", "options", "error", "words"),
     [
         ("hspy", {"write_dataset": "yes"}, TypeError, "write_dataset"),
+        ("hspy", {"write_dataset": "unsupported_type"}, ValueError, "write_dataset"),
+        ("hspy", {"close_file": "yes"}, ValueError, "close_file"),
+        ("hspy", {"mode": "r"}, ValueError, "mode must be one of 'w', 'a'"),
+        ("hspy", {"mode": "w", "write_dataset": False}, ValueError, "mode='a' is required"),
+        ("hspy", {"mode": "a"}, lazyio.UnsupportedError, "mode='a' with write_dataset=True"),
+        ("hspy", {"compression": "zip"}, ValueError, "compression"),
         ("zspy", {"write_dataset": 0}, TypeError, "write_dataset"),
+        ("zspy", {"write_dataset": 0}, ValueError, "write_dataset"),
+        ("zspy", {"compressor": "zstd"}, ValueError, "compressor must be a numcodecs codec"),
+        ("zspy", {"filters": "delta"}, TypeError, "filters"),
+        ("zspy", {"fill_value": "zero"}, TypeError, "fill_value"),
+        ("zspy", {"zarr_format": 3, "shards": (0, 6, 10)}, ValueError, "positive integers"),
+        ("zspy", {"close_file": 1}, TypeError, "close_file"),
+        ("usid", {"append": "yes"}, ValueError, "append"),
+        ("usid", {"fletcher32": "yes"}, TypeError, "fletcher32"),
+        ("usid", {"scaleoffset": "3"}, ValueError, "scaleoffset"),
+        ("hspy", {"scaleoffset": -1}, ValueError, "scaleoffset"),
+        ("npy", {"allow_pickle": "no"}, ValueError, "allow_pickle"),
         ("zspy", {"store_type": "tar"}, ValueError, "store_type"),
         ("zspy", {"zarr_format": 4}, ValueError, "zarr_format"),
         ("zspy", {"shards": (2, 6, 10)}, ValueError, "zarr_format=3"),
@@ -139,6 +156,7 @@ def test_option_values_are_validated_before_writing(tmp_path, fmt, options, erro
     with pytest.raises(error, match=words):
         lazyio.save(target, {"data": DATA, "axes": AXES}, show_progressbar=False, **options)
     assert not target.exists()
+    assert list(tmp_path.iterdir()) == []  # no temporary either: refused before writing
 
 
 @pytest.mark.parametrize(
@@ -149,6 +167,16 @@ def test_option_values_are_validated_before_writing(tmp_path, fmt, options, erro
         ("usid", {"dataset_path": 3}, TypeError, "dataset_path"),
         ("hspy", {"lazy": "no"}, TypeError, "lazy"),
         ("hspy", {"untrusted": -1}, ValueError, "untrusted"),
+        ("hspy", {"mode": "w"}, ValueError, "mode must be one of 'r', 'r\\+', 'a'"),
+        ("zspy", {"mode": "w-"}, ValueError, "mode must be one of"),
+        ("hspy", {"chunks": "store"}, ValueError, "chunks must be 'auto', 'storage'"),
+        ("zspy", {"chunks": True}, TypeError, "chunks"),
+        ("npy", {"chunks": 2.5}, TypeError, "chunks"),
+        ("npy", {"key": 3}, ValueError, "key must be the name of a field"),
+        ("npy", {"max_header_size": -1}, ValueError, "max_header_size"),
+        ("npy", {"navigation_axes": ["x"]}, TypeError, "navigation_axes"),
+        ("npy", {"fix_imports": "yes"}, TypeError, "fix_imports"),
+        ("usid", {"ignore_non_uniform_dims": "no"}, ValueError, "ignore_non_uniform_dims"),
     ],
 )
 def test_read_option_values_are_validated(tmp_path, fmt, options, error, words):

@@ -68,14 +68,15 @@ AxisChunk: TypeAlias = int | Literal["auto"] | None
 ``"auto"``."""
 
 Chunks: TypeAlias = (
-    Literal["auto"] | int | bool
+    Literal["auto", "storage"] | int | bool
     | Sequence[AxisChunk | tuple[int, ...]]
     | Mapping[int, AxisChunk]
     | None
 )
 """What the public ``chunks=`` parameters accept.
 
-Readers: ``"auto"`` (or ``None``), one length for every axis, a tuple with one entry per
+Readers: ``"auto"`` (or ``None``), ``"storage"`` (one block per storage chunk; ``"auto"``
+for data without storage chunks), one length for every axis, a tuple with one entry per
 axis (a length, ``-1``/``None`` for the whole axis, ``"auto"``), a ``{axis: entry}`` dict,
 or normalised :data:`BlockChunks`. Writers (storage chunks): ``None`` for the format's
 default, ``True`` for h5py's guess, or a tuple with one length per axis.
@@ -235,7 +236,8 @@ def aligned_chunks(
         The array's dtype, to size blocks in bytes.
     chunks : Chunks
         The request. ``"auto"`` (or ``None``) groups whole storage chunks up to ``limit``
-        bytes; per-axis ``"auto"``, ``-1`` or ``None`` are accepted as in
+        bytes; ``"storage"`` makes one block per storage chunk (``"auto"`` when there are
+        none); per-axis ``"auto"``, ``-1`` or ``None`` are accepted as in
         :func:`dask.array.normalize_chunks`. Explicit sizes are rounded to whole storage
         chunks. :data:`BlockChunks` are used as given after checking their alignment.
     limit : int, optional
@@ -262,6 +264,11 @@ def aligned_chunks(
         return ()
     if _is_block_chunks(chunks):
         return _check_explicit(shape, storage, chunks)
+    if isinstance(chunks, str) and chunks == "storage":
+        if storage_chunks:  # exactly the storage chunks: one task decodes one chunk
+            return regular_chunks(shape, [max(1, min(c, n)) for c, n in zip(storage, shape,
+                                                                           strict=True)])
+        chunks = "auto"  # contiguous data have no storage chunks to follow
     request: list[Any]
     if chunks is None or (isinstance(chunks, str) and chunks == "auto"):
         request = ["auto"] * ndim
@@ -367,12 +374,13 @@ def memory_map_chunks(
 ) -> BlockChunks:
     """Dask chunks of a memory-mapped (unchunked) array.
 
-    ``"auto"`` (or ``None``) makes :func:`contiguous_chunks`; any block of a memory map
-    is aligned, so explicit requests are honoured as given.
+    ``"auto"`` (or ``None``) makes :func:`contiguous_chunks`, and so does ``"storage"``
+    (a memory map has no storage chunks); any block of a memory map is aligned, so
+    explicit requests are honoured as given.
     """
     if not shape:
         return ()
-    if chunks is None or (isinstance(chunks, str) and chunks == "auto"):
+    if chunks is None or (isinstance(chunks, str) and chunks in ("auto", "storage")):
         return contiguous_chunks(shape, dtype.itemsize, slow_to_fast, limit)
     return aligned_chunks(shape, None, dtype, chunks, limit=limit)
 

@@ -19,13 +19,16 @@ import abc
 import functools
 import importlib
 import logging
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from types import MappingProxyType, ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from lazyio.errors import UnknownFormatError, not_found
+import numpy as np
+
+from lazyio.errors import FormatError, LazyioError, UnknownFormatError, not_found
 from lazyio.location import Location
 
 if TYPE_CHECKING:
@@ -39,6 +42,11 @@ __all__ = [
     "FormatPlugin",
     "WriteMode",
     "available_plugins",
+    "OptionError",
+    "check_axes",
+    "check_bool_option",
+    "check_choice_option",
+    "check_scaleoffset_option",
     "detect_format",
     "format_from_extension",
     "format_names",
@@ -183,12 +191,16 @@ class FormatPlugin(abc.ABC):
     def describe(self, source: Location) -> FileDescription:
         """The spec version and the storage layout of each signal, from metadata only."""
 
-    def check_write(  # noqa: B027 - optional hook: nothing to check by default
+    def check_write(
         self, target: Any, signal: dict[str, Any], options: Mapping[str, Any]
     ) -> None:
         """Refuse, before anything is written, option values or data this format cannot
         write to ``target`` (the final target, not a temporary). ``ValueError`` or
-        ``TypeError`` for bad values, a LazyioError naming the target otherwise."""
+        ``TypeError`` for bad values, a LazyioError naming the target otherwise.
+
+        The default refuses axes that contradict the data (:func:`check_axes`); a plugin
+        that overrides this calls it too."""
+        check_axes(target, signal)
 
     def check_read(self, options: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
         """Refuse bad read option values before the file is opened."""
@@ -213,6 +225,114 @@ class FormatPlugin(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<lazyio format plugin {self.name!r}>"
+
+
+class OptionError(LazyioError, TypeError, ValueError):
+    """A format option of the wrong type (``write_dataset="yes"``).
+
+    Both a ``TypeError``, as Python functions raise for a wrong type, and a ``ValueError``,
+    as RosettaSciIO raises for these options, so either ``except`` written against one of
+    them keeps working."""
+
+
+def check_bool_option(name: str, value: Any, where: object = None) -> None:
+    """Refuse an option that must be ``True`` or ``False`` (``None``: not given).
+
+    Raises
+    ------
+    OptionError
+        A ``TypeError`` and a ``ValueError``, naming ``where`` (the target) and the option.
+    """
+    if value is not None and not isinstance(value, bool | np.bool_):
+        prefix = f"{where}: " if where is not None else ""
+        raise OptionError(f"{prefix}{name} must be True or False, not {value!r}")
+
+
+def check_scaleoffset_option(value: Any, where: object = None) -> None:
+    """Refuse an HDF5 ``scaleoffset`` that is neither ``None``, a bool nor an integer >= 0
+    (h5py would only fail once the file exists).
+
+    Raises
+    ------
+    OptionError
+        A ``TypeError`` and a ``ValueError``, naming ``where`` and the option.
+    """
+    if value is None or isinstance(value, bool | np.bool_):
+        return
+    if not isinstance(value, int | np.integer) or value < 0:
+        prefix = f"{where}: " if where is not None else ""
+        raise OptionError(f"{prefix}scaleoffset must be True, False or an integer >= 0, "
+                          f"not {value!r}")
+
+
+def check_choice_option(
+    name: str, value: Any, choices: tuple[Any, ...], where: object = None
+) -> None:
+    """Refuse an option whose value is not one of ``choices`` (``None``: not given).
+
+    Raises
+    ------
+    ValueError
+        Naming ``where`` (the target), the option and the choices.
+    """
+    try:
+        known = value is None or (value in choices and not isinstance(value, bool))
+    except (TypeError, ValueError):  # e.g. an array compared with a string
+        known = False
+    if known:
+        return
+    prefix = f"{where}: " if where is not None else ""
+    raise ValueError(
+        f"{prefix}{name} must be one of {', '.join(repr(c) for c in choices)}, not {value!r}"
+    )
+
+
+def check_axes(target: object, signal: Mapping[str, Any]) -> None:
+    """Refuse, before anything is written, axes that contradict the data: an axis whose
+    ``size`` (or non-uniform ``axis`` vector) disagrees with the data's length along it.
+
+    Such a file would be read back with the data's shape winning and a warning; writing
+    it is a mistake of the caller's, so every built-in writer refuses it.
+
+    Raises
+    ------
+    FormatError
+        A ``ValueError``, naming ``target`` and the axis.
+    """
+    shape = tuple(getattr(signal.get("data"), "shape", ()))
+    for i, axis in enumerate(signal.get("axes") or ()):
+        if i >= len(shape) or not isinstance(axis, Mapping):
+            break
+        try:
+            n = operator.index(shape[i])
+        except TypeError:  # a dask array of unknown length along this axis
+            continue
+        label = f"axis {i}" + (f" ({axis['name']!r})" if axis.get("name") else "")
+        vector = axis.get("axis")
+        sized = hasattr(vector, "__len__") and getattr(vector, "ndim", 1) == 1
+        if vector is not None and sized and len(vector) != n:
+            raise FormatError(
+                f"{target}: {label} has {len(vector)} values but the data have {n} "
+                "elements along it; nothing was written"
+            )
+        size = axis.get("size")
+        if size is None or isinstance(size, bool):
+            continue
+        try:
+            size = operator.index(size)
+        except TypeError:
+            whole = isinstance(size, float) and size.is_integer()
+            if not whole:
+                raise FormatError(
+                    f"{target}: {label} has size {size!r}, not a whole number; nothing "
+                    "was written"
+                ) from None
+            size = int(size)
+        if size != n:
+            raise FormatError(
+                f"{target}: {label} says size {size} but the data have {n} elements along "
+                "it; nothing was written"
+            )
 
 
 # --------------------------------------------------------------------------- the registry

@@ -20,8 +20,17 @@ from lazyio.backends.hdf5.filters import check_creation_options
 from lazyio.backends.hdf5.layout import dataset_layout
 from lazyio.backends.hdf5.safety import guard_untrusted, refuse_external
 from lazyio.backends.hdf5.target import H5ChunkTarget, encodable_pipeline, open_for_targets
-from lazyio.errors import FormatError, damaged, reading
-from lazyio.formats import Capabilities, FileDescription, FormatPlugin, UntrustedGuard
+from lazyio.errors import FormatError, UnsupportedError, damaged, reading
+from lazyio.formats import (
+    Capabilities,
+    FileDescription,
+    FormatPlugin,
+    UntrustedGuard,
+    check_axes,
+    check_bool_option,
+    check_choice_option,
+    check_scaleoffset_option,
+)
 from lazyio.formats.hyperspy.describe import experiment_data_paths, spec_version
 from lazyio.formats.hyperspy.hdf5_node import H5Node
 from lazyio.formats.hyperspy.node import Node
@@ -35,6 +44,8 @@ __all__ = ["PLUGIN", "HspyFormat"]
 FILE_FORMAT = "HyperSpy"
 # RosettaSciIO's default: chunks of about 1 MB holding whole signals
 TARGET_CHUNK_BYTES = 1_000_000
+# h5py modes that open an existing file without creating or truncating it
+READ_MODES = ("r", "r+", "a")
 
 
 def _make_writer(
@@ -73,13 +84,19 @@ class HspyFormat(FormatPlugin):
     write_dataset : bool, default True
         False rewrites metadata and axes of an existing local file in place, keeping its
         data.
+    mode : {"w", "a"}, optional
+        As RosettaSciIO: ``"a"`` goes with ``write_dataset=False`` (its default then), and
+        ``mode="w"`` with ``write_dataset=False`` raises ``ValueError`` (a file opened for
+        truncation cannot keep its data). ``"a"`` with ``write_dataset=True`` (adding an
+        experiment to an existing file) is not supported.
     close_file : bool, default True
         Accepted for compatibility; lazyio never leaves files open after writing.
 
     Read options
     ------------
-    mode : str
+    mode : {"r", "r+", "a"}, optional
         Accepted for compatibility; no handle is kept, so there is no file mode to choose.
+        Modes that would create or truncate the file are refused.
     """
 
     name = "hspy"
@@ -91,7 +108,7 @@ class HspyFormat(FormatPlugin):
     )
     read_options = frozenset({"mode"})
     write_options = frozenset({"compression", "compression_opts", "shuffle", "fletcher32",
-                               "scaleoffset", "write_dataset", "close_file"})
+                               "scaleoffset", "write_dataset", "close_file", "mode"})
     writer_positional = ("chunks", "compression", "close_file", "write_dataset",
                          "show_progressbar")
 
@@ -130,22 +147,45 @@ class HspyFormat(FormatPlugin):
             if not lazy:
                 handles.close_location(location)
 
+    def check_read(self, options: Mapping[str, Any]) -> None:
+        """``mode`` must not create or truncate the file."""
+        check_choice_option("mode", options.get("mode"), READ_MODES)
+
     def check_write(
         self, target: Any, signal: dict[str, Any], options: Mapping[str, Any]
     ) -> None:
-        """``write_dataset`` must be a bool; in-place updates need a local file; HDF5
-        dataset options are checked before the file is created."""
+        """Axes must fit the data; ``write_dataset`` and ``close_file`` are bools, ``mode``
+        agrees with ``write_dataset``; in-place updates need a local file; HDF5 dataset
+        options are checked before the file is created."""
+        check_axes(target, signal)
+        for flag in ("shuffle", "fletcher32"):  # OptionError: a ValueError too, as RosettaSciIO
+            check_bool_option(flag, options.get(flag), target)
+        check_scaleoffset_option(options.get("scaleoffset"), target)
         check_creation_options({"compression": "gzip", **options}, target)
         write_dataset = options.get("write_dataset", True)
-        if not isinstance(write_dataset, bool):
-            raise TypeError(f"write_dataset must be True or False, not {write_dataset!r}")
+        check_bool_option("write_dataset", write_dataset, target)
+        check_bool_option("close_file", options.get("close_file"), target)
+        mode = options.get("mode")
+        check_choice_option("mode", mode, ("w", "a"), target)
+        if mode == "w" and not write_dataset:
+            raise ValueError(
+                f"{target}: mode='a' is required to use write_dataset=False (mode='w' "
+                "truncates the file); nothing was written"
+            )
+        if mode == "a" and write_dataset:
+            raise UnsupportedError(
+                f"{target}: mode='a' with write_dataset=True (adding to an existing file) "
+                "is not supported: lazyio writes a new file, or with write_dataset=False "
+                "rewrites metadata and axes in place"
+            )
         if not write_dataset and getattr(target, "local_path", None) is None:
             raise FormatError(f"{target}: in-place metadata updates need a local file")
 
     def write(
         self, target: Any, signal: dict[str, Any], *, chunks: Chunks = None,
         show_progressbar: bool = True, compression: Any = "gzip",
-        write_dataset: bool = True, close_file: bool = True, **h5_options: Any,
+        write_dataset: bool = True, close_file: bool = True, mode: str | None = None,
+        **h5_options: Any,
     ) -> None:
         """Write into the local file ``target`` (created, or updated in place when
         ``write_dataset`` is False)."""

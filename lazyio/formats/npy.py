@@ -13,7 +13,7 @@ and ``file_writer`` live in :mod:`lazyio.rsciio`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
@@ -26,7 +26,14 @@ from lazyio.backends.raw.memmap import MemmapSource, memmap_distributed
 from lazyio.backends.raw.npy_header import MAGIC, NpyHeader, read_header
 from lazyio.backends.raw.npy_target import write_npy_into
 from lazyio.errors import FormatError, UnsupportedError, reading
-from lazyio.formats import Capabilities, FileDescription, FormatPlugin
+from lazyio.formats import (
+    Capabilities,
+    FileDescription,
+    FormatPlugin,
+    OptionError,
+    check_axes,
+    check_bool_option,
+)
 from lazyio.location import Location, as_location
 from lazyio.signals import default_axes, make_signal_dict
 
@@ -73,6 +80,17 @@ def _read_eager(
             done += n
     flat = raw.view(header.dtype) if header.dtype.itemsize else np.empty(count, header.dtype)
     return flat.reshape(header.shape, order=header.order)
+
+
+def _check_ints(name: str, value: Any) -> None:
+    if value is None:
+        return
+    items = [value] if isinstance(value, int | np.integer) else value
+    if isinstance(items, Iterable) and not isinstance(items, Sequence | np.ndarray):
+        return  # an iterator: checking it would consume it
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable) or not all(
+            isinstance(v, int | np.integer) and not isinstance(v, bool) for v in items):
+        raise OptionError(f"{name} must be integers, not {value!r}")
 
 
 def _place_scan(frames: np.ndarray, pos: np.ndarray, nav_shape: tuple[int, ...]) -> np.ndarray:
@@ -135,12 +153,39 @@ class NpyFormat(FormatPlugin):
         return head.startswith(MAGIC)
 
     def check_read(self, options: Mapping[str, Any]) -> None:
-        """Refuse ``allow_pickle=True`` and a bad ``mmap_mode``."""
+        """Refuse ``allow_pickle=True`` and option values of the wrong type or choice."""
+        check_bool_option("allow_pickle", options.get("allow_pickle"))
+        check_bool_option("fix_imports", options.get("fix_imports"))
         if options.get("allow_pickle"):
             raise UnsupportedError("allow_pickle=True: lazyio never unpickles data")
         mmap_mode = options.get("mmap_mode")
         if mmap_mode is not None and mmap_mode not in ("r", "r+", "c"):
             raise ValueError(f"mmap_mode must be 'r', 'r+' or 'c' to read, not {mmap_mode!r}")
+        key = options.get("key")
+        if key is not None and not isinstance(key, str):
+            raise OptionError(f"key must be the name of a field (a str), not {key!r}")
+        encoding = options.get("encoding")
+        if encoding is not None and not isinstance(encoding, str):
+            raise OptionError(f"encoding must be a str, not {encoding!r}")
+        for name in ("max_header_size", "block_size_limit"):
+            value = options.get(name)
+            if value is None or (name == "block_size_limit" and isinstance(value, str)):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise OptionError(f"{name} must be a positive integer, not {value!r}")
+            if value <= 0:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        _check_ints("navigation_axes", options.get("navigation_axes"))
+        _check_ints("navigation_shape", options.get("navigation_shape"))
+
+    def check_write(
+        self, target: Any, signal: dict[str, Any], options: Mapping[str, Any]
+    ) -> None:
+        """Refuse axes that contradict the data (a ``.npy`` keeps none, but a signal
+        whose axes are wrong is the caller's mistake) and non-bool flags."""
+        check_axes(target, signal)
+        check_bool_option("allow_pickle", options.get("allow_pickle"), target)
+        check_bool_option("fix_imports", options.get("fix_imports"), target)
 
     def read(
         self,

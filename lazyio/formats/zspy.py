@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
@@ -39,7 +40,15 @@ from lazyio.errors import (
     reading,
     translate,
 )
-from lazyio.formats import Capabilities, FileDescription, FormatPlugin
+from lazyio.formats import (
+    Capabilities,
+    FileDescription,
+    FormatPlugin,
+    OptionError,
+    check_axes,
+    check_bool_option,
+    check_choice_option,
+)
 from lazyio.formats.hyperspy.describe import experiment_data_paths, spec_version
 from lazyio.formats.hyperspy.signal import read_file_tree, write_signal_tree
 from lazyio.formats.hyperspy.writer import ArrayWriter
@@ -54,6 +63,8 @@ ZIP_MAGIC = b"PK\x03\x04"
 # Chunks of a few MB holding whole signals: one spectrum or pattern stays a cheap read.
 TARGET_CHUNK_BYTES = 8 * 2**20
 StoreType = Literal["local", "zip"]
+# zarr modes that open an existing store without creating or emptying it
+READ_MODES = ("r", "r+", "a")
 
 
 def _is_zip(location: Location, head: bytes | None = None) -> bool:
@@ -147,6 +158,43 @@ def _pack_zip(folder: str, zip_path: str) -> None:
                 zf.write(full, os.path.relpath(full, folder).replace(os.sep, "/"))
 
 
+def _is_codec(value: Any) -> bool:
+    import numcodecs.abc
+    from zarr.abc.codec import BaseCodec
+
+    return isinstance(value, numcodecs.abc.Codec | BaseCodec)
+
+
+def _check_codecs(options: Mapping[str, Any], target: object) -> None:
+    """``compressor`` one codec (or None), ``filters`` a sequence of codecs, ``fill_value``
+    a scalar: zarr would only fail on them once the store has been created."""
+    compressor = options.get("compressor")
+    if compressor is not None and not _is_codec(compressor):
+        raise OptionError(
+            f"{target}: compressor must be a numcodecs codec (e.g. numcodecs.Blosc()), a "
+            f"zarr codec or None, not {compressor!r}"
+        )
+    filters = options.get("filters")
+    if filters is not None and (isinstance(filters, str | bytes)
+                                or not isinstance(filters, Sequence)
+                                or not all(_is_codec(f) for f in filters)):
+        raise OptionError(
+            f"{target}: filters must be a list of numcodecs or zarr codecs, not {filters!r}"
+        )
+    fill_value = options.get("fill_value")
+    if fill_value is not None and not isinstance(fill_value, int | float | complex | bool
+                                                 | np.generic):
+        raise OptionError(f"{target}: fill_value must be a number, not {fill_value!r}")
+
+
+def _check_shape_option(name: str, value: Any, target: object) -> None:
+    if not isinstance(value, Sequence) or isinstance(value, str | bytes) or not all(
+            isinstance(v, int | np.integer) and not isinstance(v, bool) and v > 0
+            for v in value):
+        raise OptionError(f"{target}: {name} must be a tuple of positive integers, "
+                          f"not {value!r}")
+
+
 class ZspyFormat(FormatPlugin):
     """HyperSpy's Zarr format: a directory, a zip file or any zarr store.
 
@@ -169,8 +217,9 @@ class ZspyFormat(FormatPlugin):
 
     Read options
     ------------
-    mode : str
-        Accepted for compatibility; stores are opened read-only.
+    mode : {"r", "r+", "a"}, optional
+        Accepted for compatibility; stores are opened read-only. Modes that would create
+        or empty the store are refused.
     """
 
     name = "zspy"
@@ -199,22 +248,36 @@ class ZspyFormat(FormatPlugin):
         with reading(spec):
             return read_file_tree(_root(spec, store), lazy=lazy, chunks=chunks)
 
+    def check_read(self, options: Mapping[str, Any]) -> None:
+        """``mode`` must not create or empty the store."""
+        check_choice_option("mode", options.get("mode"), READ_MODES)
+
     def check_write(
         self, target: Any, signal: dict[str, Any], options: Mapping[str, Any]
     ) -> None:
-        """Validate ``zarr_format``, ``shards``, ``store_type`` and ``write_dataset``, and
-        refuse zip stores where they cannot be written."""
+        """Axes must fit the data; validate ``zarr_format``, ``shards``, ``store_type``,
+        ``compressor``, ``filters``, ``fill_value``, ``write_dataset`` and ``close_file``,
+        and refuse zip stores where they cannot be written."""
+        check_axes(target, signal)
         zarr_format = options.get("zarr_format", 2)
         if zarr_format not in (2, 3) or isinstance(zarr_format, bool):
-            raise ValueError(f"zarr_format must be 2 or 3, not {zarr_format!r}")
-        if options.get("shards") is not None and zarr_format != 3:
-            raise ValueError("shards need zarr_format=3")
+            raise ValueError(f"{target}: zarr_format must be 2 or 3, not {zarr_format!r}")
+        shards = options.get("shards")
+        if shards is not None:
+            if zarr_format != 3:
+                raise ValueError(f"{target}: shards need zarr_format=3")
+            _check_shape_option("shards", shards, target)
         store_type = options.get("store_type")
-        if store_type not in (None, "local", "zip"):
-            raise ValueError(f"store_type must be 'local' or 'zip', not {store_type!r}")
+        check_choice_option("store_type", store_type, ("local", "zip"), target)
+        if store_type is not None and not isinstance(target, Location):
+            raise ValueError(
+                "store_type must be None when a zarr store is passed as the filename "
+                "(the store is written as given)"
+            )
         write_dataset = options.get("write_dataset", True)
-        if not isinstance(write_dataset, bool):
-            raise TypeError(f"write_dataset must be True or False, not {write_dataset!r}")
+        check_bool_option("write_dataset", write_dataset, target)
+        check_bool_option("close_file", options.get("close_file"), target)
+        _check_codecs(options, target)
         if not isinstance(target, Location):
             return
         if not write_dataset:

@@ -7,6 +7,9 @@ writing produces version 3.3, as RosettaSciIO does, so HyperSpy reads lazyio's f
 from __future__ import annotations
 
 import copy
+import math
+import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +17,7 @@ import dask.array as da
 import numpy as np
 
 from lazyio.backends.chunking import Chunks
-from lazyio.errors import FormatError
+from lazyio.errors import FormatError, LazyioWarning
 from lazyio.formats.hyperspy.decode import decode_attribute, group_to_dict, read_dataset
 from lazyio.formats.hyperspy.encode import dict_to_group
 from lazyio.formats.hyperspy.node import Node
@@ -25,6 +28,7 @@ from lazyio.formats.hyperspy.versions import (
     migrate_metadata,
     parse_version,
 )
+from lazyio.signals import default_axes
 
 __all__ = ["read_file_tree", "write_signal_tree"]
 
@@ -47,9 +51,18 @@ def file_version(root: Node) -> tuple[int, int]:
     )
 
 
-def _axes(group: Node, ndim: int) -> list[dict[str, Any]]:
+# Axes are corrected to the data's shape only below this many elements (8 TB of float64):
+# a header edited to claim 10**12 rows under axes that say 4 is a lie to refuse, not a
+# dataset replaced in place, and would otherwise become a dask array of hundreds of TB.
+MAX_CORRECTED_ELEMENTS = 2**40
+_LIST_AXES = re.compile(r"_list_(\d+)_axes")
+
+
+def _stored_axes(group: Node, ndim: int) -> tuple[list[Any], int]:
+    """The axes as stored (``axis-i`` groups, else a ``_list_N_axes`` group) and how many
+    ``axis-i`` groups lie beyond ``ndim`` (left over when the data lost dimensions)."""
     members = group.members()
-    axes = []
+    axes: list[Any] = []
     for i in range(ndim):
         name = f"axis-{i}"
         if name not in members:
@@ -59,32 +72,90 @@ def _axes(group: Node, ndim: int) -> list[dict[str, Any]]:
             if isinstance(value, np.bool_):
                 axis[key] = bool(value)
         axes.append(axis)
-    if len(axes) == ndim:
-        return axes
-    list_key = f"_list_{ndim}_axes"
-    if list_key in members:
-        stored = group_to_dict(group.child(list_key))
-        axes = [stored[k] for k in sorted(stored, key=lambda k: (not k.isdigit(), int(k)
+    gap = next((j for j in range(len(axes) + 1, ndim) if f"axis-{j}" in members), None)
+    if gap is not None:  # axis-i missing but a later one stored: damage, not a resize
+        raise FormatError(
+            f"{group.where}: {group.path}/data has {ndim} dimensions but axis-{len(axes)} "
+            f"is missing while axis-{gap} is stored: the axis groups are damaged"
+        )
+    surplus = 0
+    while f"axis-{ndim + surplus}" in members:
+        surplus += 1
+    if len(axes) == ndim or axes or surplus:
+        return axes, surplus
+    lists = [key for key in members if _LIST_AXES.fullmatch(key)]
+    exact = f"_list_{ndim}_axes"
+    for key in ([exact] if exact in lists else []) + sorted(k for k in lists if k != exact):
+        stored = group_to_dict(group.child(key))
+        items = [stored[k] for k in sorted(stored, key=lambda k: (not k.isdigit(), int(k)
                                                                   if k.isdigit() else 0, k))]
-        if len(axes) == ndim:
-            return axes
-    raise FormatError(
-        f"{group.where}: {group.path}/data has {ndim} dimensions but {len(axes)} axis groups"
-    )
+        return items[:ndim], max(0, len(items) - ndim)
+    return [], 0
 
 
-def _check_sizes(group: Node, axes: list[dict[str, Any]], shape: tuple[int, ...]) -> None:
-    for i, (axis, n) in enumerate(zip(axes, shape, strict=True)):
-        size = axis.get("size") if isinstance(axis, dict) else None
-        try:
-            size = None if size is None else int(size)
-        except (TypeError, ValueError):
-            size = None
+def _stored_size(axis: dict[str, Any]) -> int | None:
+    size = axis.get("size")
+    if size is None and isinstance(axis.get("axis"), np.ndarray | list | tuple):
+        size = len(axis["axis"])
+    try:
+        return None if size is None else int(size)
+    except (TypeError, ValueError):
+        return None
+
+
+def _axes(group: Node, shape: tuple[int, ...]) -> list[dict[str, Any]]:
+    """The axes of ``group``'s data, made to fit the data's ``shape``.
+
+    A dataset replaced in place (e.g. with h5py) can disagree with the axes written beside
+    it; the data's shape wins. Sizes are corrected (name, units, scale and offset kept; a
+    non-uniform axis of the wrong length becomes an index axis), trailing axes the data
+    gained get defaults and those it lost are dropped, with a :class:`LazyioWarning`
+    naming each axis corrected. A gap in the axis groups (axis-1 missing, axis-2 stored)
+    is damage, not a resize, and raises :class:`FormatError`. Writers refuse such axes
+    (:func:`lazyio.formats.check_axes`).
+    """
+    ndim = len(shape)
+    stored, surplus = _stored_axes(group, ndim)
+    axes: list[dict[str, Any]] = []
+    fixed: list[str] = []
+    for i, n in enumerate(shape):
+        if i >= len(stored) or not isinstance(stored[i], dict):
+            axis = default_axes(shape)[i]
+            del axis["index_in_array"]
+            axes.append(axis)
+            fixed.append(f"axis-{i} missing (a default axis of size {n} added)")
+            continue
+        axis = dict(stored[i])
+        size = _stored_size(axis)
         if size is not None and size != n:
-            raise FormatError(
-                f"{group.where}: {group.path}/data has {n} elements along axis {i} but "
-                f"its axis-{i} says {size}"
-            )
+            if "axis" in axis:  # a non-uniform vector of the wrong length means nothing
+                del axis["axis"]
+                axis.setdefault("scale", 1.0)
+                axis.setdefault("offset", 0.0)
+                if axis.get("_type") == "DataAxis":  # HyperSpy's non-uniform axis type
+                    axis["_type"] = "UniformDataAxis"
+            if isinstance(axis.get("x"), dict):  # a functional axis evaluates on its x
+                axis["x"] = {**axis["x"], "size": n}
+            fixed.append(f"axis-{i} says {size}")
+            axis["size"] = n
+        axes.append(axis)
+    if surplus:
+        fixed.append(f"{surplus} surplus axis group(s) dropped")
+    if fixed and math.prod(shape) > MAX_CORRECTED_ELEMENTS:
+        raise FormatError(
+            f"{group.where}: {group.path}/data has shape {shape}, which its axes do not "
+            f"describe ({'; '.join(fixed)}), and declares more than 2**40 elements: "
+            "refused as a damaged header rather than read as replaced data"
+        )
+    if fixed:
+        warnings.warn(
+            f"{group.where}: {group.path}/data has shape {shape}, which its axes do not "
+            f"describe ({'; '.join(fixed)}); the data's shape is used (was the dataset "
+            "replaced in place?)",
+            LazyioWarning,
+            stacklevel=2,
+        )
+    return axes
 
 
 def read_signal_group(
@@ -116,8 +187,7 @@ def read_signal_group(
     # The lazy view costs no data read; checking the axes against it first means a header
     # declaring an absurd shape is refused before an eager read tries to allocate it.
     data = read_dataset(group, "data", lazy=True, chunks=chunks, members=members)
-    axes = _axes(group, data.ndim)
-    _check_sizes(group, axes, tuple(data.shape))
+    axes = _axes(group, tuple(int(n) for n in data.shape))
     if not lazy:
         data = read_dataset(group, "data", lazy=False, members=members)
     elif not isinstance(data, da.Array):

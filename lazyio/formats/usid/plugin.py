@@ -45,7 +45,16 @@ from lazyio.errors import (
     UnsupportedError,
     reading,
 )
-from lazyio.formats import Capabilities, FileDescription, FormatPlugin, UntrustedGuard, WriteMode
+from lazyio.formats import (
+    Capabilities,
+    FileDescription,
+    FormatPlugin,
+    UntrustedGuard,
+    WriteMode,
+    check_axes,
+    check_bool_option,
+    check_scaleoffset_option,
+)
 from lazyio.formats.usid.schema import (
     ANCILLARY,
     Dimension,
@@ -218,10 +227,11 @@ def _data(
 
 
 def _auto_chunks(view: USIDView, chunks: Chunks) -> BlockChunks:
-    if chunks is None or chunks == "auto":
+    if chunks is None or (isinstance(chunks, str) and chunks in ("auto", "storage")):
+        # "storage": the smallest N-D blocks of whole 2-D storage chunks (a one-byte budget)
         return nd_chunks(
             view.pos_shape, view.spec_shape, view.source.storage_chunks,
-            view.dtype.itemsize, auto_block_bytes(),
+            view.dtype.itemsize, 1 if chunks == "storage" else auto_block_bytes(),
         )
     # explicit chunks are the caller's choice; blocks that split storage chunks still read
     # correctly, each task decoding the storage chunks it touches
@@ -412,7 +422,8 @@ class UsidFormat(FormatPlugin):
         return bool(find_main(f, first_only=True))
 
     def check_read(self, options: Mapping[str, Any]) -> None:
-        """Validate ``non_uniform`` and ``dataset_path``."""
+        """Validate ``non_uniform``, ``ignore_non_uniform_dims`` and ``dataset_path``."""
+        check_bool_option("ignore_non_uniform_dims", options.get("ignore_non_uniform_dims"))
         _check_non_uniform(options.get("non_uniform"),
                            options.get("ignore_non_uniform_dims", True))
         dataset_path = options.get("dataset_path")
@@ -457,12 +468,16 @@ class UsidFormat(FormatPlugin):
     def check_write(
         self, target: Any, signal: dict[str, Any], options: Mapping[str, Any]
     ) -> None:
-        """Refuse data a USID main dataset cannot hold, and appends to remote files."""
+        """Refuse axes that contradict the data, data a USID main dataset cannot hold, bad
+        option values, and appends to remote files."""
+        check_axes(target, signal)
         _check_writable(target, signal["data"])
+        for flag in ("shuffle", "fletcher32"):  # OptionError: a ValueError too, as RosettaSciIO
+            check_bool_option(flag, options.get(flag), target)
+        check_scaleoffset_option(options.get("scaleoffset"), target)
         check_creation_options(options, target)
         append = options.get("append", False)
-        if not isinstance(append, bool):
-            raise TypeError(f"append must be True or False, not {append!r}")
+        check_bool_option("append", append, target)
         if append and getattr(target, "local_path", None) is None and target.exists():
             raise UnsupportedError(f"{target}: appending needs a local file")
 
