@@ -173,6 +173,11 @@ def read_with(
         return plugin.read(source, lazy=lazy, chunks=chunks, allow_external=allow_external,
                            **options)
     location = as_location(source, storage_options)
+    local = location.local_path
+    if local is not None and not os.path.lexists(local):
+        from lazyio.backends.atomic import recover
+
+        recover(local)  # a directory swap its writer did not live to finish
     named = get_plugin(format) if format is not None else None  # unknown names fail first
     if named is not None:
         check_keywords(caller, named, options, own_keywords, write=False)
@@ -315,7 +320,7 @@ def _write_location(
         _write_local(plugin, location, signal, overwrite, common)
         return
     from lazyio import handles
-    from lazyio.backends.atomic import remote_temporary, remove_target, upload_temporary
+    from lazyio.backends.atomic import remote_temporary, upload_temporary
 
     mode = plugin.write_mode(common)
     exists = location.exists()
@@ -339,15 +344,37 @@ def _write_location(
         with remote_temporary(location) as tmp_location, _named_as(tmp_location.url, location):
             plugin.write(tmp_location, signal, **common)
     else:
+        _write_remote_store(plugin, location, signal, own_keys, exists, common)
+
+
+def _write_remote_store(
+    plugin: FormatPlugin, location: Location, signal: dict[str, Any],
+    own_keys: list[str] | None, exists: bool, common: dict[str, Any],
+) -> None:
+    """Write a directory store in place: a marker says the store is being written (so a
+    store left unfinished is recognised and replaceable; the plugin's store puts it back
+    if zarr clears the prefix, and removes it once the root is written, last); the old
+    store's root documents are removed first, so a half-removed store never loads."""
+    import socket
+
+    from lazyio.backends.atomic import remove_target
+    from lazyio.backends.zarr.targets import WRITING_MARKER
+
+    fs = location.fs
+    marker = location.child(WRITING_MARKER).path
+    with _named_as(location.url, location):
+        fs.pipe_file(marker, f"pid {os.getpid()} on {socket.gethostname()}".encode())
         if own_keys is not None:
-            # the root documents first: a half-removed store must not load as complete
-            roots = [k for k in own_keys if k.rpartition("/")[0] == location.path.rstrip("/")]
+            root = location.path.rstrip("/")
+            own_keys = [k for k in own_keys if k != marker]
+            roots = [k for k in own_keys if k.rpartition("/")[0] == root]
             remove_target(location, roots)
             remove_target(location, [k for k in own_keys if k not in roots])
         elif exists:
             remove_target(location)
-        with _named_as(location.url, location):
-            plugin.write(location, signal, **common)
+            fs.pipe_file(marker, b"")
+        plugin.write(location, signal, **common)  # writes the root last, drops the marker
+        fs.invalidate_cache()
 
 
 def _write_local(
@@ -357,7 +384,13 @@ def _write_local(
     """Write a local target: refuse what must not be replaced, take the target's lock,
     recover a swap a dead writer left half-done, write a temporary, rename it."""
     from lazyio import handles
-    from lazyio.backends.atomic import atomic_path, copy_for_update, recover, target_lock
+    from lazyio.backends.atomic import (
+        atomic_path,
+        checkpoint,
+        copy_for_update,
+        recover,
+        target_lock,
+    )
 
     assert location.local_path is not None
     path = os.path.abspath(location.local_path)
@@ -386,6 +419,7 @@ def _write_local(
             if mode in ("update", "append") and exists:
                 # an update killed half-way must leave the old file whole: update a copy
                 copy_for_update(path, tmp)
+                checkpoint("copied")
             plugin.write(Location(tmp), signal, **common)
 
 
@@ -428,14 +462,19 @@ def _replaceable(plugin: FormatPlugin, location: Location) -> list[str] | None:
     if location.isdir():
         if not dir_stores:
             return _raise(refuse("a directory"))
-        from lazyio.backends.zarr.targets import hierarchy_keys
+        from lazyio.backends.zarr.targets import WRITING_MARKER, hierarchy_keys
 
-        own, foreign = hierarchy_keys(location.fs, location.path)
-        if not own or not plugin.sniff(location, b""):
+        if local is not None:  # the path as lazyio writes it (fsspec would expand "~")
+            own, foreign = hierarchy_keys(None, os.path.abspath(local))
+        else:
+            own, foreign = hierarchy_keys(location.fs, location.path)
+        root = (os.path.abspath(local) if local is not None else location.path).rstrip("/")
+        unfinished = f"{root}/{WRITING_MARKER}" in own  # lazyio's own, left unfinished
+        if not own or not (unfinished or plugin.sniff(location, b"")):
             return _raise(refuse(f"a directory holding {len(foreign)} entries and no "
                                  "Zarr hierarchy"))
         if foreign:
-            name = foreign[0][len(location.path.rstrip("/")) + 1:]
+            name = foreign[0][len(root) + 1:]
             return _raise(refuse(f"a Zarr store that also holds {len(foreign)} other "
                                  f"entries (e.g. {name!r})"))
         return own if local is None else None

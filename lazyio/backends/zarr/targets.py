@@ -19,7 +19,7 @@ from lazyio.backends.zarr.direct import LocalV2Layout, is_aligned, local_v2_layo
 from lazyio.backends.zarr.stores import FreshStore
 
 __all__ = ["ROOT_DOCS", "DeferredRootStore", "ZarrRegionTarget", "commit_root",
-           "hierarchy_keys", "zarr_target"]
+           "hierarchy_keys", "WRITING_MARKER", "zarr_target"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,9 @@ def zarr_target(array: zarr.Array[Any]) -> ZarrRegionTarget:
     return ZarrRegionTarget(array, layout)
 
 
+#: Put at the root of a remote store while lazyio writes it, removed once it is complete:
+#: a prefix holding it is an unfinished store that the next overwrite may replace.
+WRITING_MARKER = ".lazyio-writing"
 _GROUP_DOCS = frozenset({".zgroup", ".zattrs", ".zmetadata", "zarr.json"})
 
 
@@ -61,10 +64,15 @@ def hierarchy_keys(fs: Any, root: str) -> tuple[list[str], list[str]]:
     Own: the metadata documents of every group reachable from the root through groups,
     and everything under every array reachable so (its chunks). Foreign: the rest (a
     README, another program's files, a folder without Zarr metadata). Returns full paths
-    in ``fs``, as ``fs.find`` gives them; a root that is no Zarr group has no own keys.
+    in ``fs``, as ``fs.find`` gives them (``fs=None``: a local directory, walked with
+    ``os.walk``); a root that is no Zarr group has no own keys.
     """
     root = root.rstrip("/")
-    files = [p for p in fs.find(root, withdirs=False) if p.rstrip("/") != root]
+    if fs is None:  # a local directory: walked without fsspec, links not followed
+        files = [f"{top}/{name}".replace(os.sep, "/")
+                 for top, _dirs, names in os.walk(root) for name in names]
+    else:
+        files = [p for p in fs.find(root, withdirs=False) if p.rstrip("/") != root]
     by_dir: dict[str, set[str]] = {}
     for path in files:
         head, _, name = path.rpartition("/")
@@ -72,6 +80,8 @@ def hierarchy_keys(fs: Any, root: str) -> tuple[list[str], list[str]]:
 
     def kind(folder: str) -> str | None:
         names = by_dir.get(folder, set())
+        if folder == root and WRITING_MARKER in names:
+            return "group"  # a store whose writer did not finish: no root documents yet
         if ".zarray" in names:
             return "array"
         if ".zgroup" in names:
@@ -80,7 +90,12 @@ def hierarchy_keys(fs: Any, root: str) -> tuple[list[str], list[str]]:
             import json
 
             try:
-                doc = json.loads(fs.cat_file(f"{folder}/zarr.json")[:1_000_000])
+                if fs is None:
+                    with open(f"{folder}/zarr.json", "rb") as f:
+                        raw = f.read(1_000_000)
+                else:
+                    raw = fs.cat_file(f"{folder}/zarr.json", start=0, end=1_000_000)
+                doc = json.loads(raw)
             except (OSError, ValueError):
                 return None
             node = doc.get("node_type") if isinstance(doc, dict) else None
@@ -104,7 +119,7 @@ def hierarchy_keys(fs: Any, root: str) -> tuple[list[str], list[str]]:
             if node != "group":
                 break
             if depth == len(parts) - 1:
-                verdict = part in _GROUP_DOCS
+                verdict = part in _GROUP_DOCS or (depth == 0 and part == WRITING_MARKER)
                 break
             folder = f"{folder}/{part}"
         (own if verdict else foreign).append(path)
@@ -127,13 +142,39 @@ class DeferredRootStore(FreshStore):
         if key in ROOT_DOCS:
             self._docs[key] = value
             return
+        await self._mark()
         await super().set(key, value)
 
+    async def _mark(self) -> None:
+        # Before the first object (zarr may have cleared the prefix since the pipeline put
+        # the marker): a prefix with the marker is an unfinished store of lazyio's.
+        if WRITING_MARKER not in self._docs:
+            from zarr.core.buffer import default_buffer_prototype
+
+            marker = default_buffer_prototype().buffer.from_bytes(b"lazyio")
+            await self._store.set(WRITING_MARKER, marker)
+            self._docs[WRITING_MARKER] = None
+
+    async def set_if_not_exists(self, key: str, value: Any) -> None:
+        # zarr creates parent groups this way, past set()
+        if key in ROOT_DOCS:
+            self._docs.setdefault(key, value)
+            return
+        await self._mark()
+        await super().set_if_not_exists(key, value)
+
+    async def _set_many(self, values: Any) -> None:
+        for key, value in values:
+            await self.set(key, value)
+
     async def commit_root(self) -> None:
-        """Write the held-back root documents, the group document last."""
+        """Write the held-back root documents, the group document last, then remove the
+        writing marker."""
         for key in sorted((k for k in self._docs if k in ROOT_DOCS),
                           key=lambda k: k in (".zgroup", "zarr.json")):
             await self._store.set(key, self._docs[key])
+        if self._docs.pop(WRITING_MARKER, False) is None:
+            await self._store.delete(WRITING_MARKER)
 
 
 def commit_root(store: DeferredRootStore) -> None:
