@@ -230,6 +230,7 @@ def atomic_path(final_path: str | os.PathLike[str]) -> Iterator[str]:
         The temporary path to write (a file or a directory); it does not exist yet.
     """
     final_path = os.path.abspath(os.fspath(final_path))
+    clean_debris(final_path)  # first: a dead writer's temporary may hold the space needed
     tmp = temporary_sibling(final_path)
     try:
         yield tmp

@@ -15,6 +15,7 @@ time in storage order and appended to the (temporary) object.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import mmap
 import os
@@ -191,7 +192,12 @@ def write_npy_into(
         f.write(blank_header)
         if isinstance(data, da.Array):
             # _check refused unknown chunk sizes, so nbytes is a whole number
-            f.truncate(len(header) + int(data.nbytes))
+            size = len(header) + int(data.nbytes)
+            f.truncate(size)
+            f.flush()
+            # Reserve the blocks before anything maps the file: a full disk is then an
+            # ENOSPC here, not a SIGBUS in whichever task first touches a missing page.
+            _reserve(f.fileno(), size)
         else:
             f.writelines(_payload_pieces(np.asarray(data), fortran))
     if isinstance(data, da.Array) and data.size:
@@ -200,6 +206,18 @@ def write_npy_into(
         f.write(MAGIC)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _reserve(fd: int, size: int) -> None:
+    if size == 0:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as err:
+        # file systems without fallocate (EOPNOTSUPP, EINVAL) are written without the
+        # reservation, as before; a full disk is an error
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
 
 
 def _store_blocks(tmp: str, offset: int, data: da.Array, show_progressbar: bool) -> None:
