@@ -488,3 +488,30 @@ def test_existing_target_without_overwrite_is_still_refused(tmp_path: Path) -> N
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.timeout(120)
+def test_usid_append_while_another_process_reads_the_file(tmp_path: Path) -> None:
+    # h5py locks an open file: appending in place raised a bare BlockingIOError. The
+    # append now writes a copy renamed over the file; the reader keeps the old version.
+    path = path_for(tmp_path, "usid")
+    save(path, OLD, "usid")
+    reader = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, h5py\n"
+         f"f = h5py.File({str(path)!r}, 'r')\n"
+         "print('open', flush=True)\n"
+         "sys.stdin.read()\n"
+         "print(len(f), flush=True)\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout is not None
+        assert reader.stdout.readline().strip() == "open"
+        save(path, NEW, "usid", append=True)
+        got = lazyio.load(path, lazy=False)
+        lazyio.close_all()
+        assert len(got) == 2
+        np.testing.assert_array_equal(got[1]["data"], NEW)
+    finally:
+        out, _ = reader.communicate("", timeout=60)
+    assert out.strip() == "1"  # the reader saw its version to the end

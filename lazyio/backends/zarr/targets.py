@@ -64,15 +64,14 @@ def hierarchy_keys(fs: Any, root: str) -> tuple[list[str], list[str]]:
     Own: the metadata documents of every group reachable from the root through groups,
     and everything under every array reachable so (its chunks). Foreign: the rest (a
     README, another program's files, a folder without Zarr metadata). Returns full paths
-    in ``fs``, as ``fs.find`` gives them (``fs=None``: a local directory, walked with
-    ``os.walk``); a root that is no Zarr group has no own keys.
+    in ``fs``, as ``fs.find`` gives them; a root that is no Zarr group has no own keys.
+    With ``fs=None`` the local directory ``root`` is walked without descending into
+    arrays (an array is one own entry, its directory) and without following links.
     """
     root = root.rstrip("/")
-    if fs is None:  # a local directory: walked without fsspec, links not followed
-        files = [f"{top}/{name}".replace(os.sep, "/")
-                 for top, _dirs, names in os.walk(root) for name in names]
-    else:
-        files = [p for p in fs.find(root, withdirs=False) if p.rstrip("/") != root]
+    if fs is None:
+        return _local_hierarchy(root)
+    files = [p for p in fs.find(root, withdirs=False) if p.rstrip("/") != root]
     by_dir: dict[str, set[str]] = {}
     for path in files:
         head, _, name = path.rpartition("/")
@@ -90,12 +89,7 @@ def hierarchy_keys(fs: Any, root: str) -> tuple[list[str], list[str]]:
             import json
 
             try:
-                if fs is None:
-                    with open(f"{folder}/zarr.json", "rb") as f:
-                        raw = f.read(1_000_000)
-                else:
-                    raw = fs.cat_file(f"{folder}/zarr.json", start=0, end=1_000_000)
-                doc = json.loads(raw)
+                doc = json.loads(fs.cat_file(f"{folder}/zarr.json", start=0, end=1_000_000))
             except (OSError, ValueError):
                 return None
             node = doc.get("node_type") if isinstance(doc, dict) else None
@@ -123,6 +117,52 @@ def hierarchy_keys(fs: Any, root: str) -> tuple[list[str], list[str]]:
                 break
             folder = f"{folder}/{part}"
         (own if verdict else foreign).append(path)
+    return own, foreign
+
+
+def _node_kind(folder: str, files: set[str]) -> str | None:
+    if ".zarray" in files:
+        return "array"
+    if ".zgroup" in files:
+        return "group"
+    if "zarr.json" in files:
+        import json
+
+        try:
+            with open(os.path.join(folder, "zarr.json"), "rb") as f:
+                doc = json.loads(f.read(1_000_000))
+        except (OSError, ValueError):
+            return None
+        node = doc.get("node_type") if isinstance(doc, dict) else None
+        return node if node in ("array", "group") else None
+    return None
+
+
+def _local_hierarchy(root: str) -> tuple[list[str], list[str]]:
+    own: list[str] = []
+    foreign: list[str] = []
+    todo = [root]
+    while todo:
+        folder = todo.pop()
+        with os.scandir(folder) as it:
+            entries = list(it)
+        files = {e.name for e in entries if not e.is_dir(follow_symlinks=False)}
+        kind = _node_kind(folder, files)
+        if folder == root and WRITING_MARKER in files:
+            kind = "group"
+        if kind == "array":
+            own.append(folder)  # with everything under it
+            continue
+        if kind != "group":
+            foreign.append(folder)
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                todo.append(entry.path)
+            elif entry.name in _GROUP_DOCS or (folder == root and entry.name == WRITING_MARKER):
+                own.append(entry.path)
+            else:
+                foreign.append(entry.path)
     return own, foreign
 
 
