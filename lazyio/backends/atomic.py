@@ -63,7 +63,7 @@ TMP_TAG = ".lazyio-tmp-"  # in every temporary's name, so tests and cleanup can 
 OLD_TAG = ".lazyio-old-"  # an old version moved aside during a directory swap
 LOCK_TAG = ".lazyio-lock"  # the lock file of a target's writers
 _TAG = TMP_TAG
-_OWNED = re.compile(r"(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{12}$")
+_OWNED = re.compile(r"(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{12}")  # then maybe a suffix
 
 KILL_ENV = "LAZYIO_TEST_KILL_AT"
 PAUSE_ENV = "LAZYIO_TEST_PAUSE_AT"
@@ -110,7 +110,11 @@ def owner_alive(name: str) -> bool:
     A name from another host, or one whose process exists, counts as alive; a name
     without an owner (written by lazyio before owners were recorded) counts as dead.
     """
-    match = _OWNED.search(name)
+    for tag in (TMP_TAG, OLD_TAG):
+        if tag in name:
+            name = name.rpartition(tag)[2]  # the owner follows the tag (then a suffix)
+            break
+    match = _OWNED.match(name)
     if match is None:
         return False
     if match["host"] != _host_tag():

@@ -87,3 +87,11 @@ def test_the_lock_refuses_a_second_holder_and_is_removed_on_release(tmp_path):
     assert os.listdir(tmp_path) == []
     with atomic.target_lock(target):  # free again
         pass
+
+
+def test_a_suffixed_temporary_keeps_its_owner(tmp_path):
+    # the zip writer builds "<temporary>.dir" beside its temporary: still the live owner's
+    live = Path(atomic.temporary_sibling(str(tmp_path / "a.zspy")) + ".dir")
+    live.mkdir()
+    assert atomic.owner_alive(live.name)
+    assert atomic.clean_debris(tmp_path / "a.zspy") == []
