@@ -498,11 +498,11 @@ def test_usid_append_while_another_process_reads_the_file(tmp_path: Path) -> Non
     save(path, OLD, "usid")
     reader = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, h5py\n"
+         ("import sys, h5py\n"
          f"f = h5py.File({str(path)!r}, 'r')\n"
          "print('open', flush=True)\n"
          "sys.stdin.read()\n"
-         "print(len(f), flush=True)\n"],
+         "print(len(f), flush=True)\n")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert reader.stdout is not None
