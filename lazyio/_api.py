@@ -401,6 +401,8 @@ def _write_local(
             f"{location}: the directory {parent} does not exist; lazyio does not create it"
         )
     mode = plugin.write_mode(common)
+    if (overwrite or mode != "create") and os.path.lexists(path) and _special_place(path):
+        _replaceable(plugin, location)  # refused before a lock file is put beside it
     with _named_as("", location), target_lock(path):
         recover(path)
         exists = os.path.lexists(path)
@@ -432,7 +434,6 @@ def _replaceable(plugin: FormatPlugin, location: Location) -> list[str] | None:
 
     Returns the keys of a remote Zarr store to remove (its own keys only), else None.
     """
-    from lazyio.backends.atomic import is_special
     from lazyio.errors import ForeignTargetError
 
     dir_stores = plugin.capabilities.accepts_store_objects
@@ -444,16 +445,9 @@ def _replaceable(plugin: FormatPlugin, location: Location) -> list[str] | None:
     local = location.local_path
     if local is not None:
         path = os.path.abspath(local)
-        special = is_special(path)
-        if special is not None:
-            target = f" (to {os.readlink(path)})" if os.path.islink(path) else ""
-            return _raise(refuse(special + target))
-        real = os.path.realpath(path)
-        cwd = os.path.realpath(os.getcwd())
-        if real == os.path.realpath(os.path.expanduser("~")):
-            return _raise(refuse("your home directory"))
-        if real == cwd or cwd.startswith(real.rstrip(os.sep) + os.sep) or real == os.sep:
-            return _raise(refuse("the working directory or one of its parents"))
+        what = _special_place(path)
+        if what is not None:
+            return _raise(refuse(what))
     else:
         bucketless = location.path.strip("/")
         if "/" not in bucketless and location.url.split("://", 1)[0] in (
@@ -482,6 +476,23 @@ def _replaceable(plugin: FormatPlugin, location: Location) -> list[str] | None:
         head = location.read_head(HEAD_BYTES)
         if head and not plugin.sniff(location, head):
             return _raise(refuse(f"a file that is not a {plugin.name} file"))
+    return None
+
+
+def _special_place(path: str) -> str | None:
+    """What the local ``path`` is if no writer may ever replace it, else None."""
+    from lazyio.backends.atomic import is_special
+
+    special = is_special(path)
+    if special is not None:
+        target = f" (to {os.readlink(path)})" if os.path.islink(path) else ""
+        return special + target
+    real = os.path.realpath(path)
+    cwd = os.path.realpath(os.getcwd())
+    if real == os.path.realpath(os.path.expanduser("~")):
+        return "your home directory"
+    if real == cwd or cwd.startswith(real.rstrip(os.sep) + os.sep) or real == os.sep:
+        return "the working directory or one of its parents"
     return None
 
 
