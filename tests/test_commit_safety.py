@@ -403,6 +403,8 @@ CASES = {
     "hspy": ("hspy", {}, {"overwrite": True}, ["written", "swapped", "committed"]),
     "hspy-metadata-update": ("hspy", {}, {"write_dataset": False},
                              ["copied", "written", "swapped", "committed"]),
+    "zspy-metadata-update": ("zspy", {}, {"write_dataset": False},
+                             ["copied", "written", "old-aside", "swapped", "committed"]),
     "usid-append": ("usid", {"append": True}, {"append": True},
                     ["copied", "written", "swapped", "committed"]),
 }
@@ -424,6 +426,7 @@ def test_a_kill_at_any_commit_step_leaves_the_old_or_the_new_version(
             path.unlink()
         save(path, OLD, fmt, **first)
         old_state = lazyio.load(path, lazy=False)
+        old_bytes = snapshot(path)
         signal = {"data": OLD if update else NEW, "axes": AXES, "metadata": new_meta}
         code = _kill_at(step, lambda signal=signal: lazyio.save(
             path, signal, format=fmt, show_progressbar=False, **second))
@@ -441,8 +444,11 @@ def test_a_kill_at_any_commit_step_leaves_the_old_or_the_new_version(
         elif update:
             np.testing.assert_array_equal(got[0]["data"], OLD)
             old_notes = old_state[0]["metadata"].get("General", {}).get("notes")
-            want = old_notes if step in ("copied", "written") else "new"
+            before_swap = step in ("copied", "written", "old-aside")
+            want = old_notes if before_swap else "new"
             assert notes[0] == want, f"{case}: kill at {step!r}"
+            if before_swap:  # not one byte of the old version changed (hard links!)
+                assert snapshot(path) == old_bytes, f"{case}: kill at {step!r}"
         else:
             assert len(got) == 1
             ok_old = np.array_equal(got[0]["data"], OLD)
