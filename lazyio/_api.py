@@ -388,7 +388,6 @@ def _write_local(
         atomic_path,
         checkpoint,
         copy_for_update,
-        link_tree_for_update,
         recover,
         target_lock,
     )
@@ -415,14 +414,13 @@ def _write_local(
             _replaceable(plugin, location)
         # our own read handles on the target must not see a half-written or replaced file
         handles.close_location(location)
+        if mode in ("update", "append") and exists and os.path.isdir(path):
+            plugin.write(location, signal, **common)  # a directory store, key by key
+            return
         with atomic_path(path) as tmp, _named_as(tmp, location):
             if mode in ("update", "append") and exists:
-                # an update killed half-way must leave the old version whole: update a
-                # copy (a directory store's data files hard-linked, not copied)
-                if os.path.isdir(path):
-                    link_tree_for_update(path, tmp)
-                else:
-                    copy_for_update(path, tmp)
+                # an update killed half-way must leave the old file whole: update a copy
+                copy_for_update(path, tmp)
                 checkpoint("copied")
             plugin.write(Location(tmp), signal, **common)
 

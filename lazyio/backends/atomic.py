@@ -53,7 +53,6 @@ __all__ = [
     "checkpoint",
     "clean_debris",
     "copy_for_update",
-    "link_tree_for_update",
     "owner_alive",
     "recover",
     "remote_temporary",
@@ -269,34 +268,6 @@ def copy_for_update(source: str, destination: str) -> None:
     shutil.copymode(source, destination)
 
 
-def link_tree_for_update(source: str, destination: str) -> None:
-    """Copy the directory store ``source`` to ``destination`` (a temporary) for an update
-    renamed over it: data files are hard links (no bytes copied), small metadata documents
-    real copies.
-
-    Safe because nothing writes into an existing file of a store being updated: zarr-python
-    writes every key to a temporary and renames it (a new inode), and lazyio's direct chunk
-    writer writes only into arrays it has just deleted and re-created. File systems without
-    hard links get real copies.
-    """
-    os.mkdir(destination)
-    for top, dirs, files in os.walk(source):
-        rel = os.path.relpath(top, source)
-        here = destination if rel == "." else os.path.join(destination, rel)
-        for name in dirs:
-            os.mkdir(os.path.join(here, name))
-        for name in files:
-            src, dst = os.path.join(top, name), os.path.join(here, name)
-            if name in _METADATA_DOCS or os.path.islink(src):
-                shutil.copy2(src, dst, follow_symlinks=False)
-                continue
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copy2(src, dst)
-
-
-_METADATA_DOCS = frozenset({".zgroup", ".zattrs", ".zarray", ".zmetadata", "zarr.json"})
 _FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 
 
