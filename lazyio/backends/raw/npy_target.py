@@ -15,10 +15,13 @@ time in storage order and appended to the (temporary) object.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import functools
 import math
 import mmap
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -209,15 +212,34 @@ def write_npy_into(
 
 
 def _reserve(fd: int, size: int) -> None:
-    if size == 0:
+    """Allocate the file's blocks (Linux ``fallocate``); raise ENOSPC if they do not fit.
+
+    ``fallocate(2)`` itself, not ``os.posix_fallocate``: where the file system cannot
+    reserve (NFS, ZFS), glibc's emulation writes every block, which would double a large
+    write; there the file is written without a reservation, as before.
+    """
+    fallocate = _libc_fallocate()
+    if size == 0 or fallocate is None:
         return
+    if fallocate(fd, 0, ctypes.c_int64(0), ctypes.c_int64(size)) == 0:
+        return
+    err = ctypes.get_errno()
+    if err in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+        return
+    raise OSError(err, os.strerror(err))
+
+
+@functools.cache
+def _libc_fallocate() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as err:
-        # file systems without fallocate (EOPNOTSUPP, EINVAL) are written without the
-        # reservation, as before; a full disk is an error
-        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            raise
+        func = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    func.restype = ctypes.c_int
+    return func
 
 
 def _store_blocks(tmp: str, offset: int, data: da.Array, show_progressbar: bool) -> None:
