@@ -531,6 +531,8 @@ def _named_as(temporary: str, location: Location) -> Iterator[None]:
             ) from err
         if isinstance(err, PermissionError):
             raise access_denied(location, "cannot write there") from err
+        if location.local_path is None:
+            raise  # transport errors of remote stores are classified by the translator
         if isinstance(err, FileNotFoundError):
             raise MissingDirectoryError(
                 f"{location}: a directory it is written in disappeared during the write"
