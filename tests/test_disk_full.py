@@ -33,7 +33,8 @@ def _child(fmt: str, target: str, source: str, options: dict[str, Any], report: 
     """Runs in a forked child: write more than the file system holds."""
     import dask
 
-    dask.config.set(scheduler="threads")
+    # no thread pool: one made by the parent before the fork has no threads here
+    dask.config.set(scheduler="synchronous")
     shape = (48, 256, 256)  # 12 MiB of float32
     if metadata is not None:  # a metadata-only update of the existing file
         data: Any = np.random.default_rng(1).random((5, 256, 256), dtype="f4")
@@ -66,15 +67,20 @@ def _exit_like_python(code: int) -> None:
 
 def run_child(*args: Any, **kwargs: Any) -> tuple[int, str]:
     """Fork (lazyio is imported already: ms, not seconds), wait, return the exit code
-    (negative: killed by that signal) and the child's report."""
+    (negative: killed by that signal; -999: still running after 100 s, then killed) and
+    the child's report."""
     report = Path(tempfile.mkdtemp()) / "report"
     child = multiprocessing.get_context("fork").Process(
         target=_child, args=(*args, str(report)), kwargs=kwargs)
     child.start()
     child.join(100)
+    hung = child.exitcode is None
+    if hung:  # end it, and fail
+        child.kill()
+        child.join()
     text = report.read_text() if report.exists() else ""
     shutil.rmtree(report.parent)
-    return int(child.exitcode if child.exitcode is not None else -999), text
+    return (-999 if hung else int(child.exitcode or 0)), text
 
 
 @pytest.fixture
