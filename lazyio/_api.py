@@ -18,9 +18,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lazyio.errors import (
+    DiskFullError,
     LazyioError,
+    MissingDirectoryError,
+    TargetBusyError,
     TargetExistsError,
     UnsupportedError,
+    WriteError,
+    access_denied,
     names_target,
     not_found,
     reading,
@@ -190,6 +195,11 @@ def read_with(
         return plugin.read(source, lazy=lazy, chunks=chunks, allow_external=allow_external,
                            **options)
     location = as_location(source, storage_options)
+    local = location.local_path
+    if local is not None and not os.path.lexists(local):
+        from lazyio.backends.atomic import recover
+
+        recover(local)  # a directory swap its writer did not live to finish
     named = get_plugin(format) if format is not None else None  # unknown names fail first
     if named is not None:
         check_keywords(caller, named, options, own_keywords, write=False)
@@ -334,30 +344,26 @@ def _write_location(
     plugin: FormatPlugin, location: Location, signal: dict[str, Any], overwrite: bool,
     common: dict[str, Any],
 ) -> None:
+    if location.local_path is not None:
+        _write_local(plugin, location, signal, overwrite, common)
+        return
     from lazyio import handles
-    from lazyio.backends.atomic import (
-        atomic_path,
-        remote_temporary,
-        remove_target,
-        upload_temporary,
-    )
+    from lazyio.backends.atomic import remote_temporary, upload_temporary
 
     mode = plugin.write_mode(common)
     exists = location.exists()
     if mode == "update" and not exists:
         raise not_found(location, "write_dataset=False updates an existing file")
     if mode in ("update", "append") and exists:
+        _replaceable(plugin, location)
         handles.close_location(location)  # our read handles must not see it change
         plugin.write(location, signal, **common)
         return
     if exists and not overwrite:
         raise TargetExistsError(f"{location} exists; pass overwrite=True to replace it")
+    own_keys = _replaceable(plugin, location) if exists else None
     # our own read handles on the target must not see a half-written or replaced file
     handles.close_location(location)
-    if location.local_path is not None:
-        with atomic_path(location.local_path) as tmp, _named_as(tmp, location):
-            plugin.write(Location(tmp), signal, **common)
-        return
     strategy = plugin.capabilities.remote_write
     if strategy == "upload":
         with upload_temporary(location) as tmp, _named_as(tmp, location):
@@ -366,19 +372,201 @@ def _write_location(
         with remote_temporary(location) as tmp_location, _named_as(tmp_location.url, location):
             plugin.write(tmp_location, signal, **common)
     else:
-        if exists:
+        _write_remote_store(plugin, location, signal, own_keys, exists, common)
+
+
+def _write_remote_store(
+    plugin: FormatPlugin, location: Location, signal: dict[str, Any],
+    own_keys: list[str] | None, exists: bool, common: dict[str, Any],
+) -> None:
+    """Write a directory store in place: a marker says the store is being written (so a
+    store left unfinished is recognised and replaceable; the plugin's store puts it back
+    if zarr clears the prefix, and removes it once the root is written, last); the old
+    store's root documents are removed first, so a half-removed store never loads."""
+    import socket
+
+    from lazyio.backends.atomic import remove_target
+    from lazyio.backends.zarr.targets import WRITING_MARKER
+
+    fs = location.fs
+    marker = location.child(WRITING_MARKER).path
+    with _named_as(location.url, location):
+        fs.pipe_file(marker, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        if own_keys is not None:
+            root = location.path.rstrip("/")
+            own_keys = [k for k in own_keys if k != marker]
+            roots = [k for k in own_keys if k.rpartition("/")[0] == root]
+            remove_target(location, roots)
+            remove_target(location, [k for k in own_keys if k not in roots])
+        elif exists:
             remove_target(location)
-        plugin.write(location, signal, **common)
+            fs.pipe_file(marker, b"")
+        plugin.write(location, signal, **common)  # writes the root last, drops the marker
+        fs.invalidate_cache()
+
+
+def _write_local(
+    plugin: FormatPlugin, location: Location, signal: dict[str, Any], overwrite: bool,
+    common: dict[str, Any],
+) -> None:
+    """Write a local target: refuse what must not be replaced, take the target's lock,
+    recover a swap a dead writer left half-done, write a temporary, rename it."""
+    from lazyio import handles
+    from lazyio.backends.atomic import (
+        atomic_path,
+        checkpoint,
+        copy_for_update,
+        recover,
+        target_lock,
+    )
+
+    assert location.local_path is not None
+    path = os.path.abspath(location.local_path)
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        # every format refuses the same way: no writer creates missing directories
+        raise MissingDirectoryError(
+            f"{location}: the directory {parent} does not exist; lazyio does not create it"
+        )
+    mode = plugin.write_mode(common)
+    if (overwrite or mode != "create") and os.path.lexists(path) and _special_place(path):
+        _replaceable(plugin, location)  # refused before a lock file is put beside it
+    with _named_as("", location), target_lock(path):
+        recover(path)
+        exists = os.path.lexists(path)
+        if mode == "update" and not exists:
+            raise not_found(location, "write_dataset=False updates an existing file")
+        if exists and mode == "create" and not overwrite:
+            raise TargetExistsError(f"{location} exists; pass overwrite=True to replace it")
+        if exists:
+            _replaceable(plugin, location)
+        # our own read handles on the target must not see a half-written or replaced file
+        handles.close_location(location)
+        if mode in ("update", "append") and exists and os.path.isdir(path):
+            plugin.write(location, signal, **common)  # a directory store, key by key
+            return
+        with atomic_path(path) as tmp, _named_as(tmp, location):
+            if mode in ("update", "append") and exists:
+                # an update killed half-way must leave the old file whole: update a copy
+                copy_for_update(path, tmp)
+                checkpoint("copied")
+            plugin.write(Location(tmp), signal, **common)
+
+
+_REFUSAL = ("lazyio replaces only a {fmt} target it recognises (a {fmt} file{store}) and "
+            "leaves this untouched")
+
+
+def _replaceable(plugin: FormatPlugin, location: Location) -> list[str] | None:
+    """Refuse to replace (or update) what is not a target of ``plugin``'s kind.
+
+    Returns the keys of a remote Zarr store to remove (its own keys only), else None.
+    """
+    from lazyio.errors import ForeignTargetError
+
+    dir_stores = plugin.capabilities.accepts_store_objects
+    why = _REFUSAL.format(fmt=plugin.name, store=" or a Zarr store" if dir_stores else "")
+
+    def refuse(what: str) -> ForeignTargetError:
+        return ForeignTargetError(f"{location} is {what}; {why}")
+
+    local = location.local_path
+    if local is not None:
+        path = os.path.abspath(local)
+        what = _special_place(path)
+        if what is not None:
+            return _raise(refuse(what))
+    else:
+        bucketless = location.path.strip("/")
+        if "/" not in bucketless and location.url.split("://", 1)[0] in (
+                "s3", "s3a", "gs", "gcs", "az", "abfs", "adl", "oss"):
+            return _raise(refuse("a bucket root"))
+    if location.isdir():
+        if not dir_stores:
+            return _raise(refuse("a directory"))
+        from lazyio.backends.zarr.targets import WRITING_MARKER, hierarchy_keys
+
+        if local is not None:  # the path as lazyio writes it (fsspec would expand "~")
+            own, foreign = hierarchy_keys(None, os.path.abspath(local))
+        else:
+            own, foreign = hierarchy_keys(location.fs, location.path)
+        root = (os.path.abspath(local) if local is not None else location.path).rstrip("/")
+        unfinished = f"{root}/{WRITING_MARKER}" in own  # lazyio's own, left unfinished
+        if not own or not (unfinished or plugin.sniff(location, b"")):
+            return _raise(refuse(f"a directory holding {len(foreign)} entries and no "
+                                 "Zarr hierarchy"))
+        if foreign:
+            name = foreign[0][len(root) + 1:]
+            return _raise(refuse(f"a Zarr store that also holds {len(foreign)} other "
+                                 f"entries (e.g. {name!r})"))
+        return own if local is None else None
+    with reading(location):
+        head = location.read_head(HEAD_BYTES)
+        if head and not plugin.sniff(location, head):
+            return _raise(refuse(f"a file that is not a {plugin.name} file"))
+    return None
+
+
+def _special_place(path: str) -> str | None:
+    """What the local ``path`` is if no writer may ever replace it, else None."""
+    from lazyio.backends.atomic import is_special
+
+    special = is_special(path)
+    if special is not None:
+        target = f" (to {os.readlink(path)})" if os.path.islink(path) else ""
+        return special + target
+    real = os.path.realpath(path)
+    cwd = os.path.realpath(os.getcwd())
+    if real == os.path.realpath(os.path.expanduser("~")):
+        return "your home directory"
+    if real == cwd or cwd.startswith(real.rstrip(os.sep) + os.sep) or real == os.sep:
+        return "the working directory or one of its parents"
+    return None
+
+
+def _raise(err: BaseException) -> Any:
+    raise err
 
 
 @contextlib.contextmanager
 def _named_as(temporary: str, location: Location) -> Iterator[None]:
-    """Errors that name the temporary name the target the caller asked for instead."""
+    """Errors that name the temporary name the target the caller asked for instead, and
+    errors of the operating system (a full disk, a refused directory, a writer holding
+    the target) become lazyio's, naming the target."""
+    from lazyio.backends.atomic import TargetBusy, is_disk_full
+
+    def named(text: str) -> str:
+        return text.replace(temporary, str(location)) if temporary else text
+
     try:
         yield
+    except TargetBusy as err:
+        holder = f" ({err.args[0]})" if err.args and err.args[0] else ""
+        raise TargetBusyError(
+            f"{location}: another process is writing it now{holder}; nothing was written, "
+            "try again once it has finished"
+        ) from None
     except LazyioError as err:
         message = str(err)
-        if temporary in message and len(err.args) == 1:
-            raise type(err)(message.replace(temporary, str(location))) from err
+        if temporary and temporary in message and len(err.args) == 1:
+            raise type(err)(named(message)) from err
         raise
-
+    except Exception as err:
+        if is_disk_full(err):
+            raise DiskFullError(
+                f"{location}: no space left on the device; nothing was written (a previous "
+                "version is intact)"
+            ) from err
+        if isinstance(err, PermissionError):
+            raise access_denied(location, "cannot write there") from err
+        if location.local_path is None:
+            raise  # transport errors of remote stores are classified by the translator
+        if isinstance(err, FileNotFoundError):
+            raise MissingDirectoryError(
+                f"{location}: a directory it is written in disappeared during the write"
+            ) from err
+        if isinstance(err, OSError) and type(err) in (OSError, IsADirectoryError,
+                                                      NotADirectoryError, BlockingIOError):
+            detail = named(err.strerror or str(err))
+            raise WriteError(f"{location}: writing failed ({detail})") from err
+        raise

@@ -54,6 +54,30 @@ class TargetExistsError(LazyioError, FileExistsError):
     """The write target exists and ``overwrite`` was not given."""
 
 
+class ForeignTargetError(TargetExistsError):
+    """``overwrite=True`` was given, but what is at the target is not something lazyio
+    recognises as the same kind (a directory of other files, a file of another format, a
+    link, a device, the working directory, a bucket root): it is refused, untouched."""
+
+
+class WriteError(LazyioError, OSError):
+    """Writing the target failed; a previous version of it is intact and no temporary
+    is left behind."""
+
+
+class MissingDirectoryError(WriteError, FileNotFoundError):
+    """The directory the target should be written in does not exist (lazyio never
+    creates it)."""
+
+
+class DiskFullError(WriteError):
+    """The device (or quota) ran out of space while the target was written."""
+
+
+class TargetBusyError(WriteError, BlockingIOError):
+    """Another live process is writing the same target now."""
+
+
 class UnsupportedError(LazyioError, NotImplementedError):
     """The request is valid but lazyio cannot honour it (e.g. a codec it cannot decode)."""
 

@@ -136,7 +136,12 @@ def test_sigkill_mid_write_keeps_previous_version(tmp_path: Path, kind: str) -> 
         child = ctx.Process(target=_write_forever, args=(str(path), kind, attempt, started))
         child.start()
         assert started.wait(30)
-        time.sleep(rng.uniform(0.01, 0.08))
+        # kill at a random moment once the write has begun (its temporary exists): the
+        # checks before it (lock, kind of the old target) take a machine-dependent time
+        deadline = time.monotonic() + 30
+        while not debris(tmp_path) and child.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0.0, 0.04))
         os.kill(child.pid, signal.SIGKILL)
         child.join(10)
         assert child.exitcode == -signal.SIGKILL, "the write finished before the kill"

@@ -86,7 +86,7 @@ def test_local_writes_go_to_a_temporary_sibling(tmp_path, fmt, spy_writes):
 
 
 @pytest.mark.parametrize("fmt", ["hspy", "zspy"])
-def test_metadata_update_is_routed_in_place(tmp_path, fmt, spy_writes):
+def test_metadata_update_is_routed_to_a_copy_or_in_place(tmp_path, fmt, spy_writes):
     path = path_for(tmp_path, fmt)
     missing = path_for(tmp_path, fmt, "missing")
     with pytest.raises(SourceNotFoundError, match="write_dataset=False"):
@@ -99,19 +99,23 @@ def test_metadata_update_is_routed_in_place(tmp_path, fmt, spy_writes):
     # an existing target is updated, not replaced: no overwrite needed
     lazyio.save(path, signal, write_dataset=False, show_progressbar=False)
     [(_, target)] = spy_writes
-    assert target.local_path == str(path)
+    if fmt == "hspy":  # a file: a copy is updated and renamed over it
+        assert TMP_TAG in target.local_path
+    else:  # a directory store: updated key by key
+        assert target.local_path == str(path)
+    assert [n for n in os.listdir(tmp_path) if TMP_TAG in n] == []
     [out] = lazyio.load(path, lazy=False)
     assert out["metadata"]["General"]["notes"] == "updated"
     np.testing.assert_array_equal(out["data"], DATA)
 
 
-def test_usid_append_is_routed_in_place(tmp_path, spy_writes):
+def test_usid_append_is_routed_to_a_copy(tmp_path, spy_writes):
     path = path_for(tmp_path, "usid")
     lazyio.save(path, {"data": DATA, "axes": AXES}, append=True, show_progressbar=False)
     lazyio.save(path, {"data": DATA + 1, "axes": AXES}, append=True, show_progressbar=False)
     first, second = (t for _, t in spy_writes)
     assert TMP_TAG in first.local_path  # created through a temporary
-    assert second.local_path == str(path)  # appended in place
+    assert TMP_TAG in second.local_path  # appended to a copy renamed over the file
     assert len(lazyio.load(path)) == 2
 
 

@@ -1,44 +1,135 @@
 """Atomic replacement of files and directories: write beside the target, rename when done.
 
-An interrupted write leaves only a hidden temporary sibling (removed on failure when
-possible, and by the next successful write of the same target), never a target that
-looks complete. Remote targets get the same treatment where the store allows it: a
-temporary object moved into place (:func:`remote_temporary`), or a local temporary
-uploaded whole (:func:`upload_temporary`) for formats that cannot be streamed.
+An interrupted write leaves only a hidden temporary sibling, never a target that looks
+complete. Every temporary's name carries its owner (a host tag and a process id), so the
+next write of the same target removes the temporaries of writers that died and never
+those of a live one. Replacing a directory takes two renames (the old version aside, the
+new one in); the old version's name says so (:data:`OLD_TAG`), and :func:`recover` puts it
+back if its owner died between the two. Writers of one local target are serialised by a
+lock file beside it (:func:`target_lock`, an ``flock`` the kernel releases when its owner
+dies).
+
+Remote targets get the same treatment where the store allows it: a temporary object moved
+into place (:func:`remote_temporary`), or a local temporary uploaded whole
+(:func:`upload_temporary`) for formats that cannot be streamed.
+
+:func:`checkpoint` names each step of a commit; the test suite sets
+``LAZYIO_TEST_KILL_AT=<step>`` (the process exits there, as if killed) or
+``LAZYIO_TEST_PAUSE_AT=<step>`` with ``LAZYIO_TEST_PAUSE_FILE`` (the process waits there) to
+check every step without relying on timing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
+import hashlib
 import os
+import re
 import shutil
+import socket
+import stat
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lazyio.location import Location
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no flock, no clones
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = [
+    "KILL_EXIT_CODE",
+    "LOCK_TAG",
+    "OLD_TAG",
     "TMP_TAG",
     "atomic_path",
+    "checkpoint",
+    "clean_debris",
+    "copy_for_update",
+    "owner_alive",
+    "recover",
     "remote_temporary",
     "remove_path",
     "remove_target",
+    "target_lock",
     "temporary_sibling",
     "upload_temporary",
 ]
 
 TMP_TAG = ".lazyio-tmp-"  # in every temporary's name, so tests and cleanup can find them
+OLD_TAG = ".lazyio-old-"  # an old version moved aside during a directory swap
+LOCK_TAG = ".lazyio-lock"  # the lock file of a target's writers
 _TAG = TMP_TAG
+_OWNED = re.compile(r"(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{12}")  # then maybe a suffix
+
+KILL_ENV = "LAZYIO_TEST_KILL_AT"
+PAUSE_ENV = "LAZYIO_TEST_PAUSE_AT"
+PAUSE_FILE_ENV = "LAZYIO_TEST_PAUSE_FILE"
+KILL_EXIT_CODE = 86
 
 
-def temporary_sibling(final_path: str) -> str:
-    """A unique hidden name in the same directory as ``final_path``."""
+def checkpoint(step: str) -> None:
+    """A named step of a commit, where the test suite can stop or pause the process.
+
+    With ``LAZYIO_TEST_KILL_AT=<step>`` the process ends at once with
+    :data:`KILL_EXIT_CODE` (``os._exit``: no cleanup runs, as after SIGKILL). With
+    ``LAZYIO_TEST_PAUSE_AT=<step>`` it creates ``$LAZYIO_TEST_PAUSE_FILE.reached`` and
+    waits until ``$LAZYIO_TEST_PAUSE_FILE`` exists. Unset, it costs one dictionary look-up.
+    """
+    if os.environ.get(KILL_ENV) == step:
+        os._exit(KILL_EXIT_CODE)
+    if os.environ.get(PAUSE_ENV) == step:
+        release = os.environ[PAUSE_FILE_ENV]
+        with open(release + ".reached", "w"):
+            pass
+        while not os.path.exists(release):
+            time.sleep(0.01)
+
+
+def _host_tag() -> str:
+    return hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
+
+
+def _owner() -> str:
+    # computed per call: a forked child owns its own temporaries
+    return f"{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def temporary_sibling(final_path: str, tag: str = TMP_TAG) -> str:
+    """A unique hidden name in the same directory as ``final_path``, naming its owner."""
     head, tail = os.path.split(os.path.abspath(final_path))
-    return os.path.join(head, f".{tail}{_TAG}{uuid.uuid4().hex[:12]}")
+    return os.path.join(head, f".{tail}{tag}{_owner()}")
+
+
+def owner_alive(name: str) -> bool:
+    """Whether the process that made the temporary ``name`` may still be running.
+
+    A name from another host, or one whose process exists, counts as alive; a name
+    without an owner (written by lazyio before owners were recorded) counts as dead.
+    """
+    for tag in (TMP_TAG, OLD_TAG):
+        if tag in name:
+            name = name.rpartition(tag)[2]  # the owner follows the tag (then a suffix)
+            break
+    match = _OWNED.match(name)
+    if match is None:
+        return False
+    if match["host"] != _host_tag():
+        return True  # cannot tell: keep it
+    try:
+        os.kill(int(match["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
 
 
 def remove_path(path: str) -> None:
@@ -50,10 +141,47 @@ def remove_path(path: str) -> None:
             os.remove(path)
 
 
-def _clean_debris(final_path: str) -> None:
+def _siblings(final_path: str, tag: str) -> list[str]:
     head, tail = os.path.split(os.path.abspath(final_path))
-    for stale in glob.glob(os.path.join(glob.escape(head), f".{glob.escape(tail)}{_TAG}*")):
-        remove_path(stale)
+    return glob.glob(os.path.join(glob.escape(head), f".{glob.escape(tail)}{tag}*"))
+
+
+def clean_debris(final_path: str | os.PathLike[str]) -> list[str]:
+    """Remove the temporaries of dead writers of ``final_path``; return what was removed.
+
+    A temporary whose owner is alive (another process writing now) is left alone.
+    """
+    removed = []
+    for stale in _siblings(os.fspath(final_path), TMP_TAG):
+        if not owner_alive(os.path.basename(stale)):
+            remove_path(stale)
+            removed.append(stale)
+    return removed
+
+
+def recover(final_path: str | os.PathLike[str]) -> bool:
+    """Finish or undo a directory swap that a dead writer left half-done.
+
+    If the target is missing and an old version its dead owner moved aside exists, the
+    old version is renamed back (returns True). If the target exists, old versions of
+    dead owners are leftovers of a completed swap and are removed. Live owners' are left.
+    """
+    final_path = os.path.abspath(os.fspath(final_path))
+    olds = [p for p in _siblings(final_path, OLD_TAG) if not owner_alive(os.path.basename(p))]
+    if not olds:
+        return False
+    restored = False
+    if not os.path.lexists(final_path):
+        newest = max(olds, key=lambda p: os.lstat(p).st_mtime_ns)
+        with contextlib.suppress(FileNotFoundError):  # another process restored it
+            os.rename(newest, final_path)
+            restored = True
+            olds.remove(newest)
+            _fsync_directory(os.path.dirname(final_path))
+    if os.path.lexists(final_path):
+        for old in olds:
+            remove_path(old)
+    return restored
 
 
 def _fsync_directory(directory: str) -> None:
@@ -74,17 +202,21 @@ def _replace(tmp: str, final_path: str) -> None:
         os.path.isdir(tmp) and os.path.lexists(final_path)
     ):
         # os.replace cannot put anything over a directory, nor a directory over a file:
-        # move the old target aside first, and put it back if the new one cannot go in.
-        old = temporary_sibling(final_path)
+        # move the old target aside first (under a name recover() knows), and put it back
+        # if the new one cannot go in.
+        old = temporary_sibling(final_path, OLD_TAG)
         os.replace(final_path, old)
+        checkpoint("old-aside")
         try:
             os.replace(tmp, final_path)
         except BaseException:
             os.replace(old, final_path)
             raise
+        checkpoint("swapped")
         remove_path(old)
     else:
         os.replace(tmp, final_path)
+        checkpoint("swapped")
 
 
 @contextlib.contextmanager
@@ -106,15 +238,130 @@ def atomic_path(final_path: str | os.PathLike[str]) -> Iterator[str]:
         The temporary path to write (a file or a directory); it does not exist yet.
     """
     final_path = os.path.abspath(os.fspath(final_path))
+    clean_debris(final_path)  # first: a dead writer's temporary may hold the space needed
     tmp = temporary_sibling(final_path)
     try:
         yield tmp
+        checkpoint("written")
         _replace(tmp, final_path)
     except BaseException:
         remove_path(tmp)
         raise
-    _clean_debris(final_path)
+    clean_debris(final_path)
     _fsync_directory(os.path.dirname(final_path))
+    checkpoint("committed")
+
+
+def copy_for_update(source: str, destination: str) -> None:
+    """Copy the file ``source`` to ``destination`` (a temporary), to be updated there and
+    renamed over ``source``: an update killed half-way then leaves the old file whole."""
+    # A copy-on-write clone first (btrfs, XFS: instant, no space used until the update
+    # writes), else the kernel's copy (sendfile), which keeps nothing in Python memory.
+    with open(source, "rb") as src, open(destination, "wb") as dst:
+        try:
+            if fcntl is None:
+                raise OSError("no clones here")
+            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+        except OSError:
+            dst.truncate(0)
+            _sendfile(src, dst)
+    shutil.copymode(source, destination)
+
+
+_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+
+
+def _sendfile(src: Any, dst: Any) -> None:
+    if not hasattr(os, "sendfile"):  # pragma: no cover - not Linux or macOS
+        shutil.copyfileobj(src, dst, 16 * 2**20)
+        return
+    size = os.fstat(src.fileno()).st_size
+    offset = 0
+    while offset < size:
+        sent = os.sendfile(dst.fileno(), src.fileno(), offset, min(size - offset, 2**30))
+        if sent == 0:
+            break
+        offset += sent
+
+
+class TargetBusy(Exception):
+    """Another live process holds the target's lock (``args[0]`` says who, if known)."""
+
+
+def _lock_name(final_path: str) -> str:
+    head, tail = os.path.split(os.path.abspath(final_path))
+    return os.path.join(head, f".{tail}{LOCK_TAG}")
+
+
+@contextlib.contextmanager
+def target_lock(final_path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the writers' lock of the local target ``final_path`` for the block.
+
+    The lock is an ``flock`` on a hidden file beside the target, holding the owner's host
+    and pid for the message of a refused writer. The kernel releases it when its owner
+    dies, so a killed writer never blocks the next one; the file is removed on release.
+
+    Raises
+    ------
+    TargetBusy
+        Another live process (or another thread of this one) holds the lock.
+    """
+    path = _lock_name(os.fspath(final_path))
+    if fcntl is None:  # pragma: no cover - Windows: writers are not serialised
+        yield
+        return
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            finally:
+                os.close(fd)
+            raise TargetBusy(holder) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        # The previous holder may have removed the file between our open and our lock:
+        # then we hold a lock on a name nobody else sees, and must start again.
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)  # while still holding it: see the check above
+        os.close(fd)
+
+
+def is_special(path: str) -> str | None:
+    """What ``path`` is if it is neither a regular file nor a directory (nor missing)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    for test, what in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return None
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (an OSError, or an HDF5 error carrying the C errno) is a full disk."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return "errno = 28" in text or "No space left on device" in text
 
 
 @contextlib.contextmanager
@@ -126,7 +373,7 @@ def remote_temporary(target: Location) -> Iterator[Location]:
     # Object-store keys are not local paths: the sibling's name is built here, not with
     # os.path (which would make a bucket key absolute).
     base, sep, name = target.url.rstrip("/").rpartition("/")
-    tmp = Location(f"{base}{sep}.{name}{_TAG}{uuid.uuid4().hex[:12]}", target.storage_options)
+    tmp = Location(f"{base}{sep}.{name}{_TAG}{_owner()}", target.storage_options)
     fs = target.fs
     try:
         yield tmp
@@ -153,8 +400,16 @@ def upload_temporary(target: Location) -> Iterator[str]:
             fs.put_file(local, target.path)
 
 
-def remove_target(target: Location) -> None:
-    """Remove a file or directory tree at ``target`` (local or remote), if it exists."""
+def remove_target(target: Location, keys: list[str] | None = None) -> None:
+    """Remove a file or directory tree at ``target`` (local or remote), if it exists.
+
+    With ``keys`` (full paths in the target's file system), remove exactly those objects
+    and nothing else: a replaced remote store loses its own keys only.
+    """
+    if keys is not None:
+        if keys:
+            target.fs.rm(keys)
+        return
     if target.local_path is not None:
         remove_path(target.local_path)
         return

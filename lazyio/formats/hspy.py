@@ -19,7 +19,12 @@ from lazyio.backends.hdf5.files import check_hdf5_source, open_h5, sniff_hdf5
 from lazyio.backends.hdf5.filters import check_creation_options
 from lazyio.backends.hdf5.layout import dataset_layout
 from lazyio.backends.hdf5.safety import guard_untrusted, refuse_external
-from lazyio.backends.hdf5.target import H5ChunkTarget, encodable_pipeline, open_for_targets
+from lazyio.backends.hdf5.target import (
+    H5ChunkTarget,
+    encodable_pipeline,
+    open_for_targets,
+    writing_file,
+)
 from lazyio.errors import FormatError, UnsupportedError, damaged, reading
 from lazyio.formats import (
     Capabilities,
@@ -196,7 +201,7 @@ class HspyFormat(FormatPlugin):
         options = dict(h5_options)
         if compression is not None:
             options["compression"] = compression
-        with h5py.File(path, "w" if write_dataset else "a") as h5file, \
+        with writing_file(path, "w" if write_dataset else "a") as h5file, \
                 open_for_targets(h5file) as key:
             writer = _make_writer(key, signal, chunks, options)
             write_signal_tree(

@@ -25,14 +25,13 @@ from lazyio.backends.zarr.codecs import ZarrFormat, default_compressor
 from lazyio.backends.zarr.layout import array_layout
 from lazyio.backends.zarr.stores import (
     DirSpec,
-    FreshStore,
     InstanceSpec,
     StoreSpec,
     ZipSpec,
     node_kind,
     open_store,
 )
-from lazyio.backends.zarr.targets import zarr_target
+from lazyio.backends.zarr.targets import DeferredRootStore, commit_root, zarr_target
 from lazyio.errors import (
     FormatError,
     UnsupportedError,
@@ -314,12 +313,14 @@ class ZspyFormat(FormatPlugin):
             return
         if location.local_path is None:
             spec = DirSpec(location)
-            store = FreshStore(open_store(spec, read_only=False, cached=False))
+            # the root metadata goes in last: a store not completely written never loads
+            store = DeferredRootStore(open_store(spec, read_only=False, cached=False))
             # zarr's filesystem is another (async) fsspec instance, shared with earlier
             # reads in this process: its cached listings would still show a removed store
             _invalidate_listings(store)
             try:
                 _write_store(store, spec, signal, **common)
+                commit_root(store)
             finally:
                 _invalidate_listings(store)
                 location.fs.invalidate_cache()

@@ -15,7 +15,9 @@ the bounded read-handle cache: reading from many files during a write, a small
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import product
@@ -29,7 +31,7 @@ from lazyio.backends.hdf5.filters import Codec, Pipeline, encoder, read_pipeline
 from lazyio.errors import LazyioError
 
 __all__ = ["WRITERS", "H5ChunkTarget", "WriterNotOpenError", "encodable_pipeline",
-           "open_for_targets"]
+           "open_for_targets", "writing_file"]
 
 # One lock per process: h5py objects are shared by the threads of a local scheduler.
 _WRITE_LOCK = threading.Lock()
@@ -52,6 +54,67 @@ def open_for_targets(h5file: h5py.File) -> Iterator[str]:
     """
     with WRITERS.registered(f"{h5file.filename}#{id(h5file)}", h5file) as key:
         yield key
+
+
+@contextlib.contextmanager
+def writing_file(path: str, mode: str) -> Iterator[h5py.File]:
+    """Open the HDF5 file ``path`` (a temporary lazyio owns) for writing; close it safely
+    after an error, a full disk included.
+
+    When the disk fills, the HDF5 library cannot write the metadata it holds: closing the
+    file fails, and the library crashed the process later (SIGSEGV at exit, or when h5py
+    objects kept by the error's traceback were freed). The file is a temporary that will be
+    removed, so it is emptied (truncated to 0 bytes, which frees its blocks), after which the
+    library's pending writes succeed and the file closes normally. The frames of the error
+    are cleared first, so the h5py objects they hold are released while the file is open.
+    """
+    h5file = h5py.File(path, mode)
+    try:
+        yield h5file
+    except BaseException as err:
+        from lazyio.backends.atomic import is_disk_full
+
+        if _chain_disk_full(err, is_disk_full):
+            with contextlib.suppress(OSError):
+                os.truncate(path, 0)
+        _release_frames(err)
+        with contextlib.suppress(Exception):  # the error being raised says more
+            _close(h5file, path)
+        raise
+    _close(h5file, path)
+
+
+def _chain_disk_full(err: BaseException | None, test: Any) -> bool:
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if test(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _close(h5file: h5py.File, path: str) -> None:
+    from lazyio.backends.atomic import is_disk_full
+
+    try:
+        h5file.close()
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        with contextlib.suppress(OSError):
+            os.truncate(path, 0)  # see writing_file
+        with contextlib.suppress(Exception):
+            h5file.close()
+        raise
+
+
+def _release_frames(err: BaseException | None) -> None:
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        traceback.clear_frames(err.__traceback__)
+        err = err.__cause__ or err.__context__
 
 
 def _encoder(fid: int, values: tuple[int, ...], itemsize: int) -> Codec | None:

@@ -15,9 +15,13 @@ time in storage order and appended to the (temporary) object.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import math
 import mmap
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -191,7 +195,12 @@ def write_npy_into(
         f.write(blank_header)
         if isinstance(data, da.Array):
             # _check refused unknown chunk sizes, so nbytes is a whole number
-            f.truncate(len(header) + int(data.nbytes))
+            size = len(header) + int(data.nbytes)
+            f.truncate(size)
+            f.flush()
+            # Reserve the blocks before anything maps the file: a full disk is then an
+            # ENOSPC here, not a SIGBUS in whichever task first touches a missing page.
+            _reserve(f.fileno(), size)
         else:
             f.writelines(_payload_pieces(np.asarray(data), fortran))
     if isinstance(data, da.Array) and data.size:
@@ -200,6 +209,37 @@ def write_npy_into(
         f.write(MAGIC)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the file's blocks (Linux ``fallocate``); raise ENOSPC if they do not fit.
+
+    ``fallocate(2)`` itself, not ``os.posix_fallocate``: where the file system cannot
+    reserve (NFS, ZFS), glibc's emulation writes every block, which would double a large
+    write; there the file is written without a reservation, as before.
+    """
+    fallocate = _libc_fallocate()
+    if size == 0 or fallocate is None:
+        return
+    if fallocate(fd, 0, ctypes.c_int64(0), ctypes.c_int64(size)) == 0:
+        return
+    err = ctypes.get_errno()
+    if err in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+        return
+    raise OSError(err, os.strerror(err))
+
+
+@functools.cache
+def _libc_fallocate() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        func = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    func.restype = ctypes.c_int
+    return func
 
 
 def _store_blocks(tmp: str, offset: int, data: da.Array, show_progressbar: bool) -> None:

@@ -35,7 +35,12 @@ from lazyio.backends.hdf5.filters import check_creation_options
 from lazyio.backends.hdf5.layout import dataset_layout
 from lazyio.backends.hdf5.safety import guard_untrusted, refuse_external
 from lazyio.backends.hdf5.sources import H5Source
-from lazyio.backends.hdf5.target import H5ChunkTarget, encodable_pipeline, open_for_targets
+from lazyio.backends.hdf5.target import (
+    H5ChunkTarget,
+    encodable_pipeline,
+    open_for_targets,
+    writing_file,
+)
 from lazyio.backends.store import rechunk_to_storage, store
 from lazyio.errors import (
     FormatError,
@@ -496,17 +501,12 @@ class UsidFormat(FormatPlugin):
         common: dict[str, Any] = {"chunks": chunks, "show_progressbar": show_progressbar,
                   "options": h5_options}
         if not append:
-            with h5py.File(path, "w") as h5file:
+            with writing_file(path, "w") as h5file:
                 _write_into(h5file, signal, **common)
             return
-        with h5py.File(path, "a") as h5file:
-            before = set(h5file)
-            try:
-                _write_into(h5file, signal, **common)
-            except BaseException:
-                for name in set(h5file) - before:  # leave the file as it was
-                    del h5file[name]
-                raise
+        # the pipeline hands over a copy of the file, renamed over it only on success
+        with writing_file(path, "a") as h5file:
+            _write_into(h5file, signal, **common)
 
     def describe(self, source: Location) -> FileDescription:
         """The pyUSID version that wrote the file (when it says) and the layout of each
