@@ -91,6 +91,7 @@ _MIN_AUTO_BLOCK = 4 * 2**20
 # 10 million blocks of dask's default 128 MiB are over a petabyte: beyond that, a shape is
 # a malformed header, and the graph alone would exhaust memory.
 MAX_BLOCKS = 10_000_000
+_MAX_INDEX = 2**63 - 1  # numpy's largest axis (np.intp on 64-bit platforms)
 
 # A remote task fetches its chunks, then decodes them: smaller blocks let the tasks overlap
 # the two (a 134 MB gzip .hspy over HTTP read 1.7x faster in 4 MiB blocks than in 16 MiB).
@@ -153,14 +154,22 @@ def regular_chunks(shape: Sequence[int], block: Sequence[int]) -> BlockChunks:
     ------
     ValueError
         If the grid would have more than :data:`MAX_BLOCKS` blocks (a hostile header's
-        shape, refused before anything is allocated).
+        shape, refused before anything is allocated) or an axis is longer than numpy can
+        index. An array with a zero-length axis is one empty block.
 
     Examples
     --------
     >>> regular_chunks((5, 4), (2, 4))
     ((2, 2, 1), (4,))
     """
-    blocks = [max(1, min(int(b), s)) if s else 1 for s, b in zip(shape, block, strict=True)]
+    if any(int(s) > _MAX_INDEX for s in shape):
+        raise ValueError(f"shape {tuple(shape)} has an axis longer than numpy can index "
+                         f"({_MAX_INDEX})")
+    if 0 in (int(s) for s in shape):
+        # an array without elements is one empty block, whatever its other axes say: a
+        # grid over them ((1.5e15, 0) in blocks of 1024 rows) would hold ~1e12 empty blocks
+        return tuple((int(s),) for s in shape)
+    blocks = [max(1, min(int(b), s)) for s, b in zip(shape, block, strict=True)]
     count = math.prod(-(-int(s) // b) for s, b in zip(shape, blocks, strict=True))
     if count > MAX_BLOCKS:
         raise ValueError(

@@ -35,6 +35,7 @@ from lazyio.errors import FormatError
 
 __all__ = [
     "ANCILLARY",
+    "ANCILLARY_MAX_ITEMS",
     "Dimension",
     "USIDView",
     "attrs_to_dict",
@@ -421,6 +422,12 @@ nd_chunks = reshaped_2d_chunks
 # --------------------------------------------------------------------------- reading helpers
 
 
+#: The most values of one ancillary matrix read at load (Position_/Spectroscopic_ Indices
+#: and Values are read whole to find the dimensions): 32 Mi values hold a 4096 x 4096 scan
+#: of two position dimensions; a 15 KB file declaring 1e8 never-written rows took 5 GB.
+ANCILLARY_MAX_ITEMS = 1 << 25
+
+
 def read_dimensions(
     dset: h5py.Dataset, spectroscopic: bool, where: str
 ) -> tuple[list[Dimension], np.ndarray | None]:
@@ -433,6 +440,13 @@ def read_dimensions(
     labels = string_list(inds, "labels", ndims)
     labels = [lab or f"{prefix}_Dim_{i}" for i, lab in enumerate(labels)]
     units = string_list(inds, "units", ndims)
+    for anc in (inds, vals):
+        if anc.size > ANCILLARY_MAX_ITEMS:
+            raise FormatError(
+                f"{where}: {anc.name} declares {anc.shape[0]} x {anc.shape[1]} values, read "
+                f"whole at load to find the dimensions; lazyio refuses more than "
+                f"{ANCILLARY_MAX_ITEMS} (a damaged or hostile file?)"
+            )
     ind_mat, val_mat = inds[()], vals[()]
     if spectroscopic:
         ind_mat, val_mat = ind_mat.T, val_mat.T
