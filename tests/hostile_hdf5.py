@@ -99,7 +99,7 @@ def huge_list_metadata(path: Path, items: int = 50_000_000) -> Path:
     _hspy(path, np.arange(24, dtype="<f4").reshape(4, 6))
     with h5py.File(path, "r+") as f:
         f.require_group(f"{EXPERIMENT}/metadata/General").create_dataset(
-            "_list_hostile", shape=(items,), dtype="<f8", chunks=(1 << 16,),
+            "_list_hostile", shape=(items,), dtype="<f8", chunks=(min(items, 1 << 16),),
             compression="gzip")
     return path
 
@@ -236,3 +236,77 @@ def hostile_hdf5_inputs(directory: Path) -> list[tuple[str, Path]]:
     for name, suffix, build in BUILDERS:
         out.append((name, build(directory / f"{name}{suffix}")))
     return out
+
+
+# ----------------------------------------------------------------- measuring one input
+
+
+def peak_rss_reset() -> None:
+    """Restart the process's peak-RSS counter (Linux: ``VmHWM`` in /proc/self/status)."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def peak_rss_mb() -> float:
+    """The process's peak RSS since start or the last :func:`peak_rss_reset`, in MiB."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def read_everything(path: Path) -> str:
+    """Load ``path`` lazily and compute every signal, then load it eagerly (metadata
+    arrays are read at an eager load only); ``"read <shapes>"`` or the exception raised."""
+    import warnings
+
+    import dask
+
+    with dask.config.set(scheduler="synchronous"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        shapes = []
+        for lazy in (True, False):
+            for sig in lazyio.load(path, lazy=lazy):
+                data = sig["data"]
+                data = data.compute() if hasattr(data, "compute") else data
+                shapes.append(tuple(np.shape(data)))
+    return f"read {shapes}"
+
+
+def probe(path: Path) -> dict[str, object]:
+    """Read ``path`` (:func:`read_everything`) and measure it: ``outcome`` (``"read"``,
+    ``"lazyio-error"`` or ``"other-error"``), ``error`` (class name), ``message``,
+    ``seconds`` and ``peak_mb`` (peak RSS of this process during the read)."""
+    import time
+
+    from lazyio.errors import LazyioError
+
+    peak_rss_reset()
+    start = time.perf_counter()
+    try:
+        message = read_everything(path)
+        outcome, error = "read", ""
+    except LazyioError as err:
+        outcome, error, message = "lazyio-error", type(err).__name__, str(err)
+    except Exception as err:  # noqa: BLE001 - what the probe looks for
+        outcome, error, message = "other-error", type(err).__name__, str(err)
+    finally:
+        lazyio.close_all()
+    return {"outcome": outcome, "error": error, "message": message[:500],
+            "seconds": round(time.perf_counter() - start, 3), "peak_mb": round(peak_rss_mb(), 1)}
+
+
+def main(argv: list[str]) -> int:
+    """``python tests/hostile_hdf5.py PATH...``: one JSON line per input (:func:`probe`)."""
+    import json
+
+    for arg in argv:
+        print(json.dumps({"path": arg, **probe(Path(arg))}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
