@@ -155,7 +155,8 @@ def regular_chunks(shape: Sequence[int], block: Sequence[int]) -> BlockChunks:
     ValueError
         If the grid would have more than :data:`MAX_BLOCKS` blocks (a hostile header's
         shape, refused before anything is allocated) or an axis is longer than numpy can
-        index. An array with a zero-length axis is one empty block.
+        index. An array without elements whose grid would be that large is one empty
+        block instead.
 
     Examples
     --------
@@ -165,12 +166,13 @@ def regular_chunks(shape: Sequence[int], block: Sequence[int]) -> BlockChunks:
     if any(int(s) > _MAX_INDEX for s in shape):
         raise ValueError(f"shape {tuple(shape)} has an axis longer than numpy can index "
                          f"({_MAX_INDEX})")
-    if 0 in (int(s) for s in shape):
-        # an array without elements is one empty block, whatever its other axes say: a
-        # grid over them ((1.5e15, 0) in blocks of 1024 rows) would hold ~1e12 empty blocks
+    blocks = [max(1, min(int(b), s)) if s else 1 for s, b in zip(shape, block, strict=True)]
+    # a zero-length axis is one block (of length 0), not zero blocks: counted as zero, it
+    # let (1.5e15, 0) in blocks of 1024 rows through as a grid of 1.5e12 empty blocks
+    count = math.prod(max(1, -(-int(s) // b)) for s, b in zip(shape, blocks, strict=True))
+    if count > MAX_BLOCKS and 0 in shape:
+        # an array without elements: one empty block, whatever its other axes say
         return tuple((int(s),) for s in shape)
-    blocks = [max(1, min(int(b), s)) for s, b in zip(shape, block, strict=True)]
-    count = math.prod(-(-int(s) // b) for s, b in zip(shape, blocks, strict=True))
     if count > MAX_BLOCKS:
         raise ValueError(
             f"shape {tuple(shape)} in blocks of {tuple(blocks)} makes {count} blocks "
