@@ -23,7 +23,7 @@ from lazyio.errors import CorruptChunkError, FormatError, LazyioWarning
 
 TESTS = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(TESTS))
-import hostile_hdf5 as hostile  # noqa: E402
+import hostile_hdf5 as hostile
 
 # peak RSS of the child over its baseline (lazyio, dask, h5py imported: ~230 MB): the
 # bombs inflate to 2 GiB and the huge arrays declare 0.4-5 GB if read
