@@ -138,6 +138,23 @@ def huge_usid_ancillary(path: Path, rows: int = 100_000_000) -> Path:
     return path
 
 
+def zeroed_global_heap(path: Path, suffix_kind: str = "hspy") -> Path:
+    """A valid file whose global heap (its string attributes) has its first object header
+    zeroed: HDF5 walks such a collection forever on the first string attribute read."""
+    if suffix_kind == "usid":
+        data = np.arange(4 * 5 * 6, dtype="<f4").reshape(4, 5, 6)
+        lazyio.save(path, {"data": data, "axes": AXES}, overwrite=True,
+                    show_progressbar=False)
+    else:
+        _hspy(path, np.arange(24, dtype="<f4").reshape(4, 6))
+    raw = bytearray(path.read_bytes())
+    at = raw.find(b"GCOL\x01\x00\x00\x00")
+    assert at >= 0, "no global heap"
+    raw[at + 16:at + 32] = bytes(16)
+    path.write_bytes(bytes(raw))
+    return path
+
+
 # ------------------------------------------------------------------- block explosions
 
 
@@ -222,6 +239,8 @@ BUILDERS: list[tuple[str, str, Builder]] = [
     ("hspy-strings-5e7", ".hspy", huge_string_metadata),
     ("usid-ancillary-1e8", ".h5", huge_usid_ancillary),
     ("hspy-zero-axis-1.5e15", ".hspy", hspy_zero_length_axis),
+    ("hspy-global-heap-loop", ".hspy", zeroed_global_heap),
+    ("usid-global-heap-loop", ".h5", lambda p: zeroed_global_heap(p, "usid")),
     ("hspy-dag-30", ".hspy", hard_link_dag),
     ("usid-dag-30", ".h5", usid_hard_link_dag),
     *[(name, ".npy", lambda p, d=descr, s=shape: npy_header(p, d, s))

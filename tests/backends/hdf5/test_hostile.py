@@ -48,6 +48,10 @@ CASES: dict[str, tuple[object, str | None, tuple[str, ...]]] = {
     "usid-ancillary-1e8": (hostile.huge_usid_ancillary, "FormatError",
                            ("Position_Indices", "100000000 x 1", "refuses more than")),
     "zero-axis-1.5e15": (hostile.hspy_zero_length_axis, None, ("(1500000000000000, 0)",)),
+    "global-heap-loop": (hostile.zeroed_global_heap, "HeapLoopError",
+                         ("global heap collection at byte", "loop forever")),
+    "usid-global-heap-loop": (lambda p: hostile.zeroed_global_heap(p, "usid"),
+                              "HeapLoopError", ("global heap collection at byte",)),
     "dag-30": (hostile.hard_link_dag, None, ("(4, 6)",)),
     "usid-dag-30": (hostile.usid_hard_link_dag, None, ("(4, 5, 6)",)),
 }
