@@ -423,9 +423,10 @@ nd_chunks = reshaped_2d_chunks
 
 
 #: The most values of one ancillary matrix read at load (Position_/Spectroscopic_ Indices
-#: and Values are read whole to find the dimensions): 32 Mi values hold a 4096 x 4096 scan
-#: of two position dimensions; a 15 KB file declaring 1e8 never-written rows took 5 GB.
-ANCILLARY_MAX_ITEMS = 1 << 25
+#: and Values are read whole to find the dimensions): 8 Mi values hold a 2048 x 4096 scan
+#: of two position dimensions, parsed with a peak RSS of ~700 MB (32 Mi took 1.15 GB and
+#: 24 s); a 15 KB file declaring 1e8 never-written rows took 4.1 GB.
+ANCILLARY_MAX_ITEMS = 1 << 23
 
 
 def read_dimensions(
