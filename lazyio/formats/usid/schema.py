@@ -437,10 +437,7 @@ def read_dimensions(
     f = dset.file
     inds = f[dset.attrs[f"{prefix}_Indices"]]
     vals = f[dset.attrs[f"{prefix}_Values"]]
-    ndims = inds.shape[0] if spectroscopic else inds.shape[1]
-    labels = string_list(inds, "labels", ndims)
-    labels = [lab or f"{prefix}_Dim_{i}" for i, lab in enumerate(labels)]
-    units = string_list(inds, "units", ndims)
+    # before anything is sized by them: labels are one string per dimension
     for anc in (inds, vals):
         if anc.size > ANCILLARY_MAX_ITEMS:
             raise FormatError(
@@ -448,6 +445,10 @@ def read_dimensions(
                 f"whole at load to find the dimensions; lazyio refuses more than "
                 f"{ANCILLARY_MAX_ITEMS} (a damaged or hostile file?)"
             )
+    ndims = inds.shape[0] if spectroscopic else inds.shape[1]
+    labels = string_list(inds, "labels", ndims)
+    labels = [lab or f"{prefix}_Dim_{i}" for i, lab in enumerate(labels)]
+    units = string_list(inds, "units", ndims)
     ind_mat, val_mat = inds[()], vals[()]
     if spectroscopic:
         ind_mat, val_mat = ind_mat.T, val_mat.T
