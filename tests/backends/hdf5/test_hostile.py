@@ -193,3 +193,26 @@ def test_block_guard_refuses_axes_numpy_cannot_index() -> None:
         regular_chunks((0, 10**30), (1, 1))
     with pytest.raises(ValueError, match="blocks"):
         regular_chunks((10**12, 10**6), (10, 10))
+
+
+def test_global_heap_scan_on_a_large_file(tmp_path: Path) -> None:
+    """Past 2 MiB the file's ends are scanned: h5py's heaps sit there; valid files pass."""
+    from lazyio.backends.hdf5.files import HeapLoopError, check_global_heaps
+    from lazyio.location import as_location
+
+    path = tmp_path / "big.hspy"
+    data = np.random.default_rng(0).random((64, 8192)).astype("<f4")  # 2 MiB, incompressible
+    lazyio.save(path, {"data": data, "axes": [{"size": 64, "navigate": True},
+                                              {"size": 8192, "navigate": False}]},
+                show_progressbar=False, compression=None)
+    assert path.stat().st_size > 2 << 20
+    start = time.perf_counter()
+    check_global_heaps(as_location(str(path)))
+    assert time.perf_counter() - start < 1
+    raw = bytearray(path.read_bytes())
+    at = raw.find(b"GCOL\x01\x00\x00\x00")
+    raw[at + 16:at + 32] = bytes(16)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(HeapLoopError, match=f"big.hspy: the global heap collection at byte {at}"):
+        lazyio.load(path, lazy=True)
+    lazyio.close_all()
