@@ -215,4 +215,8 @@ def test_global_heap_scan_on_a_large_file(tmp_path: Path) -> None:
     path.write_bytes(bytes(raw))
     with pytest.raises(HeapLoopError, match=f"big.hspy: the global heap collection at byte {at}"):
         lazyio.load(path, lazy=True)
+    start = time.perf_counter()  # not after the child's 60 s timeout
+    with pytest.raises(HeapLoopError):
+        lazyio.load(path, lazy=True, untrusted=True)
+    assert time.perf_counter() - start < 5
     lazyio.close_all()
