@@ -389,15 +389,16 @@ def batch_decoders(
 
 
 def decoders(
-    pipeline: Pipeline, itemsize: int, chunk_nbytes: int, mask: int = 0
+    pipeline: Pipeline, itemsize: int, chunk_nbytes: int, mask: int = 0, exact: bool = True
 ) -> tuple[Codec, ...]:
     """The steps undoing ``pipeline`` on one stored chunk, last-applied first.
 
     ``mask`` is the chunk's filter mask (a set bit ``i``: HDF5 skipped filter ``i``).
-    Each step is bounded to the size its output must have.
+    Each step is bounded to the size its output must have (at most ``chunk_nbytes``
+    bytes in all when not ``exact``).
     """
     sizes: list[tuple[int, bool]] = []  # what undoing filter i gives back; exactly?
-    size, exact = chunk_nbytes, True
+    size = chunk_nbytes
     for i, (fid, _values) in enumerate(pipeline):
         sizes.append((size, exact))
         if mask & (1 << i):

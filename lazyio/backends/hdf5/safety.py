@@ -138,13 +138,15 @@ def guard_untrusted(location: Location, head: bytes, timeout: float | None) -> N
     """With ``untrusted=True``: parse a local HDF5 file in a child process first (see
     :func:`inspect_untrusted`); other files pass, since only the HDF5 C library parses
     untrusted structure in-process."""
-    from lazyio.backends.hdf5.files import is_hdf5
+    from lazyio.backends.hdf5.files import check_global_heaps, is_hdf5
     from lazyio.errors import UnsupportedError
 
     if not is_hdf5(head):
         return
     if location.local_path is None:
         raise UnsupportedError(f"{location}: untrusted=True needs a local HDF5 file")
+    # a damaged global heap hangs the child until the timeout: refused at once instead
+    check_global_heaps(location)
     inspect_untrusted(location.local_path, timeout or DEFAULT_TIMEOUT)
 
 

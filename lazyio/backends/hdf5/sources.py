@@ -28,6 +28,7 @@ from lazyio import handles
 from lazyio.backends.hdf5.files import open_h5, open_raw
 from lazyio.backends.hdf5.filters import (
     SHUFFLE,
+    FilterError,
     Pipeline,
     batch_decoders,
     decodable,
@@ -40,8 +41,8 @@ from lazyio.backends.slicing import apply_residual, split_index
 from lazyio.errors import CorruptChunkError, corrupt_chunk, translate
 from lazyio.location import Location
 
-__all__ = ["Chunked", "Contiguous", "H5Source", "ReadStrategy", "ViaLibrary", "chunk_index",
-           "open_h5"]
+__all__ = ["Chunked", "Contiguous", "H5Source", "ReadStrategy", "ViaLibrary",
+           "check_inflation", "chunk_index", "open_h5"]
 
 _logger = logging.getLogger("lazyio")
 
@@ -193,6 +194,43 @@ class H5Source:
             return flat.reshape(()).copy()
         region = flat.reshape((rows, *self.shape[1:]))
         return np.array(region[(slice(None), *box[1:])])
+
+
+def check_inflation(location: Location, dset: h5py.Dataset) -> None:
+    """Before h5py reads a compressed chunked dataset that lazyio does not decode itself
+    (strings, compound types), undo each chunk's filters with lazyio's bounded decoders.
+
+    HDF5's own deflate filter doubles its buffer until the stream ends, so a 1 MB chunk
+    inflating to 1 GiB is allocated whole by h5py; here no chunk may inflate past its
+    elements' size (at least 16 bytes an element: a variable-length element is stored as a
+    16-byte heap reference). Metadata datasets are small, so the second decode is cheap.
+
+    Raises
+    ------
+    CorruptChunkError
+        A chunk inflates past its size, naming the file, the dataset and the chunk.
+    """
+    if dset.chunks is None:
+        return
+    pipeline, _names = read_pipeline(dset)
+    if not decodable(pipeline) or not any(fid != SHUFFLE for fid, _ in pipeline):
+        return
+    item = max(int(dset.id.get_type().get_size()), 16)
+    bound = math.prod(dset.chunks) * item
+    for i in range(dset.id.get_num_chunks()):
+        info = dset.id.get_chunk_info(i)
+        mask, raw = dset.id.read_direct_chunk(info.chunk_offset)
+        buf: Any = raw
+        try:
+            for step in decoders(pipeline, item, bound, int(mask), exact=False):
+                buf = step(buf)
+        except FilterError as err:
+            where = tuple(int(o) // c for o, c in zip(info.chunk_offset, dset.chunks,
+                                                      strict=True))
+            raise corrupt_chunk(location, f"chunk {where} of dataset {dset.name}",
+                                err) from err
+        except Exception:  # noqa: BLE001, S112 - anything else: h5py reports it in context
+            continue
 
 
 class _ChunkReader:

@@ -73,6 +73,23 @@ def _check_dtype(dtype: np.dtype, where: str) -> None:
         )
 
 
+_MAX_INDEX = 2**63 - 1  # numpy indexes with np.intp: no axis or element count beyond
+
+
+def _check_size(shape: tuple[int, ...], dtype: np.dtype, where: str) -> None:
+    """Refuse shapes numpy cannot index and items of no bytes: such a header makes a
+    tiny file that declares an array of 10**30 elements or a grid of 10**15 empty items,
+    which numpy answers with a bare OverflowError or MemoryError."""
+    count = math.prod(shape)
+    if count > _MAX_INDEX or any(s > _MAX_INDEX for s in shape):
+        raise FormatError(
+            f"{where}: the .npy header declares shape {shape}, larger than numpy can index")
+    if dtype.itemsize == 0 and count:
+        raise UnsupportedError(
+            f"{where}: the .npy header declares {count} items of dtype {dtype.str!r}, which "
+            "holds 0 bytes per item; lazyio does not read arrays of empty items")
+
+
 def _parse_v3(fp: IO[bytes], where: str, max_header_size: int) -> dict[str, Any]:
     # numpy has no public reader for version 3; its layout is version 2's, in UTF-8.
     raw = fp.read(4)
@@ -136,6 +153,7 @@ def parse_header(fp: IO[bytes], where: str, max_header_size: int | None = None) 
     _check_dtype(dtype, where)
     if any(int(s) < 0 for s in shape):
         raise FormatError(f"{where}: the .npy header declares a negative shape {shape}")
+    _check_size(tuple(int(s) for s in shape), dtype, where)
     return NpyHeader(
         version=(int(version[0]), int(version[1])),
         shape=tuple(int(s) for s in shape),

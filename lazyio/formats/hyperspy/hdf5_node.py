@@ -18,12 +18,17 @@ import numpy as np
 from lazyio.backends import to_dask
 from lazyio.backends.chunking import Chunks
 from lazyio.backends.hdf5.filters import creation_options
-from lazyio.backends.hdf5.sources import H5Source
+from lazyio.backends.hdf5.sources import H5Source, check_inflation
 from lazyio.errors import FormatError, LazyioWarning, UnsafeFileError, translate
 from lazyio.formats.hyperspy.node import decode_strings, lazy_grid
 from lazyio.location import Location
 
-__all__ = ["H5Node"]
+__all__ = ["METADATA_MAX_ITEMS", "H5Node"]
+
+#: The most elements of an array read whole at load as metadata (a ``_list_``/``_tuple_``
+#: or an array of strings): a 20 KB file can declare 5e7 never-written elements, which
+#: ``tolist()`` turned into 2.6 GB at lazy load. 4 Mi elements make ~130 MB of Python floats.
+METADATA_MAX_ITEMS = 1 << 22
 
 
 class H5Node:
@@ -31,7 +36,7 @@ class H5Node:
 
     def __init__(
         self, group: h5py.Group, location: Location, path: str | None = None,
-        allow_external: bool = False,
+        allow_external: bool = False, seen: dict[tuple[int, int], str] | None = None,
     ) -> None:
         self.group = group
         self.location = location
@@ -39,6 +44,10 @@ class H5Node:
         self.path = path or group.name
         self.where = str(location)
         self.allow_external = allow_external
+        # groups met so far in this walk, by (file, address) -> the first path to them:
+        # hard links can make a DAG whose paths double at every level (2**30 for a 40 KB
+        # file) or a cycle; each group is decoded once, at its first path
+        self.seen: dict[tuple[int, int], str] = {} if seen is None else seen
 
     def attrs(self) -> dict[str, Any]:
         out = {}
@@ -71,10 +80,29 @@ class H5Node:
                 )
             obj = self.group.get(name)
             if isinstance(obj, h5py.Group):
+                if self._seen_before(name, obj):
+                    continue
                 out[name] = "group"
             elif isinstance(obj, h5py.Dataset):
                 out[name] = "array"
         return out
+
+    def _seen_before(self, name: str, group: h5py.Group) -> bool:
+        """Whether ``group`` was reached before by another path (then warn and skip it)."""
+        try:
+            key = (group.id.fileno, h5py.h5o.get_info(group.id).addr)
+        except (OSError, ValueError, RuntimeError):
+            return False
+        path = self._sub(name)
+        first = self.seen.setdefault(key, path)
+        if first == path:
+            return False
+        warnings.warn(
+            f"{self.where}: {path} is a hard link to {first}, already read; skipped (a "
+            "file whose groups link each other would otherwise be walked exponentially)",
+            LazyioWarning, stacklevel=3,
+        )
+        return True
 
     def _sub(self, name: str) -> str:
         return f"{self.path.rstrip('/')}/{name}"
@@ -87,7 +115,8 @@ class H5Node:
                                      else None)
 
     def child(self, name: str) -> H5Node:
-        return H5Node(self.group[name], self.location, self._sub(name), self.allow_external)
+        return H5Node(self.group[name], self.location, self._sub(name), self.allow_external,
+                      self.seen)
 
     def _dataset(self, name: str) -> h5py.Dataset:
         dset = self.group[name]
@@ -97,14 +126,27 @@ class H5Node:
             )
         return dset
 
+    def _check_metadata_size(self, name: str, dset: h5py.Dataset) -> None:
+        if dset.size > METADATA_MAX_ITEMS:
+            raise FormatError(
+                f"{self.where}: {self._sub(name)} declares {dset.size} elements of "
+                f"{dset.dtype}, read whole at load as metadata; lazyio refuses more than "
+                f"{METADATA_MAX_ITEMS} (a damaged or hostile file?)"
+            )
+
     def read_array(self, name: str) -> np.ndarray:
         dset = self._dataset(name)
-        if h5py.check_string_dtype(dset.dtype) is not None:
-            return decode_strings(np.asarray(dset.asstr()[()], dtype=object))
-        if dset.dtype.kind in "biufc":
+        numeric = dset.dtype.kind in "biufc"
+        if not numeric or name.startswith(("_list_", "_tuple_")):
+            self._check_metadata_size(name, dset)
+        if numeric:
             # the same decoding path as lazy reads: corrupt chunks are named, not opaque
             return self._source(name, dset)[()]
+        # h5py reads these: its filters inflate without bound, lazyio's check first
+        check_inflation(self.location, dset)
         with translate(self.where, scope="chunk", what=f"dataset {dset.name}"):
+            if h5py.check_string_dtype(dset.dtype) is not None:
+                return decode_strings(np.asarray(dset.asstr()[()], dtype=object))
             return decode_strings(np.asarray(dset[()]))
 
     def lazy_array(self, name: str, chunks: Chunks = "auto") -> da.Array:

@@ -35,6 +35,7 @@ from lazyio.errors import FormatError
 
 __all__ = [
     "ANCILLARY",
+    "ANCILLARY_MAX_ITEMS",
     "Dimension",
     "USIDView",
     "attrs_to_dict",
@@ -421,6 +422,13 @@ nd_chunks = reshaped_2d_chunks
 # --------------------------------------------------------------------------- reading helpers
 
 
+#: The most values of one ancillary matrix read at load (Position_/Spectroscopic_ Indices
+#: and Values are read whole to find the dimensions): 8 Mi values hold a 2048 x 4096 scan
+#: of two position dimensions, parsed with a peak RSS of ~700 MB (32 Mi took 1.15 GB and
+#: 24 s); a 15 KB file declaring 1e8 never-written rows took 4.1 GB.
+ANCILLARY_MAX_ITEMS = 1 << 23
+
+
 def read_dimensions(
     dset: h5py.Dataset, spectroscopic: bool, where: str
 ) -> tuple[list[Dimension], np.ndarray | None]:
@@ -429,6 +437,14 @@ def read_dimensions(
     f = dset.file
     inds = f[dset.attrs[f"{prefix}_Indices"]]
     vals = f[dset.attrs[f"{prefix}_Values"]]
+    # before anything is sized by them: labels are one string per dimension
+    for anc in (inds, vals):
+        if anc.size > ANCILLARY_MAX_ITEMS:
+            raise FormatError(
+                f"{where}: {anc.name} declares {anc.shape[0]} x {anc.shape[1]} values, read "
+                f"whole at load to find the dimensions; lazyio refuses more than "
+                f"{ANCILLARY_MAX_ITEMS} (a damaged or hostile file?)"
+            )
     ndims = inds.shape[0] if spectroscopic else inds.shape[1]
     labels = string_list(inds, "labels", ndims)
     labels = [lab or f"{prefix}_Dim_{i}" for i, lab in enumerate(labels)]
