@@ -113,7 +113,16 @@ def _open_walk(dir_fd: int, key: str, flags: int) -> int:
     current = dir_fd
     try:
         for part in parts[:-1]:
-            nxt = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=current)
+            try:
+                nxt = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=current)
+            except OSError as err:
+                # O_DIRECTORY|O_NOFOLLOW on a link fails with ENOTDIR, as on a file: tell
+                # them apart, a link must be refused, not read as a missing chunk
+                if err.errno in (errno.ENOTDIR, errno.ELOOP) and stat.S_ISLNK(
+                    os.stat(part, dir_fd=current, follow_symlinks=False).st_mode
+                ):
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), key) from None
+                raise
             if current != dir_fd:
                 os.close(current)
             current = nxt
