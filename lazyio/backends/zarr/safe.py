@@ -23,7 +23,7 @@ import errno
 import os
 import stat
 import threading
-from typing import Any
+from typing import Any, TypeGuard
 
 from lazyio.errors import FormatError, StaleFileError, UnsafeFileError
 
@@ -298,7 +298,7 @@ def _read_fd(fd: int, size: int, limit: int, where: object, key: str, what: str)
     return b"".join(parts)
 
 
-def _ints(value: Any, minimum: int) -> bool:
+def _ints(value: Any, minimum: int) -> TypeGuard[list[int]]:
     return isinstance(value, list) and all(
         isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value
     )
@@ -321,7 +321,7 @@ def check_array_metadata(meta: dict[str, Any], zarr_format: int, where: str) -> 
         encoding = meta.get("chunk_key_encoding")
         conf = encoding.get("configuration") if isinstance(encoding, dict) else None
         separator = conf.get("separator", "/") if isinstance(conf, dict) else "/"
-        inner = [c.get("configuration", {}).get("chunk_shape")
+        inner: list[Any] = [c.get("configuration", {}).get("chunk_shape")
                  for c in meta.get("codecs") or [] if isinstance(c, dict)
                  and c.get("name") == "sharding_indexed"]
     else:
