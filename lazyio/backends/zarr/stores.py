@@ -257,7 +257,11 @@ class SafeLocalStore(LocalStore):
 
     def __init__(self, root: str, where: object) -> None:
         super().__init__(root, read_only=True)
-        self.rootdir = RootDir(os.fspath(root), where)
+        try:
+            self.rootdir = RootDir(os.fspath(root), where)
+        except NotADirectoryError:
+            raise FormatError(f"{where}: not a Zarr store (neither a directory nor a zip "
+                              "file)") from None
         self._is_open = True
 
     def version_token(self) -> str:
