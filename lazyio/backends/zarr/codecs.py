@@ -367,7 +367,7 @@ def _zstd_content_size(raw: bytes) -> int | None:
 
 def decode_bounded(
     config: Mapping[str, Any], raw: bytes, nbytes: int, where: str, *, exact: bool = True,
-    out: np.ndarray | None = None,
+    out: np.ndarray | None = None, codec: numcodecs.abc.Codec | None = None,
 ) -> Any:
     """Decode one compressed chunk without ever producing more than ``nbytes`` bytes.
 
@@ -391,6 +391,8 @@ def decode_bounded(
     out : numpy.ndarray, optional
         A C-contiguous buffer of exactly ``nbytes`` bytes to decode into (Blosc, LZ4 and
         Zstandard chunks decode into it directly).
+    codec : numcodecs.abc.Codec, optional
+        The codec of ``config``, if the caller has it (saves building it per chunk).
 
     Returns
     -------
@@ -432,7 +434,9 @@ def decode_bounded(
                 raise _short(where, declared, nbytes)
             if out is None or declared != nbytes:
                 out = np.empty(declared, dtype=np.uint8)
-            codec_from_config(config).decode(raw, out=out.view(np.uint8).reshape(-1))
+            if codec is None:
+                codec = codec_from_config(config)
+            codec.decode(raw, out=out.view(np.uint8).reshape(-1))
             return out
     except CorruptChunkError:
         raise

@@ -137,8 +137,10 @@ class ChunkFiles(Protocol):
     """Where a plan reads chunk files: a store directory's descriptor
     (:class:`~lazyio.backends.zarr.safe.RootDir`) or a zip store."""
 
-    def read(self, key: str, limit: int, what: str = "file") -> bytes | None:
-        """The bytes of ``key`` (at most ``limit``), ``None`` if missing."""
+    def read(self, key: str, limit: int, what: str = "file", check: bool = True
+             ) -> bytes | None:
+        """The bytes of ``key`` (at most ``limit``), ``None`` if missing; ``check=False``
+        for keys built from checked parts."""
 
     def check_current(self, key: str) -> None:
         """Raise :class:`~lazyio.errors.StaleFileError` if ``key`` is missing because
@@ -183,7 +185,7 @@ class DirectPlan:
         UnsafeFileError
             If a chunk file is a link, a FIFO or a device, or its key leaves the store.
         """
-        from lazyio.backends.zarr.safe import RootDir
+        from lazyio.backends.zarr.safe import RootDir, check_key
 
         layout = self.layout
         out = np.empty(tuple(s.stop - s.start for s in box), dtype=dtype)
@@ -191,12 +193,15 @@ class DirectPlan:
             return out
         files = self.files if self.files is not None else RootDir(layout.root, where)
         base = self.prefix.strip("/") + "/" if self.prefix.strip("/") else ""
+        if base:
+            check_key(base.rstrip("/"), where)  # chunk keys add digits and "." or "/"
+        codec = layout.codec()
         nbytes = layout.dtype.itemsize * math.prod(layout.chunks)
         limit = raw_limit(nbytes, layout.compressor is not None)
         for coords, src, dst in chunk_overlaps(box, layout.chunks):
             target = out[dst]
             key = base + layout.separator.join(map(str, coords))
-            raw = files.read(key, limit, "chunk file")
+            raw = files.read(key, limit, "chunk file", check=False)
             if raw is None:
                 files.check_current(key)
                 target[...] = layout.fill_value
@@ -212,7 +217,8 @@ class DirectPlan:
                 whole = target.flags.c_contiguous and target.nbytes == nbytes \
                     and target.dtype == layout.dtype
                 buf = decode_bounded(layout.compressor, raw, nbytes, chunk_where,
-                                     out=target.view(np.uint8).reshape(-1) if whole else None)
+                                     out=target.view(np.uint8).reshape(-1) if whole else None,
+                                     codec=codec)
                 if whole and buf is not None and _shares(buf, target):
                     continue
             try:

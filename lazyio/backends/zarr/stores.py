@@ -376,8 +376,10 @@ class SafeZipStore(ZipStore):
             return False
         return (st.st_dev, st.st_ino) == self._identity
 
-    def read(self, key: str, limit: int, what: str = "file") -> bytes | None:
-        """The bytes of member ``key``, refusing one that declares more than ``limit``."""
+    def read(self, key: str, limit: int, what: str = "file", check: bool = True
+             ) -> bytes | None:
+        """The bytes of member ``key``, refusing one that declares more than ``limit``
+        (member names were checked when the zip was opened: ``check`` is ignored)."""
         info = self._zf.NameToInfo.get(key)
         if info is None or info.is_dir():
             return None
