@@ -198,7 +198,10 @@ class RootDir:
         """A descriptor of ``key`` (``None`` if it does not exist); ``check=False`` for
         keys built from checked parts (chunk keys of a checked array path)."""
         if not key:
-            return os.dup(self.fd) if flags == _DIR_FLAGS else None
+            # a new open file description, not dup(): a dup shares the directory's read
+            # position, and threads (or forked processes) listing it at once saw
+            # entries missing
+            return os.open(".", _DIR_FLAGS, dir_fd=self.fd) if flags == _DIR_FLAGS else None
         try:
             if check:
                 safe_key_parts(key)  # openat2 would allow "a/../b": one rule for both

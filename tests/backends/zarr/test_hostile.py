@@ -256,3 +256,17 @@ def test_ragged_store_replaced_is_stale_not_new(tmp_path):
     except StaleFileError:
         return
     assert [len(x) for x in got] == [2, 3]
+
+
+def test_concurrent_listings_of_one_store_see_every_entry(tmp_path):
+    """Threads listing the root of one open store at once each see every entry (the
+    root descriptor's read position is not shared between listings)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = safe.RootDir(str(tmp_path), "store")
+    names = {f"n{i:03d}" for i in range(300)}
+    for name in names:
+        (tmp_path / name).touch()
+    with ThreadPoolExecutor(8) as pool:
+        listings = list(pool.map(lambda _: set(root.listdir("")), range(64)))
+    assert all(listing == names for listing in listings)
