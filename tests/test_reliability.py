@@ -191,8 +191,17 @@ def test_save_onto_its_own_source(tmp_path: Path, kind: str) -> None:
     path = target(tmp_path, kind)
     data = np.arange(4 * 6 * 8, dtype="f4").reshape(4, 6, 8)
     save(path, kind, data)
-    lazyio.save(path, lazyio.load(path)[0], overwrite=True, show_progressbar=False,
-                verify=True, **EXTRA.get(kind, {}))
+    if kind == "zspy":
+        # verify=True computes the source again, after the commit deleted the old
+        # directory: its chunk files are gone, so the source is stale (before, the
+        # "verification" silently read the new store's bytes as the source's)
+        lazyio.save(path, lazyio.load(path)[0], overwrite=True, show_progressbar=False)
+        with pytest.raises(StaleFileError, match=str(path)):
+            lazyio.save(path, lazyio.load(path)[0], overwrite=True, show_progressbar=False,
+                        verify=True, **EXTRA.get(kind, {}))
+    else:
+        lazyio.save(path, lazyio.load(path)[0], overwrite=True, show_progressbar=False,
+                    verify=True, **EXTRA.get(kind, {}))
     np.testing.assert_array_equal(read(path), data)
     assert debris(tmp_path) == []
 

@@ -11,8 +11,12 @@
 
 from __future__ import annotations
 
+import bz2
 import functools
 import json
+import lzma
+import math
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -27,6 +31,7 @@ __all__ = [
     "ZarrFormat",
     "as_zarr3_codec",
     "codec_from_config",
+    "decode_bounded",
     "decode_object_chunk",
     "default_compressor",
     "describe_codecs",
@@ -271,16 +276,190 @@ def decode_object_chunk(
     try:
         buf: Any = raw
         comp = object_codec(compressor, where)
-        if comp is not None:
-            buf = comp.decode(buf)
+        if comp is not None and compressor is not None:
+            # an object chunk's decoded size is not declared: bound it by a generous cap
+            buf = decode_bounded(compressor, raw, MAX_OBJECT_CHUNK_BYTES, where, exact=False)
         for config in reversed(filters):
             codec = object_codec(config, where)
             if codec is not None:
+                if str(config.get("id", "")).startswith("vlen-"):
+                    _check_vlen_count(buf, chunk_shape, where)
                 buf = codec.decode(buf)
         chunk = np.asarray(buf, dtype=object)
         return chunk.reshape(chunk_shape)
     except (ValueError, TypeError, RuntimeError) as err:
         raise CorruptChunkError(f"{where} cannot be decoded ({err})") from err
+
+
+# ----------------------------------------------------------------------------- bounded decoding
+
+MAX_OBJECT_CHUNK_BYTES = 256 * 2**20
+"""The most an object (ragged) chunk may inflate to: its decoded size is not declared."""
+
+# Codecs whose decoded size :func:`decode_bounded` can bound before or while decoding.
+BOUNDED_CODECS = frozenset({"blosc", "zstd", "lz4", "zlib", "gzip", "bz2", "lzma"})
+
+
+def _bomb(where: str, limit: int) -> CorruptChunkError:
+    return CorruptChunkError(
+        f"{where}: the chunk inflates past the {limit} bytes it can hold (damaged, or a "
+        "decompression bomb); refused"
+    )
+
+
+def _short(where: str, got: int, nbytes: int) -> CorruptChunkError:
+    return CorruptChunkError(
+        f"{where}: the chunk decodes to {got} bytes, not the {nbytes} it must hold"
+    )
+
+
+def _stream(make: Any, raw: bytes, limit: int, where: str, streams: bool) -> bytes:
+    """Inflate ``raw`` with the stdlib decompressor ``make()``, never past ``limit`` bytes
+    (``streams``: concatenated streams, as gzip, bz2 and xz allow)."""
+    parts: list[bytes] = []
+    total = 0
+    data = raw
+    while True:
+        dec = make()
+        part = dec.decompress(data, limit + 1 - total)
+        total += len(part)
+        parts.append(part)
+        if total > limit:
+            raise _bomb(where, limit)
+        if not dec.eof:
+            raise CorruptChunkError(f"{where}: the compressed chunk is truncated")
+        data = dec.unused_data
+        if not streams or not data:
+            return b"".join(parts)
+
+
+def _declared(codec_id: str, raw: bytes) -> int | None:
+    """The decoded size a Blosc, LZ4 or Zstandard chunk declares in its header."""
+    if codec_id == "blosc":
+        # bytes 4-7: decoded size, 12-15: compressed size (must be the whole chunk)
+        if len(raw) < 16 or int.from_bytes(raw[12:16], "little") != len(raw):
+            raise ValueError("damaged Blosc header")
+        return int.from_bytes(raw[4:8], "little")
+    if codec_id == "lz4":  # numcodecs prefixes the decoded size
+        if len(raw) < 4:
+            raise ValueError("damaged LZ4 header")
+        return int.from_bytes(raw[:4], "little")
+    if codec_id == "zstd":
+        return _zstd_content_size(raw)
+    return None
+
+
+def _zstd_content_size(raw: bytes) -> int | None:
+    # RFC 8878, section 3.1.1.1: the frame header's Frame_Content_Size, if present
+    if len(raw) < 6 or raw[:4] != b"\x28\xb5\x2f\xfd":
+        raise ValueError("damaged Zstandard frame header")
+    fhd = raw[4]
+    fcs_flag, single, did_flag = fhd >> 6, (fhd >> 5) & 1, fhd & 3
+    size = {0: 1 if single else 0, 1: 2, 2: 4, 3: 8}[fcs_flag]
+    if size == 0:
+        return None
+    start = 5 + (0 if single else 1) + {0: 0, 1: 1, 2: 2, 3: 4}[did_flag]
+    if len(raw) < start + size:
+        raise ValueError("damaged Zstandard frame header")
+    value = int.from_bytes(raw[start:start + size], "little")
+    return value + 256 if size == 2 else value
+
+
+def decode_bounded(
+    config: Mapping[str, Any], raw: bytes, nbytes: int, where: str, *, exact: bool = True,
+    out: np.ndarray | None = None, codec: numcodecs.abc.Codec | None = None,
+) -> Any:
+    """Decode one compressed chunk without ever producing more than ``nbytes`` bytes.
+
+    Blosc, LZ4 and Zstandard chunks declare their decoded size in a header: it is checked
+    before anything is allocated, and decoding goes into a buffer of that size. zlib,
+    gzip, bz2 and lzma chunks are inflated by streaming decompressors with a maximum
+    output length. So a 2 KB chunk claiming or inflating to gigabytes costs nothing.
+
+    Parameters
+    ----------
+    config : mapping
+        The compressor's numcodecs configuration (``id`` in :data:`BOUNDED_CODECS`).
+    raw : bytes
+        The stored chunk.
+    nbytes : int
+        The chunk's decoded size (``exact``), or the most it may decode to.
+    where : str
+        The store, array and chunk, for error messages.
+    exact : bool
+        Whether the chunk must decode to exactly ``nbytes`` bytes.
+    out : numpy.ndarray, optional
+        A C-contiguous buffer of exactly ``nbytes`` bytes to decode into (Blosc, LZ4 and
+        Zstandard chunks decode into it directly).
+    codec : numcodecs.abc.Codec, optional
+        The codec of ``config``, if the caller has it (saves building it per chunk).
+
+    Returns
+    -------
+    buffer
+        ``out`` if it was given and used, else the decoded bytes.
+
+    Raises
+    ------
+    CorruptChunkError
+        If the chunk is damaged, too large, or (``exact``) of another size.
+    UnsupportedError
+        For a codec whose output cannot be bounded.
+    """
+    codec_id = str(config.get("id"))
+    if codec_id not in BOUNDED_CODECS:
+        raise UnsupportedError(f"{where}: codec {codec_id!r} is not read by lazyio's bounded "
+                               "decoder")
+    try:
+        if codec_id == "zlib":
+            buf = _stream(zlib.decompressobj, raw, nbytes, where, streams=False)
+        elif codec_id == "gzip":
+            buf = _stream(lambda: zlib.decompressobj(31), raw, nbytes, where, streams=True)
+        elif codec_id == "bz2":
+            buf = _stream(bz2.BZ2Decompressor, raw, nbytes, where, streams=True)
+        elif codec_id == "lzma":
+            fmt = int(config.get("format", lzma.FORMAT_XZ))
+            filters = config.get("filters") if fmt == lzma.FORMAT_RAW else None
+            buf = _stream(lambda: lzma.LZMADecompressor(format=fmt, filters=filters), raw,
+                          nbytes, where, streams=fmt != lzma.FORMAT_RAW)
+        else:
+            declared = _declared(codec_id, raw)
+            if declared is None:  # a Zstandard frame without its size: bounded by `out`
+                if not exact:
+                    raise ValueError("Zstandard frame without a declared size")
+                declared = nbytes
+            if declared > nbytes:
+                raise _bomb(where, nbytes)
+            if exact and declared != nbytes:
+                raise _short(where, declared, nbytes)
+            if out is None or declared != nbytes:
+                out = np.empty(declared, dtype=np.uint8)
+            if codec is None:
+                codec = codec_from_config(config)
+            codec.decode(raw, out=out.view(np.uint8).reshape(-1))
+            return out
+    except CorruptChunkError:
+        raise
+    except (ValueError, TypeError, RuntimeError, OSError, EOFError, lzma.LZMAError,
+            zlib.error) as err:
+        raise CorruptChunkError(
+            f"{where}: the chunk cannot be decoded ({type(err).__name__}: {err})"
+        ) from err
+    if exact and len(buf) != nbytes:
+        raise _short(where, len(buf), nbytes)
+    return buf
+
+
+def _check_vlen_count(buf: Any, chunk_shape: tuple[int, ...], where: str) -> None:
+    # numcodecs' vlen codecs start with the item count (uint32) and allocate that many
+    # objects before reading them: 4 bytes of garbage asked for 2e9 (98 s, gigabytes)
+    head = bytes(memoryview(buf).cast("B")[:4])
+    count = int.from_bytes(head, "little") if len(head) == 4 else -1
+    expected = math.prod(chunk_shape) if chunk_shape else 1
+    if count != expected:
+        raise CorruptChunkError(
+            f"{where}: the chunk declares {count} items, not the {expected} of its shape"
+        )
 
 
 # ----------------------------------------------------------------------------- metadata

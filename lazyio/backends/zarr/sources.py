@@ -8,7 +8,6 @@ numcodecs codecs: nothing is ever unpickled.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -27,9 +26,18 @@ from lazyio.backends.zarr.direct import (
     LocalV2Layout,
     chunk_overlaps,
     local_v2_layout,
+    v2_layout,
 )
-from lazyio.backends.zarr.stores import DirSpec, StoreSpec, get_bytes, open_store, zarr_array
-from lazyio.errors import translate
+from lazyio.backends.zarr.stores import (
+    SafeLocalStore,
+    SafeZipStore,
+    StoreSpec,
+    get_bytes,
+    pinned_store,
+    read_json,
+    zarr_array,
+)
+from lazyio.errors import FormatError, translate
 
 # SAFE_OBJECT_CODECS, LocalV2Layout and local_v2_layout are re-exported: their home is
 # codecs.py / direct.py, but callers found them here first.
@@ -70,14 +78,14 @@ class ZarrSource:
         return len(self.shape)
 
     def _array(self) -> Any:
+        # the pinned store is the version the array was made from (checked on opening)
         key = ZarrArrayKey(self.store, self.path, self.token)
-        return handles.acquire(key, handles.opened_unchanged(
-            self.store.location, self.token,
-            lambda: zarr_array(open_store(self.store), self.path)))
+        return handles.acquire(
+            key, lambda: zarr_array(pinned_store(self.store, self.token), self.path))
 
     def _plan(self) -> DirectPlan | None:
         return handles.memo(DirectPlanKey(self.store, self.path, self.token),
-                            lambda: _checked_plan(self))
+                            lambda: _direct_plan(self))
 
     def __getitem__(self, key: Any) -> np.ndarray:
         box, residual = split_index(key, self.shape)
@@ -93,24 +101,23 @@ class ZarrSource:
         return apply_residual(block, residual)
 
 
-def _checked_plan(source: ZarrSource) -> DirectPlan | None:
-    plan = _direct_plan(source)
-    handles.check_unchanged(source.store.location, source.token)
-    return plan
-
-
 def _direct_plan(source: ZarrSource) -> DirectPlan | None:
-    """A plan when the array is a plain local Zarr v2 one, else None (zarr-python reads)."""
-    root = source.store.location.local_path if isinstance(source.store, DirSpec) else None
-    if root is None:
+    """A plan when the array is a plain Zarr v2 one in a local directory or zip file, else
+    None (zarr-python reads). Its chunk files are read from the pinned version of the
+    store, with each chunk's decoding bounded by its declared size."""
+    store = pinned_store(source.store, source.token)
+    if not isinstance(store, SafeLocalStore | SafeZipStore):
         return None
-    layout = local_v2_layout(os.path.join(root, *source.path.strip("/").split("/")))
+    path = source.path.strip("/")
+    meta = read_json(store, f"{path}/.zarray" if path else ".zarray")
+    layout = v2_layout(meta) if meta is not None else None
     if (
         layout is None or layout.dtype != source.dtype
         or layout.chunks != tuple(source.storage_chunks)
     ):
         return None
-    return DirectPlan(layout)
+    files = store.rootdir if isinstance(store, SafeLocalStore) else store
+    return DirectPlan(layout, files, path)
 
 
 @dataclass(frozen=True)
@@ -124,15 +131,23 @@ class ObjectZarrSource:
     compressor: Mapping[str, Any] | None
     filters: tuple[Mapping[str, Any], ...]
     separator: str = "."
+    token: str = ""
 
     @property
     def dtype(self) -> np.dtype:
         return np.dtype(object)
 
     @classmethod
-    def from_metadata(cls, store: StoreSpec, path: str, meta: dict[str, Any]) -> ObjectZarrSource:
-        """Describe the array from its ``.zarray`` document, checking its codecs."""
+    def from_metadata(
+        cls, store: StoreSpec, path: str, meta: dict[str, Any], token: str = ""
+    ) -> ObjectZarrSource:
+        """Describe the array from its ``.zarray`` document, checking its codecs;
+        ``token`` is the store version's (:func:`~lazyio.backends.zarr.stores.version_token`)."""
         filters = check_object_codecs(meta, f"{store}: array {path}")
+        separator = meta.get("dimension_separator") or "."
+        if separator not in (".", "/"):
+            raise FormatError(f"{store}: array {path} has dimension_separator "
+                              f"{str(separator)[:40]!r} (only '.' and '/' exist)")
         return cls(
             store=store,
             path=path.strip("/"),
@@ -140,7 +155,8 @@ class ObjectZarrSource:
             storage_chunks=tuple(meta["chunks"]),
             compressor=meta.get("compressor"),
             filters=filters,
-            separator=meta.get("dimension_separator") or ".",
+            separator=separator,
+            token=token,
         )
 
     @property
@@ -149,7 +165,9 @@ class ObjectZarrSource:
 
     def _decode_chunk(self, coords: tuple[int, ...]) -> np.ndarray | None:
         key = self.separator.join(str(c) for c in coords) if coords else "0"
-        raw = get_bytes(open_store(self.store), f"{self.path}/{key}")
+        store = pinned_store(self.store, self.token)
+        # a missing chunk of a replaced store raises StaleFileError in get_bytes
+        raw = get_bytes(store, f"{self.path}/{key}")
         if raw is None:
             return None
         where = f"{self.store}: chunk {coords} of array {self.path}"

@@ -9,23 +9,31 @@ and reading such arrays' chunks.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 
 import zarr
-from zarr.abc.store import Store
+from zarr.abc.store import (
+    ByteRequest,
+    OffsetByteRequest,
+    RangeByteRequest,
+    Store,
+    SuffixByteRequest,
+)
 from zarr.core.buffer import Buffer as StoredBuffer
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.buffer.cpu import Buffer
 from zarr.core.sync import sync
-from zarr.storage import FsspecStore, LocalStore, WrapperStore
+from zarr.storage import FsspecStore, LocalStore, WrapperStore, ZipStore
 
 from lazyio import handles
 from lazyio.backends.zarr.codecs import ZarrFormat
-from lazyio.errors import FormatError, UnsafeFileError, UnsupportedError
+from lazyio.backends.zarr.safe import MAX_METADATA_BYTES, RootDir
+from lazyio.errors import FormatError, StaleFileError, UnsafeFileError, UnsupportedError
 from lazyio.location import Location
 
 __all__ = [
@@ -38,6 +46,7 @@ __all__ = [
     "get_bytes",
     "list_dir",
     "open_store",
+    "pinned_store",
     "read_json",
     "set_bytes",
     "store_spec",
@@ -46,6 +55,9 @@ __all__ = [
 StoreKind = Literal["dir", "zip", "instance"]
 
 MAX_KEY_DEPTH = 300  # a HyperSpy tree is ~10 levels, plus one per chunk-key axis
+MAX_CHUNK_FILE_BYTES = int(os.environ.get("LAZYIO_MAX_CHUNK_FILE_BYTES", str(512 * 2**20)))
+"""The largest stored chunk (or shard) zarr-python is given whole from a local store; the
+direct reader bounds each chunk by its own declared size instead."""
 
 
 class _SpecMeta(type):
@@ -191,6 +203,8 @@ def _make_store(spec: StoreSpec, read_only: bool) -> Store:
         raise TypeError(f"not a store spec: {spec!r}")
     loc = spec.location
     if loc.local_path is not None:
+        if read_only:
+            return SafeLocalStore(loc.local_path, spec)
         return LocalStore(loc.local_path, read_only=read_only)
     store = FsspecStore.from_url(loc.url, storage_options=loc.fs_options,
                                  read_only=read_only)
@@ -203,12 +217,203 @@ def _open_zip(loc: Location, read_only: bool) -> Store:
             f"{loc}: a zipped .zspy store can only be opened as a local file; copy it "
             "locally, or store it unzipped (a directory store) remotely"
         )
-    store = zarr.storage.ZipStore(loc.local_path, mode="r" if read_only else "w")
+    if read_only:
+        safe = SafeZipStore(loc.local_path, loc)
+        safe.open_now()
+        return safe
+    store = zarr.storage.ZipStore(loc.local_path, mode="w")
     if not store._is_open:  # zarr opens zip files lazily, but our raw reads need it now
         sync(store._open())
-    if read_only:
-        _refuse_escaping_members(loc, store._zf.namelist())
     return store
+
+
+def _doc_limit(key: str) -> tuple[int, str]:
+    return ((MAX_METADATA_BYTES, "metadata document") if _is_doc(key)
+            else (MAX_CHUNK_FILE_BYTES, "chunk file"))
+
+
+def _byte_span(size: int, byte_range: ByteRequest | None) -> tuple[int, int]:
+    """The ``[start, stop)`` of ``byte_range`` in a value of ``size`` bytes."""
+    if byte_range is None:
+        return 0, size
+    if isinstance(byte_range, RangeByteRequest):
+        return min(byte_range.start, size), min(byte_range.end, size)
+    if isinstance(byte_range, OffsetByteRequest):
+        return min(byte_range.offset, size), size
+    if isinstance(byte_range, SuffixByteRequest):
+        return max(0, size - byte_range.suffix), size
+    raise TypeError(f"Unexpected byte_range, got {byte_range}.")
+
+
+class SafeLocalStore(LocalStore):
+    """A read-only local directory store that reads only regular files inside its root.
+
+    Every key is opened below a descriptor of the root directory
+    (:class:`~lazyio.backends.zarr.safe.RootDir`): no symbolic link is followed, FIFOs and
+    devices are refused, metadata documents and chunk files are read only up to a size
+    cap, and the version of the store that was opened keeps being read after the path is
+    replaced (a chunk missing there then raises :class:`StaleFileError`).
+    """
+
+    def __init__(self, root: str, where: object) -> None:
+        super().__init__(root, read_only=True)
+        try:
+            self.rootdir = RootDir(os.fspath(root), where)
+        except NotADirectoryError:
+            raise FormatError(f"{where}: not a Zarr store (neither a directory nor a zip "
+                              "file)") from None
+        self._is_open = True
+
+    def version_token(self) -> str:
+        """The modification token of the directory being read (see :class:`RootDir`)."""
+        return self.rootdir.version_token()
+
+    def is_current(self) -> bool:
+        """Whether the store's path still names the directory being read."""
+        return self.rootdir.is_current()
+
+    def read_key(self, key: str, byte_range: ByteRequest | None = None) -> bytes | None:
+        """The value of ``key`` (or a range of it), size-capped; ``None`` if missing."""
+        limit, what = _doc_limit(key)
+        if byte_range is None:
+            data = self.rootdir.read(key, limit, what)
+        else:
+            data = self.rootdir.read(key, MAX_CHUNK_FILE_BYTES * 64, what)
+            if data is not None:
+                start, stop = _byte_span(len(data), byte_range)
+                data = data[start:stop]
+        if data is None and not _is_doc(key):
+            self.rootdir.check_current(key)
+        return data
+
+    async def get(self, key: str, prototype: Any = None,
+                  byte_range: ByteRequest | None = None) -> Any:
+        if prototype is None:
+            prototype = default_buffer_prototype()
+        data = await asyncio.to_thread(self.read_key, key, byte_range)
+        return None if data is None else prototype.buffer.from_bytes(data)
+
+    def get_sync(self, key: str, *, prototype: Any = None,
+                 byte_range: ByteRequest | None = None) -> Any:
+        if prototype is None:
+            prototype = default_buffer_prototype()
+        data = self.read_key(key, byte_range)
+        return None if data is None else prototype.buffer.from_bytes(data)
+
+    async def get_partial_values(
+        self, prototype: Any, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Any]:
+        return [await self.get(key, prototype, byte_range) for key, byte_range in key_ranges]
+
+    async def exists(self, key: str) -> bool:
+        return await asyncio.to_thread(self.rootdir.exists, key)
+
+    async def list(self) -> AsyncIterator[str]:
+        for key in self._walk(""):
+            yield key
+
+    async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        for key in self._walk(prefix.rstrip("/")):
+            yield key
+
+    async def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        for name in self.rootdir.listdir(prefix.strip("/")):
+            yield name
+
+    def _walk(self, prefix: str) -> Iterable[str]:
+        # each directory once: nothing is followed, so the tree cannot loop
+        for name in sorted(self.rootdir.listdir(prefix)):
+            key = f"{prefix}/{name}" if prefix else name
+            if self.rootdir.exists(key):
+                yield key
+            else:
+                yield from self._walk(key)
+
+
+class SafeZipStore(ZipStore):
+    """A read-only zip store that lists a group in constant time and caps what it reads.
+
+    zarr's own lists every member of the zip for each group listed (20,000 groups: two
+    minutes); here the listing is indexed once when the zip is opened. A member is read
+    only up to its declared size, which must be under the cap of its kind (metadata or
+    chunk), so a member that inflates to gigabytes is refused before it is inflated.
+    """
+
+    def __init__(self, path: str, where: object) -> None:
+        super().__init__(path, mode="r", read_only=True)
+        self.where = where
+        self._children: dict[str, list[str]] = {}
+        self._small_docs: dict[str, bytes] = {}
+        self._identity: tuple[int, int] = (0, 0)
+
+    def open_now(self) -> None:
+        """Open the zip, refuse members that leave the store, and index the listing."""
+        if not self._is_open:
+            sync(self._open())
+        names = self._zf.namelist()
+        _refuse_escaping_members(self.where, names)
+        children: dict[str, set[str]] = {}
+        for name in names:
+            parts = name.rstrip("/").split("/")
+            for depth in range(len(parts)):
+                children.setdefault("/".join(parts[:depth]), set()).add(parts[depth])
+        self._children = {k: sorted(v) for k, v in children.items()}
+        st = os.fstat(self._zf.fp.fileno()) if self._zf.fp is not None else None
+        self._identity = (st.st_dev, st.st_ino) if st is not None else (0, 0)
+
+    def version_token(self) -> str:
+        """The modification token of the zip file being read (not of the path's now)."""
+        if self._zf.fp is None:
+            return "unknown"
+        st = os.fstat(self._zf.fp.fileno())
+        return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
+
+    def is_current(self) -> bool:
+        """Whether the path still names the zip file being read."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._identity
+
+    def read(self, key: str, limit: int, what: str = "file", check: bool = True
+             ) -> bytes | None:
+        """The bytes of member ``key``, refusing one that declares more than ``limit``
+        (member names were checked when the zip was opened: ``check`` is ignored)."""
+        info = self._zf.NameToInfo.get(key)
+        if info is None or info.is_dir():
+            return None
+        if info.file_size > limit:
+            raise FormatError(
+                f"{self.where}: zip member {key!r} inflates to {info.file_size} bytes, more "
+                f"than the {limit} a {what} may hold; refused"
+            )
+        small_doc = info.file_size <= 4096 and _is_doc(key)
+        if small_doc and key in self._small_docs:
+            return self._small_docs[key]
+        with self._lock, self._zf.open(info) as f:
+            # zipfile never returns more than the declared size, and checks the CRC
+            data = f.read(info.file_size)
+        if small_doc:  # a tree walk reads each group's documents twice; the zip is fixed
+            self._small_docs[key] = data
+        return data
+
+    def check_current(self, key: str) -> None:
+        """Nothing to check: the zip file open here is the version being read."""
+
+    def _get(self, key: str, prototype: Any, byte_range: ByteRequest | None = None) -> Any:
+        limit, what = _doc_limit(key)
+        info = self._zf.NameToInfo.get(key)
+        if info is not None and byte_range is None and info.file_size > limit:
+            raise FormatError(
+                f"{self.where}: zip member {key!r} inflates to {info.file_size} bytes, more "
+                f"than the {limit} a {what} may hold; refused"
+            )
+        return super()._get(key, prototype, byte_range)
+
+    async def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        for name in self._children.get(prefix.strip("/"), ()):
+            yield name
 
 
 _METADATA_NAMES = frozenset({".zattrs", ".zgroup", ".zarray", ".zmetadata", "zarr.json"})
@@ -304,7 +509,7 @@ class FreshStore(WrapperStore[Store]):
         await self._store.delete_dir(prefix)
 
 
-def _refuse_escaping_members(loc: Location, names: list[str]) -> None:
+def _refuse_escaping_members(loc: object, names: list[str]) -> None:
     # Such names are never keys of a valid store, and a tool that extracts the zip would
     # write outside its target folder: refuse the file rather than guess. Absurdly deep
     # names are refused too: zarr lists a zip's every member for each group it opens.
@@ -330,10 +535,67 @@ class StoreKey(handles.FileKey):
 
 
 def open_store(spec: StoreSpec, read_only: bool = True, cached: bool = True) -> Store:
-    """Open (or reuse, per process) the store described by ``spec``."""
+    """Open (or reuse, per process) the store described by ``spec``.
+
+    A local store read earlier in this process is reused only while its path still names
+    the same directory or zip file: one replaced since (by another process) is opened
+    anew, so a new load reads the new version.
+    """
     if not cached or isinstance(spec, InstanceSpec):
         return _make_store(spec, read_only)
-    return handles.acquire(StoreKey(spec, read_only), lambda: _make_store(spec, read_only))
+    key = StoreKey(spec, read_only)
+    store = handles.acquire(key, lambda: _make_store(spec, read_only))
+    if isinstance(store, SafeLocalStore | SafeZipStore) and not store.is_current():
+        handles.default_cache.forget(key)  # not closed: older lazy arrays may read it
+        store = handles.acquire(key, lambda: _make_store(spec, read_only))
+    return store
+
+
+def version_token(store: Store, spec: StoreSpec) -> str:
+    """The modification token of the version of the store being read through ``store``
+    (for a remote store, of what the location names now)."""
+    token = getattr(store, "version_token", None)
+    if callable(token):
+        return str(token())
+    return spec.location.modified_token() if spec.location is not None else ""
+
+
+@dataclass(frozen=True)
+class PinnedStoreKey(handles.FileKey):
+    """A read-only store opened for lazy arrays made from one version of it."""
+
+    kind: ClassVar[str] = "zarr-pinned-store"
+    token: str = ""
+
+
+def pinned_store(spec: StoreSpec, token: str) -> Store:
+    """The store of ``spec`` at the version ``token`` (see :func:`version_token`), shared
+    per process.
+
+    A local store is opened and its directory or zip file checked against ``token``:
+    once open, it keeps reading that version even if the path is replaced.
+
+    Raises
+    ------
+    StaleFileError
+        If the store was replaced or modified since ``token`` was taken.
+    """
+    if isinstance(spec, InstanceSpec) or not token or token == "unknown":
+        return open_store(spec)
+
+    def opener() -> Store:
+        store = _make_store(spec, True)
+        if isinstance(store, SafeLocalStore | SafeZipStore):
+            if store.version_token() != token:
+                raise StaleFileError(
+                    f"{spec}: the store was replaced or modified after it was opened "
+                    "lazily; load it again to read the new version"
+                )
+        else:
+            handles.check_unchanged(spec.location, token)
+        return store
+
+    return handles.acquire(PinnedStoreKey(spec, token), opener)
 
 
 async def _collect(it: AsyncIterator[str]) -> list[str]:
@@ -349,6 +611,11 @@ def _local_root(store: Store) -> str | None:
 def list_dir(store: Store, prefix: str) -> list[str]:
     """Names directly below ``prefix`` (sorted)."""
     prefix = prefix.strip("/")
+    # local stores are read with plain calls, not round trips through zarr's event loop
+    if isinstance(store, SafeLocalStore):
+        return sorted(store.rootdir.listdir(prefix))
+    if isinstance(store, SafeZipStore):
+        return list(store._children.get(prefix, ()))
     root = _local_root(store)
     if root is not None:
         try:
@@ -361,7 +628,14 @@ def list_dir(store: Store, prefix: str) -> list[str]:
 
 
 def get_bytes(store: Store, key: str) -> bytes | None:
-    """The value of ``key``, or ``None`` if it does not exist."""
+    """The value of ``key``, or ``None`` if it does not exist (metadata documents are
+    read only up to :data:`~lazyio.backends.zarr.safe.MAX_METADATA_BYTES`)."""
+    key = key.lstrip("/")
+    if isinstance(store, SafeLocalStore):
+        return store.read_key(key)
+    if isinstance(store, SafeZipStore):
+        limit, what = _doc_limit(key)
+        return store.read(key, limit, what)
     root = _local_root(store)
     if root is not None:
         try:
@@ -369,7 +643,10 @@ def get_bytes(store: Store, key: str) -> bytes | None:
                 return f.read()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
-    buf = sync(store.get(key.lstrip("/"), prototype=default_buffer_prototype()))
+    buf = sync(store.get(key, prototype=default_buffer_prototype()))
+    if buf is not None and _is_doc(key) and len(buf) > MAX_METADATA_BYTES:
+        raise FormatError(f"{store}: metadata document {key!r} holds {len(buf)} bytes, more "
+                          f"than the {MAX_METADATA_BYTES} it may; refused")
     return None if buf is None else buf.to_bytes()
 
 

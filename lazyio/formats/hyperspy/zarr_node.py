@@ -29,8 +29,16 @@ from lazyio.backends.zarr.codecs import (
     v2_dtype,
     zarr_codec_kwargs,
 )
+from lazyio.backends.zarr.safe import check_array_metadata
 from lazyio.backends.zarr.sources import ObjectZarrSource, ZarrSource
-from lazyio.backends.zarr.stores import StoreSpec, list_dir, node_kind, read_json, set_bytes
+from lazyio.backends.zarr.stores import (
+    StoreSpec,
+    list_dir,
+    node_kind,
+    read_json,
+    set_bytes,
+    version_token,
+)
 from lazyio.errors import FormatError, LazyioWarning
 from lazyio.formats.hyperspy.node import decode_strings, lazy_grid
 
@@ -98,8 +106,11 @@ class ZarrNode:
         fmt, meta = self._array_meta(name)
         path = self._prefix(name)
         refuse_unsafe_codecs(meta, f"{self.where}: array {path}")
+        check_array_metadata(meta, fmt, f"{self.where}: array {path}")
+        # a store replaced after this array was made is refused, not misread
+        token = version_token(self.store, self.spec)
         if fmt == 2 and v2_dtype(meta["dtype"]).kind == "O" and not is_vlen_utf8(meta):
-            return ObjectZarrSource.from_metadata(self.spec, path, meta)
+            return ObjectZarrSource.from_metadata(self.spec, path, meta, token)
         if fmt == 2:
             chunks = tuple(meta["chunks"])
         else:
@@ -116,8 +127,7 @@ class ZarrNode:
             shape=tuple(arr.shape),
             dtype=arr.dtype if isinstance(arr.dtype, np.dtype) else np.dtype(object),
             storage_chunks=chunks,
-            # a store replaced after this array was made is refused, not misread
-            token=self.spec.location.modified_token() if self.spec.location else "",
+            token=token,
         )
 
     def read_array(self, name: str) -> np.ndarray:

@@ -178,3 +178,71 @@ def test_describe_codecs():
         "chunk_shape": [2, 2],
         "codecs": [{"name": "bytes"}, {"name": "zstd", "configuration": {"level": 3}}]}}]}
     assert describe_codecs(v3, 3) == "sharding(chunks=(2, 2): zstd(level=3))"
+
+
+# ------------------------------------------------------------------ bounded decoding
+
+BOUNDED = [numcodecs.Blosc(), numcodecs.Zstd(), numcodecs.LZ4(), numcodecs.Zlib(),
+           numcodecs.GZip(), numcodecs.BZ2(), numcodecs.LZMA()]
+
+
+@pytest.mark.parametrize("codec", BOUNDED, ids=lambda c: c.codec_id)
+def test_decode_bounded_round_trip_and_sizes(codec):
+    from lazyio.backends.zarr.codecs import decode_bounded
+
+    data = np.arange(1000, dtype="<i4")
+    raw = bytes(codec.encode(data))
+    config = codec.get_config()
+    got = decode_bounded(config, raw, data.nbytes, "s.zspy: chunk (0,)")
+    assert np.array_equal(np.frombuffer(got, dtype="<i4"), data)
+    out = np.empty(data.nbytes, dtype=np.uint8)
+    got = decode_bounded(config, raw, data.nbytes, "s.zspy: chunk (0,)", out=out)
+    assert np.array_equal(np.frombuffer(bytes(got), dtype="<i4"), data)
+    # a chunk of another size than declared: too big is refused before it is inflated
+    with pytest.raises(CorruptChunkError, match=r"s\.zspy: chunk \(0,\): the chunk "
+                       r"(inflates past the 3996 bytes|decodes to 4000 bytes)"):
+        decode_bounded(config, raw, data.nbytes - 4, "s.zspy: chunk (0,)")
+    with pytest.raises(CorruptChunkError, match=r"s\.zspy: chunk \(0,\)"):
+        decode_bounded(config, raw, data.nbytes + 4, "s.zspy: chunk (0,)")
+
+
+@pytest.mark.parametrize("codec", BOUNDED, ids=lambda c: c.codec_id)
+def test_decode_bounded_never_inflates_a_bomb(codec):
+    """32 MiB of zeros in a chunk that may hold 1 KiB: refused without allocating it
+    (the peak traced allocation stays far below the bomb: lzma's 8 MiB dictionary)."""
+    import tracemalloc
+
+    from lazyio.backends.zarr.codecs import decode_bounded
+
+    raw = bytes(codec.encode(np.zeros(32 * 2**20, dtype=np.uint8)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptChunkError, match=r"w: the chunk (inflates past the 1024"
+                           r" bytes|cannot be decoded)"):
+            decode_bounded(codec.get_config(), raw, 1024, "w")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20
+
+
+def test_decode_bounded_checks_blosc_headers():
+    from lazyio.backends.zarr.codecs import decode_bounded
+
+    raw = bytearray(numcodecs.Blosc().encode(np.zeros(256, "u1")))
+    raw[4:8] = (2**31 - 1).to_bytes(4, "little")  # claims 2 GiB
+    with pytest.raises(CorruptChunkError, match="inflates past the 256 bytes"):
+        decode_bounded({"id": "blosc"}, bytes(raw), 256, "w")
+    raw = bytearray(numcodecs.Blosc().encode(np.zeros(256, "u1")))
+    raw[12:16] = (2**20).to_bytes(4, "little")  # claims more stored bytes than there are
+    with pytest.raises(CorruptChunkError, match="damaged Blosc header"):
+        decode_bounded({"id": "blosc"}, bytes(raw), 256, "w")
+    with pytest.raises(UnsupportedError, match="'delta'"):
+        decode_bounded({"id": "delta", "dtype": "<i4"}, b"", 4, "w")
+
+
+def test_vlen_item_count_is_checked_before_decoding():
+    """4 bytes of garbage declared 2e9 items: numcodecs allocated them all (98 s)."""
+    with pytest.raises(CorruptChunkError, match="declares 1918985984 items, not the 3"):
+        decode_object_chunk(b"\x00gar" + b"\x00" * 8, None, [{"id": "vlen-utf8"}], (3,),
+                            "f.zspy: chunk")
