@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Collection, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -329,23 +329,45 @@ def write_with(
 
     # progress bars name the file asked for, not the temporary it is written to
     with target_name(where.name if isinstance(where, Location) else type(where).__name__):
+        check: _Check | None = None
+        if verify:
+            def check(written: Any, remove: bool) -> None:
+                _verify(plugin, written, signal, remove, show_progressbar)
+
         if store:
             plugin.write(target, signal, **common)
+            if check is not None:
+                check(target, False)
         else:
-            _write_location(plugin, where, signal, overwrite, common)
-        if verify:
-            from lazyio.verify import verify_written
+            _write_location(plugin, where, signal, overwrite, common, check)
 
-            verify_written(where, signal, format=plugin.name,
-                           show_progressbar=show_progressbar)
+
+_Check = Callable[[Any, bool], None]
+
+
+def _verify(
+    plugin: FormatPlugin, written: Any, signal: dict[str, Any], remove: bool, show: bool
+) -> None:
+    """Re-read ``written`` and compare it with ``signal``. Called on the temporary before
+    it is committed wherever there is one, so a copy that fails never replaces the
+    previous version; ``remove`` deletes what failed where it is already in place."""
+    from lazyio import handles
+    from lazyio.verify import verify_written
+
+    try:
+        verify_written(written, signal, format=plugin.name, remove_on_mismatch=remove,
+                       show_progressbar=show)
+    finally:
+        if isinstance(written, Location):
+            handles.close_location(written)  # no handle outlives the temporary's rename
 
 
 def _write_location(
     plugin: FormatPlugin, location: Location, signal: dict[str, Any], overwrite: bool,
-    common: dict[str, Any],
+    common: dict[str, Any], check: _Check | None = None,
 ) -> None:
     if location.local_path is not None:
-        _write_local(plugin, location, signal, overwrite, common)
+        _write_local(plugin, location, signal, overwrite, common, check)
         return
     from lazyio import handles
     from lazyio.backends.atomic import remote_temporary, upload_temporary
@@ -358,6 +380,8 @@ def _write_location(
         _replaceable(plugin, location)
         handles.close_location(location)  # our read handles must not see it change
         plugin.write(location, signal, **common)
+        if check is not None:
+            check(location, False)  # an updated file is the user's: never removed
         return
     if exists and not overwrite:
         raise TargetExistsError(f"{location} exists; pass overwrite=True to replace it")
@@ -368,11 +392,17 @@ def _write_location(
     if strategy == "upload":
         with upload_temporary(location) as tmp, _named_as(tmp, location):
             plugin.write(Location(tmp), signal, **common)
+            if check is not None:
+                check(Location(tmp), False)  # before the upload replaces the old version
     elif strategy == "temporary":
         with remote_temporary(location) as tmp_location, _named_as(tmp_location.url, location):
             plugin.write(tmp_location, signal, **common)
+            if check is not None:
+                check(tmp_location, False)  # before the move replaces the old version
     else:
         _write_remote_store(plugin, location, signal, own_keys, exists, common)
+        if check is not None:
+            check(location, True)  # written in place: a store that fails is removed
 
 
 def _write_remote_store(
@@ -407,7 +437,7 @@ def _write_remote_store(
 
 def _write_local(
     plugin: FormatPlugin, location: Location, signal: dict[str, Any], overwrite: bool,
-    common: dict[str, Any],
+    common: dict[str, Any], check: _Check | None = None,
 ) -> None:
     """Write a local target: refuse what must not be replaced, take the target's lock,
     recover a swap a dead writer left half-done, write a temporary, rename it."""
@@ -444,6 +474,8 @@ def _write_local(
         handles.close_location(location)
         if mode in ("update", "append") and exists and os.path.isdir(path):
             plugin.write(location, signal, **common)  # a directory store, key by key
+            if check is not None:
+                check(location, False)  # an updated store is the user's: never removed
             return
         with atomic_path(path) as tmp, _named_as(tmp, location):
             if mode in ("update", "append") and exists:
@@ -451,6 +483,10 @@ def _write_local(
                 copy_for_update(path, tmp)
                 checkpoint("copied")
             plugin.write(Location(tmp), signal, **common)
+            if check is not None:
+                # before the rename: a copy that fails verification never replaces the
+                # previous version (atomic_path removes it)
+                check(Location(tmp), False)
 
 
 _REFUSAL = ("lazyio replaces only a {fmt} target it recognises (a {fmt} file{store}) and "

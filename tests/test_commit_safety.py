@@ -199,6 +199,29 @@ def test_s3_overwrite_never_touches_the_bucket_or_unrelated_objects(s3: Any) -> 
     assert fs.cat(obj[5:]) == b"plain text"
 
 
+@pytest.mark.parametrize("fmt", ["hspy", "npy", "usid"])
+def test_s3_verify_failure_keeps_the_previous_version(s3: Any, fmt: str) -> None:
+    """verify=True checks the temporary (a local file uploaded afterwards, or a temporary
+    object moved afterwards) before it replaces the target: a copy that fails never
+    replaces the previous version."""
+    from lazyio.errors import VerificationError
+
+    fs, options, bucket = s3
+    url = f"s3://{bucket}/verify-{os.getpid()}/a{get_plugin(fmt).extensions[0]}"
+    save(url, OLD, fmt, storage_options=options)
+
+    def noisy(x: np.ndarray) -> np.ndarray:
+        return np.random.default_rng().random(x.shape).astype("f4")
+
+    bad = da.from_array(NEW, chunks=(2, 6, 10)).map_blocks(noisy, dtype="f4")
+    with pytest.raises(VerificationError) as info:
+        save(url, bad, fmt, overwrite=True, verify=True, storage_options=options)
+    assert url in str(info.value) and TMP_TAG not in str(info.value)
+    fs.invalidate_cache()
+    np.testing.assert_array_equal(read(url, storage_options=options), OLD)
+    assert [k for k in fs.find(f"{bucket}/verify-{os.getpid()}") if TMP_TAG in k] == []
+
+
 def test_s3_zarr_store_replacement_removes_only_its_own_keys(s3: Any) -> None:
     fs, options, bucket = s3
     url = f"s3://{bucket}/replace-{os.getpid()}/a.zspy"

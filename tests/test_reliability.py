@@ -84,7 +84,8 @@ def test_verify_passes_and_catches_a_mismatch(tmp_path: Path, kind: str) -> None
     np.testing.assert_array_equal(read(path), data.compute())
 
     # A source that changes each time it is computed cannot verify: the copy on disk is
-    # not the data the caller has, and is removed rather than left looking good.
+    # not the data the caller has. It is checked before it is committed, so it never
+    # replaces the previous version, which stays whole; a new target is not created.
     def noisy(x: np.ndarray) -> np.ndarray:
         return np.random.default_rng().random(x.shape).astype("f4")
 
@@ -94,8 +95,15 @@ def test_verify_passes_and_catches_a_mismatch(tmp_path: Path, kind: str) -> None
     message = str(info.value)
     assert str(path) in message, message
     assert "chunk index (" in message, message
-    assert not path.exists()
+    assert ".lazyio-tmp-" not in message, message
+    np.testing.assert_array_equal(read(path), data.compute())  # the previous version
     assert debris(tmp_path) == []
+    fresh = target(tmp_path / "fresh", kind)
+    fresh.parent.mkdir()
+    with pytest.raises(VerificationError):
+        save(fresh, kind, bad, verify=True)
+    assert not fresh.exists()
+    assert debris(fresh.parent) == []
 
 
 @pytest.mark.parametrize("kind", NAMES)
@@ -191,17 +199,11 @@ def test_save_onto_its_own_source(tmp_path: Path, kind: str) -> None:
     path = target(tmp_path, kind)
     data = np.arange(4 * 6 * 8, dtype="f4").reshape(4, 6, 8)
     save(path, kind, data)
-    if kind == "zspy":
-        # verify=True computes the source again, after the commit deleted the old
-        # directory: its chunk files are gone, so the source is stale (before, the
-        # "verification" silently read the new store's bytes as the source's)
-        lazyio.save(path, lazyio.load(path)[0], overwrite=True, show_progressbar=False)
-        with pytest.raises(StaleFileError, match=str(path)):
-            lazyio.save(path, lazyio.load(path)[0], overwrite=True, show_progressbar=False,
-                        verify=True, **EXTRA.get(kind, {}))
-    else:
-        lazyio.save(path, lazyio.load(path)[0], overwrite=True, show_progressbar=False,
-                    verify=True, **EXTRA.get(kind, {}))
+    # verify=True checks the temporary before the commit, while the source's files are
+    # still the old version: the check compares the source with what was written (for
+    # .zspy, after the commit the old chunk files are gone and the source is stale)
+    lazyio.save(path, lazyio.load(path)[0], overwrite=True, show_progressbar=False,
+                verify=True, **EXTRA.get(kind, {}))
     np.testing.assert_array_equal(read(path), data)
     assert debris(tmp_path) == []
 
