@@ -47,7 +47,7 @@ def test_plugin_chunks_parameters_are_chunks(name: str) -> None:
 def test_chunks_alias_takes_every_request_form() -> None:
     # the alias is one union naming what load and save document
     members = set(typing.get_args(chunking.Chunks))
-    assert {type(None), int, bool, typing.Literal["auto"]} <= members
+    assert {type(None), int, bool, typing.Literal["auto", "storage"]} <= members
     assert chunking.BlockChunks == tuple[tuple[int, ...], ...]
 
 
