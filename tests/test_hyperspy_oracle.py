@@ -323,6 +323,127 @@ def zarr2_or_none(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zarr2Ora
     oracle.close()
 
 
+# ----------------------------------------------------------------------------- regressions
+# Each failure of issue 14, as HyperSpy meets it: lazyio's rewrite read back by RosettaSciIO.
+
+
+def _hyperspy_markers_file(path: Path) -> None:
+    import hyperspy.api as hs
+
+    signal = hs.signals.Signal2D(np.arange(3 * 3 * 4 * 5, dtype="f4").reshape(3, 3, 4, 5))
+    offsets = np.empty((3, 3), dtype=object)
+    texts = np.empty((3, 3), dtype=object)
+    for idx in np.ndindex(3, 3):
+        offsets[idx] = np.array([[1, 2], [3, 4]])
+        texts[idx] = np.array(["a", f"\u00e9\u2202{idx}"])  # ragged, unicode
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        signal.add_marker(hs.plot.markers.Texts(offsets=offsets, texts=texts), permanent=True)
+        signal.add_marker(hs.plot.markers.Texts(offsets=[[1, 2]], texts=["hi"]),
+                          permanent=True)
+        signal.save(path)
+
+
+def _hyperspy_ragged_strings_file(path: Path) -> None:
+    import hyperspy.api as hs
+
+    data = np.empty(3, dtype=object)
+    for i in range(3):
+        data[i] = np.array(["x" * i, "\u00fc", "plain"][: i + 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hs.signals.BaseSignal(data, ragged=True).save(path)
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+@pytest.mark.parametrize("make", [_hyperspy_markers_file, _hyperspy_ragged_strings_file])
+def test_zspy_ragged_strings_and_text_markers(tmp_path, zarr2, make, lazy):
+    """Text markers, ragged string signals and ragged unicode markers wrote to .zspy with
+    ``TypeError: can not serialize 'numpy.ndarray' object``; a plain text array came back
+    as dtype object, which HyperSpy took for a ragged marker argument."""
+    source = tmp_path / "source.hspy"
+    make(source)
+    # HyperSpy cannot read its own unicode ragged .hspy (h5py decodes it as ASCII), so the
+    # reference is lazyio's eager read of the source
+    (ref,) = lazyio.load(source, lazy=False)
+    (ours,) = lazyio.load(source, lazy=lazy)
+    lazyio.save(tmp_path / "out.zspy", ours, show_progressbar=False)
+    (back,) = zarr2.read(tmp_path / "out.zspy")
+    assert_same(back["data"], np.asarray(ref["data"]), "data")
+    assert_same(_without_fileio(back["metadata"]), _without_fileio(ref["metadata"]),
+                "metadata")
+    (again,) = lazyio.load(tmp_path / "out.zspy", lazy=False)
+    assert_same(again["data"], np.asarray(ref["data"]), "lazyio data")
+    assert_same(again["metadata"], ref["metadata"], "lazyio metadata")
+
+
+HYPERSPY_1X_MODELS = ["hs14_model.hspy", "hs15_model.hspy", "hs16_model.hspy"]
+
+
+@pytest.mark.parametrize("name", HYPERSPY_1X_MODELS)
+def test_zspy_models_of_hyperspy_1x(tmp_path, zarr2, name):
+    """Models stored by HyperSpy 1.4-1.6 (parameter maps with sub-array fields) wrote to
+    .zspy with ``TypeError: a bytes-like object is required, not 'int'``."""
+    source = HS_TESTS / "component" / "data" / name
+    if not source.exists():
+        pytest.skip(f"HyperSpy's test data has no {name}")
+    (ref,) = hyperspy_oracle.read(str(source), "hspy")
+    for lazy in (True, False):
+        (ours,) = lazyio.load(source, lazy=lazy)
+        lazyio.save(tmp_path / f"{lazy}.zspy", ours, show_progressbar=False)
+        (back,) = zarr2.read(tmp_path / f"{lazy}.zspy")
+        assert_same(back["models"], ref["models"], f"{name} models (lazy={lazy})")
+        assert_same(back["data"], ref["data"], f"{name} data")
+        (again,) = lazyio.load(tmp_path / f"{lazy}.zspy", lazy=False)
+        assert_same(again["models"], ref["models"], f"{name} models read by lazyio")
+
+
+def test_zspy_nonfinite_metadata_floats(tmp_path, zarr2):
+    """inf and nan came back as the strings "Infinity" and "NaN" in HyperSpy (zarr 2)."""
+    values = {"nan": float("nan"), "inf": float("inf"), "minf": -np.inf,
+              "f32": np.float32("nan"), "fine": 1.5}
+    signal = {"data": np.arange(3.0), "metadata": {"Values": dict(values)},
+              "original_metadata": {"deep": {"Values": dict(values)}}}
+    lazyio.save(tmp_path / "nf.zspy", signal, show_progressbar=False)
+    (back,) = zarr2.read(tmp_path / "nf.zspy")
+    expected = {k: float(v) for k, v in values.items()}
+    assert_same(back["metadata"]["Values"], expected, "metadata")
+    assert_same(back["original_metadata"]["deep"]["Values"], expected, "original_metadata")
+    (ours,) = lazyio.load(tmp_path / "nf.zspy", lazy=False)
+    assert_same(ours["metadata"]["Values"], expected, "lazyio")
+
+
+def test_zspy_non_ascii_text_array_stays_text(tmp_path):
+    """Only ASCII text arrays become ``|S`` (as RosettaSciIO writes them); others stay
+    vlen-utf8, which HyperSpy cannot write itself, and read back as text."""
+    signal = {"data": np.arange(2.0),
+              "metadata": {"T": {"ascii": np.array(["ab", "c"]), "uni": np.array(["\u00e9"])}}}
+    lazyio.save(tmp_path / "t.zspy", signal, show_progressbar=False)
+    group = tmp_path / "t.zspy" / "Experiments" / "__unnamed__" / "metadata" / "T"
+    assert json.loads((group / "ascii" / ".zarray").read_text())["dtype"] == "|S2"
+    (back,) = lazyio.load(tmp_path / "t.zspy", lazy=False)
+    assert_same(back["metadata"]["T"], signal["metadata"]["T"], "metadata")
+
+
+def test_npy_size1_axes_differ_from_rosettasciio_only_by_the_squeeze(tmp_path):
+    """RosettaSciIO's .npy reader drops size-1 axes ((1, 5, 1, 3) -> (5, 3)); lazyio keeps
+    the file's shape, so a round trip writes the same file. Documented in docs/formats.md;
+    without the size-1 axes the two dictionaries agree."""
+    data = np.arange(15.0).reshape(1, 5, 1, 3)
+    np.save(tmp_path / "a.npy", data)
+    (ref,) = hyperspy_oracle.read(str(tmp_path / "a.npy"), "npy")
+    for lazy in (True, False):
+        (ours,) = lazyio.load(tmp_path / "a.npy", lazy=lazy)
+        assert ours["data"].shape == (1, 5, 1, 3)
+        assert_same(np.asarray(ours["data"]).squeeze(), ref["data"], "data")
+        kept = [a for a in ours["axes"] if a["size"] > 1]
+        for i, axis in enumerate(kept):
+            axis = {**axis, "index_in_array": i}
+            assert_same({k: axis[k] for k in ref["axes"][i]}, ref["axes"][i], f"axes[{i}]")
+        lazyio.save(tmp_path / f"{lazy}.npy", ours, show_progressbar=False)
+        assert np.load(tmp_path / f"{lazy}.npy").shape == (1, 5, 1, 3)
+
+
 if __name__ == "__main__":
     # the longer campaign: --examples N per source format
     args = sys.argv[1:]
