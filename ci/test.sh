@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/install.sh test
+bash ci/oracle-env.sh  # .venv-zarr2 for the .zspy oracle of tests/test_hyperspy_oracle.py
 .venv/bin/ruff check .
 .venv/bin/python -m mypy
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

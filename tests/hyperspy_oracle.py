@@ -47,7 +47,8 @@ def write(path: str, signal: dict[str, Any]) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dict2signal(signal).save(path, overwrite=True)
+        fmt = {".npy": "numpy", ".h5": "USID"}.get(path[path.rfind("."):])
+        dict2signal(signal).save(path, overwrite=True, file_format=fmt)
 
 
 def _serve() -> None:
