@@ -514,5 +514,5 @@ if __name__ == "__main__":
     code = pytest.main([__file__, "-q", "-p", "no:cacheprovider", "-k", "oracle_from", *args])
     module = sys.modules.get("test_hyperspy_oracle")
     for (source_fmt, target, verdict), n in sorted(getattr(module, "STATS", {}).items()):
-        print(f"{source_fmt:>5} -> {target:<5} {verdict}: {n}")
+        sys.stdout.write(f"{source_fmt:>5} -> {target:<5} {verdict}: {n}\n")
     sys.exit(code)
