@@ -274,10 +274,16 @@ class ZarrNode:
         arr[...] = data
 
     def _write_ragged(self, name: str, data: np.ndarray) -> None:
-        first = next((np.asarray(v) for v in data.flat), np.zeros(0))
-        strings = first.dtype.kind in "US" or (
-            first.dtype.kind == "O" and all(isinstance(v, str) for v in first.flat)
+        items = [np.asarray(v) for v in data.flat]
+        # text if any item is text: an empty item may have come back as float64 (HyperSpy
+        # reads an empty msgpack list so), and the first item alone would misname the rest
+        strings = any(
+            item.dtype.kind in "US"
+            or (item.dtype.kind == "O" and item.size and all(isinstance(v, str)
+                                                             for v in item.flat))
+            for item in items
         )
+        first = next((item for item in items if item.size), items[0] if items else np.zeros(0))
         if first.dtype.kind == "O" and not strings:
             self._write_object_v2(name, data, {"id": "msgpack2"})
             return
