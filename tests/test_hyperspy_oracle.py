@@ -446,6 +446,19 @@ def test_zspy_ragged_strings_and_text_markers(tmp_path, zarr2, make):
         assert_same(again["metadata"], ref["metadata"], "lazyio metadata")
 
 
+def test_zspy_ragged_text_after_an_empty_numeric_item(tmp_path, zarr2):
+    """Found by the oracle: HyperSpy reads an empty ragged text item back as float64; a
+    rewrite then took the text items for numbers (``could not convert string to float``)."""
+    data = np.empty(2, dtype=object)
+    data[0], data[1] = np.array([], dtype="f8"), np.array(["", "\u00e9"])
+    signal = {"data": data, "axes": [{"name": "x", "navigate": True}],
+              "attributes": {"ragged": True}}
+    lazyio.save(tmp_path / "r.zspy", signal, show_progressbar=False)
+    (back,) = zarr2.read(tmp_path / "r.zspy")
+    assert back["data"][1].tolist() == ["", "\u00e9"]
+    assert back["data"][0].size == 0
+
+
 # each file once, lazy or eager in turn (the suite's time budget)
 HYPERSPY_1X_MODELS = [("hs14_model.hspy", True), ("hs15_model.hspy", False),
                       ("hs16_model.hspy", True)]
