@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/install.sh test,docs
+bash ci/oracle-env.sh  # .venv-zarr2 for the .zspy oracle of tests/test_hyperspy_oracle.py
 .venv/bin/ruff check .
 .venv/bin/python -m mypy
 site="$(mktemp -d)"

@@ -289,7 +289,10 @@ def test_two_main_datasets_and_dataset_path(files):
 @pytest.mark.parametrize("lazy", [True, False])
 def test_compound_dtype_gives_one_signal_per_field(files, lazy):
     signals = usid.file_reader(files["compound"], lazy=lazy)
-    assert [s["metadata"]["General"]["title"] for s in signals] == ["amp", "phase (rad)"]
+    # titled after the dataset, the dataset's quantity as signal_type, as RosettaSciIO
+    assert [s["metadata"]["General"]["title"] for s in signals] == ["Raw_Data", "Raw_Data"]
+    assert [s["metadata"]["Signal"]["signal_type"] for s in signals] == ["Response"] * 2
+    assert [s["original_metadata"]["field"] for s in signals] == ["amp", "phase (rad)"]
     assert signals[1]["metadata"]["Signal"]["quantity"] == "phase (rad)"
     assert signals[1]["original_metadata"]["units"] == "rad"
     for signal in signals:
@@ -305,6 +308,7 @@ def test_non_uniform_dimension_warns_raises_or_becomes_an_axis(files):
         (signal,) = usid.file_reader(path)
     bias = signal["axes"][-1]
     assert (bias["offset"], bias["scale"], bias["size"]) == (0.0, 1.0, 5)
+    assert type(bias["scale"]) is int  # RosettaSciIO's number type, kept by a .hspy rewrite
     with pytest.raises(NonUniformAxisError, match="Bias was varied non-uniformly"):
         usid.file_reader(path, ignore_non_uniform_dims=False)
     with pytest.raises(ValueError, match="non-uniformly"):  # RosettaSciIO's exception type
@@ -319,8 +323,10 @@ def test_non_uniform_dimension_warns_raises_or_becomes_an_axis(files):
 
 def test_matches_rosettasciio_reader(files):
     rsciio_usid = importlib.import_module("rsciio.usid")
-    for name in ("multi", "three_pos", "compound", "two_main"):
-        ours = usid.file_reader(files[name])
+    for name in ("multi", "three_pos", "compound", "two_main", "non_uniform"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ours = usid.file_reader(files[name])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ref = rsciio_usid.file_reader(files[name])
@@ -331,6 +337,30 @@ def test_matches_rosettasciio_reader(files):
                 assert (a["name"], a["units"], a["size"]) == (b["name"], b["units"], b["size"])
                 assert a["offset"] == pytest.approx(b["offset"])
                 assert a["scale"] == pytest.approx(b["scale"], rel=1e-4)
+            for key in ("title",):
+                assert mine["metadata"]["General"][key] == theirs["metadata"]["General"][key]
+            assert mine["metadata"]["Signal"]["signal_type"] == (
+                theirs["metadata"]["Signal"]["signal_type"]
+            )
+
+
+def test_non_uniform_axis_has_rosettasciio_number_types(files, tmp_path):
+    """Issue 14: the ignored non-uniform axis has scale 1 (int) as in RosettaSciIO's
+    dictionary, and keeps it through a .hspy rewrite read by RosettaSciIO."""
+    from rsciio.hspy import file_reader as hspy_reader
+
+    rsciio_usid = importlib.import_module("rsciio.usid")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (ours,) = usid.file_reader(files["non_uniform"])
+        (ref,) = rsciio_usid.file_reader(files["non_uniform"])
+    for a, b in zip(ours["axes"], ref["axes"], strict=True):
+        assert (type(a["scale"]), type(a["offset"])) == (type(b["scale"]), type(b["offset"]))
+    assert type(ours["axes"][-1]["scale"]) is type(ref["axes"][-1]["scale"]) is int
+    lazyio.save(tmp_path / "nu.hspy", ours, show_progressbar=False)
+    back = hspy_reader(str(tmp_path / "nu.hspy"))[0]
+    assert back["axes"][-1]["scale"] == 1
+    assert np.asarray(back["axes"][-1]["scale"]).dtype.kind == "i"
 
 
 def test_lazy_array_is_chunk_aligned_and_reads_one_spectrum_cheaply(tmp_path, rng, monkeypatch):

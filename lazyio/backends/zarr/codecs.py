@@ -483,8 +483,11 @@ def v2_dtype(spec: Any) -> np.dtype[Any]:
     """The numpy dtype of a Zarr v2 ``dtype`` entry (a string, or JSON lists for
     structured dtypes)."""
     if isinstance(spec, list):
-        fields = [tuple(v2_dtype(f) if isinstance(f, list) else f for f in field)
-                  for field in spec]
+        # a field is [name, dtype] or [name, dtype, shape]; dtype is a list when nested
+        fields = [
+            (field[0], v2_dtype(field[1]), *(tuple(field[2]) for _ in field[2:3]))
+            for field in spec
+        ]
         structured: np.dtype[Any] = np.dtype(fields)
         return structured
     plain: np.dtype[Any] = np.dtype(spec)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from lazyio.formats.hyperspy.hdf5_node import H5Node
     from lazyio.formats.hyperspy.zarr_node import ZarrNode
 
-__all__ = ["H5Node", "Node", "ZarrNode", "decode_strings", "lazy_grid"]
+__all__ = ["H5Node", "Node", "ZarrNode", "decode_strings", "has_subarray_fields", "lazy_grid"]
 
 
 class Node(Protocol):
@@ -61,6 +61,19 @@ def decode_strings(values: np.ndarray) -> np.ndarray:
     if values.dtype.kind == "T":  # numpy StringDType from zarr-python 3
         return np.array(values.tolist(), dtype="U").reshape(values.shape)
     return values
+
+
+def has_subarray_fields(dtype: np.dtype[Any]) -> bool:
+    """Structured dtypes with sub-array or nested fields, which zarr-python 3 cannot describe.
+
+    HyperSpy 1.x stored model parameter maps so (``values``/``std`` of shape ``(n,)``).
+    """
+    if dtype.names is None:
+        return False
+    return any(
+        sub.shape != () or sub.names is not None
+        for sub, *_ in (dtype.fields or {}).values()
+    )
 
 
 def lazy_grid(

@@ -284,7 +284,10 @@ def write_signal_tree(
     for i, axis in enumerate(signal["axes"]):
         name = f"axis-{i}"
         group.delete(name)  # an axis of another kind must not keep stale attributes
-        dict_to_group(dict(axis), group.require_group(name), write_array, **options)
+        stored = dict(axis)
+        if "axis" in stored:  # HyperSpy stores no size for a non-uniform axis: it is len(axis)
+            stored.pop("size", None)
+        dict_to_group(stored, group.require_group(name), write_array, **options)
     if write_dataset:
         write_array(group, "data", signal["data"])
     metadata = copy.copy(signal.get("metadata") or {})

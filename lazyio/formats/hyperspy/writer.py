@@ -16,7 +16,7 @@ import numpy as np
 
 from lazyio.backends.chunking import Chunks, rechunk_to_storage, storage_chunks
 from lazyio.backends.store import store
-from lazyio.formats.hyperspy.node import Node
+from lazyio.formats.hyperspy.node import Node, has_subarray_fields
 
 __all__ = ["ArrayWriter"]
 
@@ -60,7 +60,9 @@ class ArrayWriter:
         is_main = name == "data" and node.path.strip("/").startswith("Experiments/") and (
             node.path.strip("/").count("/") == 1
         )
-        if data.dtype.kind in "UO" or (isinstance(data, da.Array) and data.dtype.kind == "O"):
+        if data.dtype.kind in "UO" or has_subarray_fields(data.dtype):
+            # strings, ragged arrays and HyperSpy 1.x model maps (sub-array fields): small,
+            # and each node stores them in its own way
             node.write_small_array(name, np.asarray(data), **self.options)
             return
         request = self.chunks if is_main else None

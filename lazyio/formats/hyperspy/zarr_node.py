@@ -8,10 +8,11 @@ chunk sources of :mod:`lazyio.backends.zarr.sources`; codecs come from
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import dask.array as da
 import numpy as np
@@ -25,6 +26,7 @@ from lazyio.backends.zarr.codecs import (
     ZarrFormat,
     codec_from_config,
     is_vlen_utf8,
+    object_codec,
     refuse_unsafe_codecs,
     v2_dtype,
     zarr_codec_kwargs,
@@ -33,16 +35,20 @@ from lazyio.backends.zarr.safe import check_array_metadata
 from lazyio.backends.zarr.sources import ObjectZarrSource, ZarrSource
 from lazyio.backends.zarr.stores import (
     StoreSpec,
+    get_bytes,
     list_dir,
     node_kind,
     read_json,
     set_bytes,
     version_token,
 )
-from lazyio.errors import FormatError, LazyioWarning
-from lazyio.formats.hyperspy.node import decode_strings, lazy_grid
+from lazyio.errors import CorruptChunkError, FormatError, LazyioWarning
+from lazyio.formats.hyperspy.node import decode_strings, has_subarray_fields, lazy_grid
 
 __all__ = ["ZarrNode"]
+
+# model parameter maps read whole at load (old HyperSpy models): far below this
+_RAW_V2_MAX_BYTES = 256 << 20
 
 
 def _json_attr(value: Any) -> Any:
@@ -53,9 +59,23 @@ def _json_attr(value: Any) -> Any:
         value = value.tolist()
     if isinstance(value, bytes):
         return list(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    # inf and nan stay floats: json writes them as NaN/Infinity, as zarr 2 does and reads
     return value
+
+
+def _descr_json(dtype: np.dtype[Any]) -> Any:
+    """The Zarr v2 ``dtype`` entry of a structured dtype (numpy's descr as JSON lists)."""
+    return json.loads(json.dumps(dtype.descr))
+
+
+def _ascii(data: np.ndarray) -> bool:
+    """Whether every string of a unicode array is ASCII (and so storable as ``|S``)."""
+    return all(str(v).isascii() for v in data.flat)
+
+
+def _string_list(item: np.ndarray) -> list[str]:
+    """A ragged item of strings as the flat list of str that msgpack stores."""
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in item.ravel().tolist()]
 
 
 class ZarrNode:
@@ -130,11 +150,76 @@ class ZarrNode:
             token=token,
         )
 
+    def _raw_v2_meta(self, name: str) -> dict[str, Any] | None:
+        """The ``.zarray`` of a v2 array zarr-python 3 cannot open, else None."""
+        fmt, meta = self._array_meta(name)
+        if fmt != 2 or not isinstance(meta.get("dtype"), list):
+            return None
+        try:
+            dtype = v2_dtype(meta["dtype"])
+        except (TypeError, ValueError, IndexError) as err:
+            raise FormatError(
+                f"{self.where}: {self.path}/{name} has an unreadable dtype ({err})"
+            ) from err
+        return meta if has_subarray_fields(dtype) else None
+
+    def _read_raw_v2(self, name: str, meta: dict[str, Any]) -> np.ndarray:
+        """Read a small v2 array chunk by chunk with numcodecs (no zarr-python)."""
+        path = self._prefix(name)
+        where = f"{self.where}: array {path}"
+        refuse_unsafe_codecs(meta, where)
+        dtype = v2_dtype(meta["dtype"])
+        shape = tuple(int(s) for s in meta["shape"])
+        chunks = tuple(int(c) for c in meta["chunks"]) or ()
+        if len(chunks) != len(shape) or any(c < 1 for c in chunks):
+            raise FormatError(f"{where}: chunks {chunks} do not fit shape {shape}")
+        if any(s < 0 for s in shape) or math.prod(shape) * dtype.itemsize > _RAW_V2_MAX_BYTES:
+            # read whole at load: a tiny store must not make us allocate or loop unbounded
+            raise FormatError(
+                f"{where}: declares shape {shape} of {dtype.itemsize}-byte items, more than "
+                f"the {_RAW_V2_MAX_BYTES} bytes read at load (a damaged or hostile store?)"
+            )
+        out = np.zeros(shape, dtype=dtype)
+        fill = meta.get("fill_value")
+        if isinstance(fill, str):
+            raw_fill = base64.b64decode(fill)
+            if len(raw_fill) == dtype.itemsize:
+                out[...] = np.frombuffer(raw_fill, dtype=dtype)[0]
+        sep = meta.get("dimension_separator") or "."
+        order: Literal["C", "F"] = "F" if meta.get("order") == "F" else "C"
+        grid = [range(math.ceil(s / c)) for s, c in zip(shape, chunks, strict=True)]
+        for coords in np.ndindex(*(len(g) for g in grid)) if shape else [()]:
+            key = sep.join(str(c) for c in coords) or "0"
+            raw = get_bytes(self.store, f"{path}/{key}")
+            if raw is None:
+                continue
+            buf: Any = raw
+            try:
+                comp = object_codec(meta.get("compressor"), where)
+                if comp is not None:
+                    buf = comp.decode(buf)
+                for config in reversed(meta.get("filters") or []):
+                    codec = object_codec(config, where)
+                    if codec is not None:
+                        buf = codec.decode(buf)
+                block = np.frombuffer(bytes(buf), dtype=dtype).reshape(chunks, order=order)
+            except (ValueError, TypeError, RuntimeError) as err:
+                raise CorruptChunkError(f"{where}: chunk {key} cannot be decoded ({err})") from err
+            box = tuple(slice(c * n, min((c + 1) * n, s))
+                        for c, n, s in zip(coords, chunks, shape, strict=True))
+            out[box] = block[tuple(slice(0, b.stop - b.start) for b in box)]
+        return out
+
     def read_array(self, name: str) -> np.ndarray:
+        raw_meta = self._raw_v2_meta(name)
+        if raw_meta is not None:
+            return self._read_raw_v2(name, raw_meta)
         source = self._source(name)
         return decode_strings(np.asarray(source[()] if source.ndim == 0 else source[...]))
 
     def lazy_array(self, name: str, chunks: Chunks = "auto") -> da.Array:
+        if self._raw_v2_meta(name) is not None:  # small (model maps): read now
+            return da.from_array(self.read_array(name), chunks=-1)
         source = self._source(name)
         if source.dtype.kind == "O" and not isinstance(source, ObjectZarrSource):
             return da.from_array(self.read_array(name), chunks=-1)
@@ -180,11 +265,21 @@ class ZarrNode:
         if data.dtype.kind == "O":
             self._write_ragged(name, data)
             return
+        if has_subarray_fields(data.dtype):
+            self._write_raw_v2(name, data)
+            return
         if data.dtype.kind == "U":
-            if self.zarr_format == 2:
+            if self.zarr_format == 2 and not name.startswith(("_list_", "_tuple_")) and (
+                _ascii(data)
+            ):
+                # RosettaSciIO stores unicode arrays as fixed-width bytes (its readers turn
+                # them back into unicode; a vlen-utf8 array would come back as dtype object)
+                data = data.astype("S")
+            elif self.zarr_format == 2:
                 self._write_object_v2(name, data.astype(object), {"id": "vlen-utf8"})
                 return
-            data = data.astype(str)
+            else:
+                data = data.astype(str)
         kwargs = zarr_codec_kwargs(options, self.zarr_format)
         arr = self._group().create_array(
             name, shape=data.shape, dtype=data.dtype, chunks=data.shape or (), **kwargs
@@ -192,22 +287,59 @@ class ZarrNode:
         arr[...] = data
 
     def _write_ragged(self, name: str, data: np.ndarray) -> None:
-        first = next((np.asarray(v) for v in data.flat), np.zeros(0))
-        if first.dtype.kind in "USO":
+        items = [np.asarray(v) for v in data.flat]
+        # text if any item is text: an empty item may have come back as float64 (HyperSpy
+        # reads an empty msgpack list so), and the first item alone would misname the rest
+        strings = any(
+            item.dtype.kind in "US"
+            or (item.dtype.kind == "O" and item.size and all(isinstance(v, str)
+                                                             for v in item.flat))
+            for item in items
+        )
+        first = next((item for item in items if item.size), items[0] if items else np.zeros(0))
+        if first.dtype.kind == "O" and not strings:
             self._write_object_v2(name, data, {"id": "msgpack2"})
             return
-        # HyperSpy's layout: flattened items plus their shapes in _ragged_shapes_<name>
+        # HyperSpy's layout: flattened items plus their shapes in _ragged_shapes_<name>;
+        # string items go as lists, the only form msgpack serialises (numpy arrays it refuses)
         flat = np.empty(data.shape, dtype=object)
         shapes = np.empty(data.shape, dtype=object)
         for idx in np.ndindex(data.shape):
             item = np.asarray(data[idx])
-            flat[idx] = item.ravel()
-            shapes[idx] = np.asarray(item.shape, dtype=np.uint64)
-        self._write_object_v2(name, flat, {"id": "vlen-array", "dtype": first.dtype.str})
+            flat[idx] = _string_list(item) if strings else item.ravel()
+            shapes[idx] = np.asarray(item.shape, dtype=np.int64)
+        codec = {"id": "msgpack2"} if strings else {"id": "vlen-array", "dtype": first.dtype.str}
+        self._write_object_v2(name, flat, codec)
         self.delete(f"_ragged_shapes_{name}")
+        # int64 shapes, as RosettaSciIO writes them (``VLenArray(int)``)
         self._write_object_v2(
-            f"_ragged_shapes_{name}", shapes, {"id": "vlen-array", "dtype": "<u8"}
+            f"_ragged_shapes_{name}", shapes, {"id": "vlen-array", "dtype": "<i8"}
         )
+
+    def _write_raw_v2(self, name: str, data: np.ndarray) -> None:
+        """A structured array with sub-array fields as zarr 2 writes it: one raw chunk."""
+        if self.zarr_format != 2:
+            raise FormatError(
+                f"{self.where}: {self.path}/{name} has dtype {data.dtype}, with sub-array "
+                "fields, which only Zarr format 2 can store"
+            )
+        meta = {
+            "zarr_format": 2,
+            "shape": list(data.shape),
+            "chunks": [max(1, s) for s in data.shape],
+            "dtype": _descr_json(data.dtype),
+            "compressor": None,
+            "fill_value": base64.b64encode(bytes(data.dtype.itemsize)).decode(),
+            "order": "C",
+            "filters": None,
+            "dimension_separator": "/",
+        }
+        prefix = self._prefix(name)
+        set_bytes(self.store, f"{prefix}/.zarray", json.dumps(meta).encode())
+        set_bytes(self.store, f"{prefix}/.zattrs", b"{}")
+        if data.size:
+            key = "/".join("0" for _ in data.shape) or "0"
+            set_bytes(self.store, f"{prefix}/{key}", np.ascontiguousarray(data).tobytes())
 
     def _write_object_v2(self, name: str, data: np.ndarray, codec: dict[str, Any]) -> None:
         """Object arrays as HyperSpy's zarr 2 wrote them: one chunk, an object codec."""

@@ -119,7 +119,14 @@ def _axis(
     axis: dict[str, Any] = {"name": dim.name, "units": dim.units, "navigate": navigate}
     step = dim.step()
     if step is not None:
-        return {**axis, "size": dim.size, "offset": float(dim.values[0]), "scale": step}
+        # offset and scale in the number type of the stored values (float32 as a rule), as
+        # RosettaSciIO gives them: a rewrite to .hspy then stores the same types
+        stored = np.asarray(dim.values)
+        offset: Any = float(stored[0])
+        scale: Any = step
+        if stored.dtype.kind == "f" or (stored.dtype.kind in "iu" and step.is_integer()):
+            offset, scale = stored[0], stored.dtype.type(step)
+        return {**axis, "size": dim.size, "offset": offset, "scale": scale}
     if non_uniform == "axis":
         return {**axis, "size": dim.size, "axis": np.asarray(dim.values, dtype=np.float64)}
     if non_uniform == "raise":
@@ -128,12 +135,15 @@ def _axis(
             'non-uniformly. Supply keyword argument "ignore_non_uniform_dims=True" to ignore '
             'this error, or non_uniform="axis" to read it as a non-uniform axis'
         )
-    # RosettaSciIO's behaviour: an index axis (offset 0, scale 1) and a warning
+    # RosettaSciIO's behaviour: an index axis (offset 0, scale 1) and a warning; the scale
+    # is the int 1 as in its dictionary, so a rewrite to .hspy stores the same number type
     warnings.warn(
         f"Ignoring non-uniformity of dimension: {dim.name} ({where})", LazyioWarning,
         stacklevel=4,
     )
-    return {**axis, "size": dim.size, "offset": 0.0, "scale": 1.0}
+    stored = np.asarray(dim.values)
+    zero = stored.dtype.type(0) if stored.dtype.kind in "fiu" else 0.0
+    return {**axis, "size": dim.size, "offset": zero, "scale": 1}
 
 
 def _read_main(
@@ -185,14 +195,16 @@ def _read_main(
     for field in fields:
         view = USIDView(source, pos_shape, spec_shape, field)
         data = _data(view, pos_order, spec_order, lazy=lazy, chunks=chunks, token=token)
+        # As RosettaSciIO: every field's signal is titled after the dataset, and a compound
+        # dataset's quantity becomes the fields' signal_type (the field names the quantity)
         if field is None:
-            title, (sig_quantity, sig_units) = name, (quantity, units)
+            signal_type, (sig_quantity, sig_units) = "", (quantity, units)
         else:
-            title, (sig_quantity, sig_units) = field, split_descriptor(field)
+            signal_type, (sig_quantity, sig_units) = quantity, split_descriptor(field)
         descriptor = f"{sig_quantity} ({sig_units})" if sig_units else sig_quantity
         metadata = {
-            "General": {"title": title, "original_filename": location.name},
-            "Signal": {"signal_type": "", "quantity": descriptor},
+            "General": {"title": name, "original_filename": location.name},
+            "Signal": {"signal_type": signal_type, "quantity": descriptor},
         }
         signal = make_signal_dict(
             data, copy.deepcopy(axes), metadata, copy.deepcopy(original), lazy=lazy
