@@ -38,7 +38,9 @@ _FLAG_WORDS = (
 # dask.array imports these, when installed, only to recognise their arrays (xarray pulls
 # in pandas, sparse pulls in numba). In the test environment they made `lazyio info` of a
 # small .hspy take 2.95 s of CPU and 233 MB; without them 1.20 s and 78 MB
-# (benchmarks/bench_cli.py). The command line never hands dask such arrays.
+# (benchmarks/bench_cli.py). The command line never hands dask such arrays. Still needed:
+# `info` describes the lazy arrays `load` returns, so dask.array is imported; the plugins'
+# other libraries (numcodecs, hdf5plugin, zarr, fsspec) are not, for a local file.
 _DASK_OPTIONAL = ("xarray", "sparse", "scipy", "cupy", "cupyx")
 
 

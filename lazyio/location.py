@@ -19,9 +19,7 @@ import stat
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-import fsspec
+from typing import TYPE_CHECKING, Any
 
 from lazyio.errors import (
     SourceNotFoundError,
@@ -30,6 +28,9 @@ from lazyio.errors import (
     range_not_supported,
     translate,
 )
+
+if TYPE_CHECKING:
+    import fsspec
 
 __all__ = ["DEFAULT_TIMEOUT", "Location", "as_location", "remote_timeout", "storage_errors"]
 
@@ -176,6 +177,10 @@ class Location:
 
     @cached_property
     def _fs_and_path(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        # fsspec (0.1 s to import) only for what needs a filesystem: a local file is read
+        # with os and the builtin open, so `lazyio info` of one never imports it
+        import fsspec.core
+
         return fsspec.core.url_to_fs(self.url, **self.fs_options)
 
     @property

@@ -102,6 +102,26 @@ def test_builtins_in_detection_order():
     assert not formats.get_plugin("hspy").capabilities.supports_remote_write
 
 
+def test_builtin_extensions_match_the_plugins():
+    # detection sniffs the format of a file's extension first without importing the others
+    declared = {ext: name for name in BUILTIN
+                for ext in formats.get_plugin(name).extensions}
+    assert declared == formats.BUILTIN_EXTENSIONS
+
+
+def test_detecting_an_h5_file_imports_no_other_plugin(tmp_path, rng):
+    path = tmp_path / "scan.h5"
+    lazyio.save(path, {"data": rng.random((3, 4, 5))}, format="usid", show_progressbar=False)
+    code = ("import sys; from lazyio.formats import detect_format; "
+            "from lazyio.location import Location; "
+            f"print(detect_format(Location({str(path)!r})), "
+            "sorted(m for m in ('lazyio.formats.zspy', 'lazyio.formats.hspy', 'zarr') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parent)
+    assert out.stdout.split() == ["usid", "[]"]
+
+
 def test_unknown_format_names(tmp_path):
     with pytest.raises(UnknownFormatError, match=r"'tiff'.*hspy"):
         formats.get_plugin("tiff")
@@ -218,7 +238,8 @@ def test_describe_gives_one_layout_per_signal(tmp_path, name):
 
 def test_import_lazyio_stays_light():
     code = ("import sys, lazyio; "
-            "print(sorted(m for m in ('dask.array', 'zarr', 'h5py') if m in sys.modules))")
+            "print(sorted(m for m in ('dask.array', 'zarr', 'h5py', 'fsspec', 'numcodecs', "
+            "'hdf5plugin') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parent)
     assert out.stdout.strip() == "[]"

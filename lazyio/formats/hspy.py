@@ -7,7 +7,6 @@ documented there, and here for what is specific to .hspy.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -224,6 +223,3 @@ class HspyFormat(FormatPlugin):
 
 PLUGIN = HspyFormat()
 
-
-with contextlib.suppress(ImportError):  # registers blosc, zstd, lz4, ... filters with HDF5
-    import hdf5plugin  # noqa: F401

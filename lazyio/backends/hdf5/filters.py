@@ -24,15 +24,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numcodecs
-import numcodecs.zstd
 import numpy as np
 
 from lazyio.backends.hdf5.shuffle import shuffle, unshuffle
 
 __all__ = [
     "FILTERS", "Filter", "FilterError", "Pipeline", "creation_options", "decoders",
-    "encoder", "fletcher32", "label", "pipeline_label", "read_pipeline",
+    "encoder", "ensure_filters", "fletcher32", "label", "pipeline_label", "read_pipeline",
+    "register_hdf5_plugins",
 ]
 
 Values = tuple[int, ...]
@@ -235,6 +234,9 @@ _BLOSC_NAMES = {0: "blosclz", 1: "lz4", 2: "lz4hc", 3: "snappy", 4: "zlib", 5: "
 
 
 def _blosc_decoder(_values: Values, _itemsize: int, out_nbytes: int, exact: bool) -> Codec:
+    # numcodecs (0.3 s to import) only when a chunk needs it: `lazyio info` never does
+    import numcodecs
+
     codec = numcodecs.Blosc()
 
     def decode(buf: Any) -> Any:
@@ -255,6 +257,8 @@ def _blosc_decoder(_values: Values, _itemsize: int, out_nbytes: int, exact: bool
 def _blosc_encoder(values: Values, itemsize: int) -> Codec | None:
     if len(values) < 7:
         return None
+    import numcodecs
+
     codec = numcodecs.Blosc(cname=_BLOSC_NAMES.get(values[6], "blosclz"), clevel=values[4],
                             shuffle=values[5], typesize=itemsize)
     encode: Codec = codec.encode
@@ -279,6 +283,8 @@ def _zstd_content_size(head: bytes) -> int | None:
 
 
 def _zstd_decoder(_values: Values, _itemsize: int, out_nbytes: int, exact: bool) -> Codec:
+    import numcodecs.zstd
+
     def decode(buf: Any) -> Any:
         declared = _zstd_content_size(bytes(memoryview(buf).cast("B")[:18]))
         if declared is not None and not exact and declared <= out_nbytes:
@@ -294,6 +300,8 @@ def _zstd_decoder(_values: Values, _itemsize: int, out_nbytes: int, exact: bool)
 
 
 def _zstd_encoder(values: Values, _itemsize: int) -> Codec:
+    import numcodecs
+
     encode: Codec = numcodecs.Zstd(level=values[0] if values else 3).encode
     return encode
 
@@ -360,6 +368,32 @@ def read_pipeline(dset: Any) -> tuple[Pipeline, tuple[bytes, ...]]:
         steps.append((int(fid), tuple(int(v) for v in values)))
         names.append(bytes(raw_name))
     return tuple(steps), tuple(names)
+
+
+@functools.cache
+def register_hdf5_plugins() -> bool:
+    """Register hdf5plugin's filters (blosc, zstd, lz4, bitshuffle, ...) with the HDF5
+    library, once; returns whether hdf5plugin is installed.
+
+    Importing hdf5plugin costs about 0.25 s, so it happens only where HDF5 itself must
+    apply a filter it lacks (:func:`ensure_filters`) or a writer names a filter by id,
+    never on the metadata-only path of ``lazyio info``.
+    """
+    try:
+        import hdf5plugin  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def ensure_filters(dset: Any) -> None:
+    """Before h5py (not lazyio's decoders) reads the h5py dataset ``dset``: register
+    hdf5plugin's filters if the dataset uses one the HDF5 library does not have yet."""
+    import h5py
+
+    pipeline, _names = read_pipeline(dset)
+    if any(not h5py.h5z.filter_avail(fid) for fid, _ in pipeline):
+        register_hdf5_plugins()
 
 
 def decodable(pipeline: Pipeline) -> bool:
@@ -459,6 +493,7 @@ def check_creation_options(options: Mapping[str, Any], where: object) -> None:
     if isinstance(compression, int) and not 0 <= compression <= 9:
         import h5py
 
+        register_hdf5_plugins()  # the id may be one of hdf5plugin's filters
         if compression < 0 or not h5py.h5z.filter_avail(compression):
             raise ValueError(
                 f"{where}: compression={compression}: neither a gzip level (0-9) nor the id "

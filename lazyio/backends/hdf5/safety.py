@@ -186,6 +186,8 @@ def inspect_untrusted(path: str, timeout: float = DEFAULT_TIMEOUT) -> None:
 def _walk(path: str) -> None:
     import h5py
 
+    from lazyio.backends.hdf5.filters import ensure_filters
+
     with h5py.File(path, "r") as f:
         _read_attrs(f.id)
         for _path, kind, oid in walk(f):
@@ -200,6 +202,7 @@ def _walk(path: str) -> None:
                 if dset.chunks is not None:
                     oid.chunk_iter(lambda _info: None)
                 if dset.size * dset.dtype.itemsize <= SMALL_BYTES:
+                    ensure_filters(dset)
                     dset[()]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import numcodecs
 import numpy as np
 
 __all__ = ["shuffle", "unshuffle", "unshuffle_into", "unshuffle_rows"]
@@ -22,12 +21,19 @@ _FAST = sys.byteorder == "little"
 _SMALL = 16 * 1024
 
 
+def _codec(itemsize: int) -> Any:
+    # numcodecs takes 0.3 s to import: only when a chunk needs it, never for `lazyio info`
+    import numcodecs
+
+    return numcodecs.Shuffle(elementsize=itemsize)
+
+
 def unshuffle(buf: bytes | memoryview | np.ndarray, itemsize: int) -> np.ndarray | bytes:
     """Undo HDF5's shuffle: byte plane ``i`` holds byte ``i`` of every item."""
     raw = np.frombuffer(buf, dtype=np.uint8)
     kind = _UINT.get(itemsize)
     if kind is None or not _FAST or raw.size % itemsize or raw.size < _SMALL:
-        decoded: np.ndarray | bytes = numcodecs.Shuffle(elementsize=itemsize).decode(buf)
+        decoded: np.ndarray | bytes = _codec(itemsize).decode(buf)
         return decoded
     planes = raw.reshape(itemsize, -1)
     out: np.ndarray = planes[itemsize - 1].astype(kind)
@@ -42,7 +48,7 @@ def shuffle(buf: bytes | memoryview | np.ndarray, itemsize: int) -> np.ndarray |
     raw = np.frombuffer(buf, dtype=np.uint8)
     kind = _UINT.get(itemsize)
     if kind is None or not _FAST or raw.size % itemsize:
-        encoded: np.ndarray | bytes = numcodecs.Shuffle(elementsize=itemsize).encode(buf)
+        encoded: np.ndarray | bytes = _codec(itemsize).encode(buf)
         return encoded
     items = raw.view(kind)
     out = np.empty((itemsize, items.size), dtype=np.uint8)
@@ -59,7 +65,7 @@ def unshuffle_rows(rows: np.ndarray, itemsize: int) -> np.ndarray:
     """
     kind = _UINT.get(itemsize)
     if kind is None or not _FAST or rows.shape[1] % itemsize:
-        codec = numcodecs.Shuffle(elementsize=itemsize)
+        codec = _codec(itemsize)
         return np.stack([np.frombuffer(codec.decode(r), dtype=np.uint8) for r in rows])
     planes = rows.reshape(rows.shape[0], itemsize, -1)
     out = planes[:, itemsize - 1].astype(kind)

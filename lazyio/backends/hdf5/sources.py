@@ -33,6 +33,7 @@ from lazyio.backends.hdf5.filters import (
     batch_decoders,
     decodable,
     decoders,
+    ensure_filters,
     read_pipeline,
 )
 from lazyio.backends.hdf5.index import ChunkIndex, chunk_index
@@ -167,6 +168,7 @@ class H5Source:
 
     def _read_h5py(self, box: tuple[slice, ...]) -> np.ndarray[Any, Any]:
         dset = open_h5(self.location, token=self.token)[self.dataset]
+        ensure_filters(dset)
         return np.asarray(dset[box] if self.ndim else dset[()])
 
     def _read_contiguous(self, offset: int, box: tuple[slice, ...]) -> np.ndarray[Any, Any]:

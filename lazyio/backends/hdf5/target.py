@@ -27,7 +27,13 @@ import h5py
 import numpy as np
 
 from lazyio import handles
-from lazyio.backends.hdf5.filters import Codec, Pipeline, encoder, read_pipeline
+from lazyio.backends.hdf5.filters import (
+    Codec,
+    Pipeline,
+    encoder,
+    read_pipeline,
+    register_hdf5_plugins,
+)
 from lazyio.errors import LazyioError
 
 __all__ = ["WRITERS", "H5ChunkTarget", "WriterNotOpenError", "encodable_pipeline",
@@ -68,6 +74,8 @@ def writing_file(path: str, mode: str) -> Iterator[h5py.File]:
     library's pending writes succeed and the file closes normally. The frames of the error
     are cleared first, so the h5py objects they hold are released while the file is open.
     """
+    # a copied pipeline may name one of hdf5plugin's filters, which h5py must know to create
+    register_hdf5_plugins()
     h5file = h5py.File(path, mode)
     try:
         yield h5file

@@ -17,7 +17,7 @@ import numpy as np
 
 from lazyio.backends import to_dask
 from lazyio.backends.chunking import Chunks
-from lazyio.backends.hdf5.filters import creation_options
+from lazyio.backends.hdf5.filters import creation_options, ensure_filters
 from lazyio.backends.hdf5.sources import H5Source, check_inflation
 from lazyio.errors import FormatError, LazyioWarning, UnsafeFileError, translate
 from lazyio.formats.hyperspy.node import decode_strings, lazy_grid
@@ -144,6 +144,7 @@ class H5Node:
             return self._source(name, dset)[()]
         # h5py reads these: its filters inflate without bound, lazyio's check first
         check_inflation(self.location, dset)
+        ensure_filters(dset)
         with translate(self.where, scope="chunk", what=f"dataset {dset.name}"):
             if h5py.check_string_dtype(dset.dtype) is not None:
                 return decode_strings(np.asarray(dset.asstr()[()], dtype=object))

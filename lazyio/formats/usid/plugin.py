@@ -14,7 +14,6 @@ The drop-ins for RosettaSciIO's ``rsciio.usid`` (``lazyio.usid.file_reader`` and
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
@@ -537,6 +536,3 @@ class UsidFormat(FormatPlugin):
 
 PLUGIN = UsidFormat()
 
-
-with contextlib.suppress(ImportError):  # registers blosc, zstd, lz4, ... filters with HDF5
-    import hdf5plugin  # noqa: F401

@@ -29,6 +29,7 @@ from lazyio.backends.chunking import (
     flattened_storage_chunks,
     reshaped_2d_chunks,
 )
+from lazyio.backends.hdf5.filters import ensure_filters
 from lazyio.backends.hdf5.sources import H5Source, open_h5
 from lazyio.backends.slicing import apply_residual, split_index
 from lazyio.errors import FormatError
@@ -449,6 +450,8 @@ def read_dimensions(
     labels = string_list(inds, "labels", ndims)
     labels = [lab or f"{prefix}_Dim_{i}" for i, lab in enumerate(labels)]
     units = string_list(inds, "units", ndims)
+    ensure_filters(inds)
+    ensure_filters(vals)
     ind_mat, val_mat = inds[()], vals[()]
     if spectroscopic:
         ind_mat, val_mat = ind_mat.T, val_mat.T

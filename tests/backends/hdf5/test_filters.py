@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pathlib
 import re
+import subprocess
+import sys
+import textwrap
 import zlib
 
 import h5py
@@ -69,6 +72,36 @@ def test_filters_without_decoder_read_through_h5py(tmp_path, rng):
     assert source.offset is None
     np.testing.assert_array_equal(source[2:9], data[2:9])
     lazyio.close_all()
+
+
+def test_hdf5plugin_is_imported_only_for_a_dataset_that_needs_it(tmp_path, rng):
+    # hdf5plugin costs 0.25 s to import: lazyio's own decoders (gzip) and metadata reads
+    # need none of it; h5py reading an LZ4 dataset (no lazyio decoder) registers it first
+    data = (rng.random((30, 50)) * 100).astype("<f4")
+    path = str(tmp_path / "f.h5")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("gz", data=data, chunks=(7, 50), compression="gzip")
+        f.create_dataset("lz4", data=data, chunks=(7, 50), **hdf5plugin.LZ4())
+    np.save(tmp_path / "expected.npy", data)
+    script = textwrap.dedent(f"""
+        import sys
+        import h5py, numpy as np
+        from lazyio.backends.hdf5.sources import H5Source
+        from lazyio.location import as_location
+        expected = np.load({str(tmp_path / "expected.npy")!r})
+        loc = as_location({path!r})
+        with h5py.File({path!r}, "r") as f:
+            gz, lz4 = (H5Source.from_dataset(loc, f[n]) for n in ("gz", "lz4"))
+        assert (gz[...] == expected).all()
+        print("after gzip", "hdf5plugin" in sys.modules)
+        assert lz4.filters is None  # no lazyio decoder: h5py reads it
+        assert (lz4[2:9] == expected[2:9]).all()
+        print("after lz4", "hdf5plugin" in sys.modules)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["after gzip False", "after lz4 True"]
 
 
 def test_labels():
