@@ -105,6 +105,11 @@ REMOTE_BLOCK_BYTES = 4 * 2**20
 # than dask's default keep that well below the array's size.
 CONVERT_BLOCK_BYTES = 32 * 2**20
 
+# Write blocks merged from source blocks are copies: a 256 MiB .zspy write from blocks of 4
+# rows into chunks of 16 x 16 rows grew the process by 164 MiB with 16 MiB write blocks,
+# 103 MiB with 8 MiB ones (two threads).
+_MAX_WRITE_BLOCK = 8 * 2**20
+
 # A single signal beyond this is split along its own dimensions in storage chunks (N-D,
 # and flattened USID rows).
 _MAX_WHOLE_ROW_BYTES = 64 * 2**20
@@ -607,13 +612,14 @@ def flattened_storage_chunks(
 
 
 def write_block_bytes() -> int:
-    """The largest write block made by merging source blocks: :func:`auto_block_bytes`.
+    """The largest write block (unless one storage chunk is larger): dask's chunk size,
+    at most 8 MiB.
 
     A write task holds its block, the source blocks it is cut from and the encoded storage
-    chunks; with blocks of at most this size (or one storage chunk, if larger), a write
-    needs a few of them per worker, whatever the array's size.
+    chunks; with blocks of at most this size, a write needs a few of them per worker,
+    whatever the array's size.
     """
-    return auto_block_bytes()
+    return min(target_chunk_bytes(), _MAX_WRITE_BLOCK)
 
 
 def _axis_steps(shape: Sequence[int], storage: Sequence[int]) -> list[int]:
@@ -645,7 +651,7 @@ def _write_lengths(
             lengths[axis] = fit
             nbytes = per_unit * fit
     # Many small blocks: merge whole ones, the fastest axis first, so that a write task
-    # is worth its overhead (16384 blocks of 4 KiB took 33 s to write to .npy, 1 s merged).
+    # is worth its overhead (16384 blocks of 4 KiB: 33 s to write to .npy, 7 s merged).
     if nbytes < _MIN_AUTO_BLOCK:
         for axis in reversed(range(len(shape))):
             if nbytes >= grow_to or lengths[axis] >= shape[axis]:

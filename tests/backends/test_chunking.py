@@ -207,12 +207,12 @@ def _aligned(out: tuple[tuple[int, ...], ...], storage: tuple[int, ...]) -> bool
     ("shape", "source", "storage", "most_bytes", "most_sources"),
     [
         # finer along axis 0, coarser along axis 1: a write block is one storage row
-        # along axis 0 (4 source blocks), cut along axis 1 to the budget (16 MiB)
-        ((512, 64, 128, 64), (4, 64, 128, 64), (16, 16, 128, 64), 16 * 2**20, 4),
+        # along axis 0 (4 source blocks), cut along axis 1 to the budget (8 MiB)
+        ((512, 64, 128, 64), (4, 64, 128, 64), (16, 16, 128, 64), 8 * 2**20, 4),
         # a 1 GiB image in 64 MiB source blocks, 8 MiB storage chunks: source blocks cut
-        ((8192, 32768), (512, 32768), (64, 32768), 16 * 2**20, 1),
+        ((8192, 32768), (512, 32768), (64, 32768), 8 * 2**20, 1),
         # source blocks coarser and unaligned: a write block spans at most 2 per axis
-        ((6000, 6000), (1100, 1100), (64, 64), 16 * 2**20, 4),
+        ((6000, 6000), (1100, 1100), (64, 64), 8 * 2**20, 4),
         # one storage chunk above the budget is still one block
         ((64, 4096, 4096), (1, 4096, 4096), (2, 4096, 4096), 128 * 2**20, 2),
     ],
@@ -233,7 +233,7 @@ def test_write_chunks_merge_small_blocks():
         out = write_chunks(src, storage, 4)
         assert _aligned(out, storage)
         assert math.prod(len(c) for c in out) <= 16
-        assert math.prod(max(c) for c in out) * 4 <= 16 * 2**20
+        assert math.prod(max(c) for c in out) * 4 <= 8 * 2**20
     # merging keeps the source's boundaries where they are aligned
     src = ((40, 40, 20), (10,))
     assert write_chunks(src, (20, 5), 8) == ((100,), (10,))
