@@ -71,7 +71,7 @@ def test_source_blocks_finer_than_storage_chunks(tmp_path, fmt):
     assert growth < 0.5 * nbytes, f"grew by {growth / MiB:.0f} MiB"
 
 
-@pytest.mark.parametrize("shape,blocks", [([8192, 8192], [1024, 8192]),
+@pytest.mark.parametrize(("shape", "blocks"), [([8192, 8192], [1024, 8192]),
                                           ([64, 1024, 1024], [8, 1024, 1024])])
 def test_signal_without_navigation_is_not_one_chunk(tmp_path, shape, blocks):
     growth, nbytes = _peak_growth(tmp_path, shape, blocks, "zspy", None, navigate=0)

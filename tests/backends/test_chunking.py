@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import math
 
 import dask
@@ -193,7 +194,7 @@ def _sources_per_write(src: tuple[tuple[int, ...], ...], out: tuple[tuple[int, .
         w_edges = np.cumsum((0, *w_sizes))
         axis_worst = max(
             int(np.searchsorted(s_edges, hi, "left") - np.searchsorted(s_edges, lo, "right") + 1)
-            for lo, hi in zip(w_edges[:-1], w_edges[1:], strict=True)
+            for lo, hi in itertools.pairwise(w_edges)
         )
         worst *= axis_worst
     return worst
