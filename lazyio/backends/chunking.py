@@ -56,6 +56,8 @@ __all__ = [
     "storage_chunks",
     "target_chunk_bytes",
     "trailing_storage_chunks",
+    "write_block_bytes",
+    "write_chunks",
 ]
 
 _logger = logging.getLogger("lazyio")
@@ -103,7 +105,13 @@ REMOTE_BLOCK_BYTES = 4 * 2**20
 # than dask's default keep that well below the array's size.
 CONVERT_BLOCK_BYTES = 32 * 2**20
 
-# A single spectrum beyond this is split along its own dimensions in flattened storage.
+# Write blocks merged from source blocks are copies: a 256 MiB .zspy write from blocks of 4
+# rows into chunks of 16 x 16 rows grew the process by 164 MiB with 16 MiB write blocks,
+# 103 MiB with 8 MiB ones (two threads).
+_MAX_WRITE_BLOCK = 8 * 2**20
+
+# A single signal beyond this is split along its own dimensions in storage chunks (N-D,
+# and flattened USID rows).
 _MAX_WHOLE_ROW_BYTES = 64 * 2**20
 
 
@@ -465,8 +473,12 @@ def signal_chunks(
 ) -> tuple[int, ...]:
     """Storage chunks that hold whole signals, about ``target_bytes`` each.
 
-    Signal axes are never split. Navigation axes share the remaining budget evenly; an axis
-    shorter than its share is taken whole and its leftover goes to the others.
+    Navigation axes share the budget evenly; an axis shorter than its share is taken
+    whole and its leftover goes to the others. Signal axes are not split (RosettaSciIO's
+    rule), unless a signal larger than ``target_bytes`` is the whole array (no
+    navigation axes) or larger than 64 MiB: such a signal is cut into chunks of about
+    ``target_bytes`` made of whole trailing axes (:func:`trailing_storage_chunks`), so
+    that storage chunks, and the memory of a write, stay bounded.
 
     Examples
     --------
@@ -478,6 +490,16 @@ def signal_chunks(
     sig = set(signal_axes)
     nav = [i for i in range(len(shape)) if i not in sig]
     signal_bytes = math.prod(shape[i] for i in sig) * itemsize
+    if signal_bytes > target_bytes and (not nav or signal_bytes > _MAX_WHOLE_ROW_BYTES):
+        # One signal per chunk would be the whole array (no navigation axes) or a chunk
+        # that a writer holds several times per worker: cut the signal into chunks of
+        # whole trailing axes (a 1 GiB image was one 1 GiB chunk, and its write grew
+        # the process by 3 GB).
+        sig_axes = sorted(sig)
+        cut = trailing_storage_chunks([shape[i] for i in sig_axes], itemsize,
+                                      int(target_bytes))
+        chunks = dict(zip(sig_axes, cut, strict=True))
+        return tuple(chunks.get(i, 1) for i in range(len(shape)))
     per_chunk = int(target_bytes // max(1, signal_bytes))
     if per_chunk < 2 or not nav:
         return tuple(s if i in sig else 1 for i, s in enumerate(shape))
@@ -589,36 +611,158 @@ def flattened_storage_chunks(
     return (math.prod(flat_aligned_block(row_shape, 1, per_chunk)), cols)
 
 
-def rechunk_to_storage(array: da.Array, storage_chunks: Sequence[int]) -> da.Array:
-    """Rechunk so every dask block is a whole number of storage chunks.
+def write_block_bytes() -> int:
+    """The largest write block (unless one storage chunk is larger): dask's chunk size,
+    at most 8 MiB.
 
-    Existing block boundaries that already fall on storage-chunk boundaries are kept, so
-    arrays that were read with the same chunking are not shuffled around.
+    A write task holds its block, the source blocks it is cut from and the encoded storage
+    chunks; with blocks of at most this size, a write needs a few of them per worker,
+    whatever the array's size.
+    """
+    return min(target_chunk_bytes(), _MAX_WRITE_BLOCK)
+
+
+def _axis_steps(shape: Sequence[int], storage: Sequence[int]) -> list[int]:
+    return [max(1, min(int(c), int(n))) if n else 1 for c, n in zip(storage, shape, strict=True)]
+
+
+def _write_lengths(
+    chunks: BlockChunks, shape: tuple[int, ...], steps: list[int], itemsize: int,
+    cap: int, grow_to: int,
+) -> list[int]:
+    """The length of a write block along every axis (a multiple of the storage step or
+    the whole axis), before the source's boundaries are fitted to it."""
+    lengths = []
+    for sizes, step, n in zip(chunks, steps, shape, strict=True):
+        typical = max(sizes) if sizes else n
+        if all(s % step == 0 for s in sizes[:-1]):
+            lengths.append(max(1, min(typical, n)))  # aligned: the source's own length
+        else:  # the storage grid, near the source's length: a write spans few source blocks
+            lengths.append(min(n, max(step, round(typical / step) * step)))
+    nbytes = math.prod(lengths) * itemsize
+    # Too big: cut the slowest axes first (long contiguous runs stay whole), never below
+    # one storage chunk. Cutting a source block only slices it (a view, not a copy).
+    for axis in range(len(shape)):
+        if nbytes <= cap:
+            break
+        per_unit = nbytes // max(1, lengths[axis])
+        fit = max(steps[axis], cap // max(1, per_unit) // steps[axis] * steps[axis])
+        if fit < lengths[axis]:
+            lengths[axis] = fit
+            nbytes = per_unit * fit
+    # Many small blocks: merge whole ones, the fastest axis first, so that a write task
+    # is worth its overhead (16384 blocks of 4 KiB: 33 s to write to .npy, 7 s merged).
+    if nbytes < _MIN_AUTO_BLOCK:
+        for axis in reversed(range(len(shape))):
+            if nbytes >= grow_to or lengths[axis] >= shape[axis]:
+                continue
+            per_unit = nbytes // max(1, lengths[axis])
+            times = max(1, grow_to // max(1, per_unit * lengths[axis]))
+            lengths[axis] = min(shape[axis], lengths[axis] * times)
+            nbytes = per_unit * lengths[axis]
+    return lengths
+
+
+def _axis_blocks(sizes: tuple[int, ...], length: int, step: int, n: int) -> tuple[int, ...]:
+    """Blocks of about ``length`` along one axis, on the source's boundaries where those
+    fall on storage boundaries (merged or cut at storage steps), else a regular grid."""
+    if not all(s % step == 0 for s in sizes[:-1]):
+        n_full, rest = divmod(n, length)
+        return (length,) * n_full + ((rest,) if rest else ())
+    merge = length > max(sizes)  # merging copies: only when blocks are to grow
+    out: list[int] = []
+    run = 0
+    for size in sizes:
+        if run and (not merge or run + size > length):
+            out.append(run)
+            run = 0
+        if run == 0 and size > length:
+            n_full, rest = divmod(size, length)
+            out.extend((length,) * n_full)
+            run = rest
+        else:
+            run += size
+    if run or not out:
+        out.append(run)
+    return tuple(out)
+
+
+def write_chunks(
+    chunks: BlockChunks,
+    storage_chunks: Sequence[int],
+    itemsize: int,
+    limit: int | None = None,
+) -> BlockChunks:
+    """The dask blocks to write an array of blocks ``chunks`` into ``storage_chunks``.
+
+    Every write block is a whole number of storage chunks along every axis (no two tasks
+    touch one chunk) and holds at most ``limit`` bytes or one storage chunk, so a write
+    needs memory for a few blocks per worker, whatever the array's size. Source
+    boundaries that fall on storage boundaries are kept (merged or cut at storage steps),
+    so each write task depends on few source blocks; elsewhere a regular grid of whole
+    storage chunks near the source's block length is used. Blocks smaller than 4 MiB are
+    merged (the fastest axis first) into blocks of :func:`default_block_bytes`.
+
+    Parameters
+    ----------
+    chunks : BlockChunks
+        The source's dask chunks.
+    storage_chunks : sequence of int
+        The target's storage chunk shape; ``(1,) * ndim`` for a target without chunks
+        (a memory map), where any block is aligned.
+    itemsize : int
+        Bytes per element.
+    limit : int, optional
+        Bytes per write block; by default :func:`write_block_bytes`.
+
+    Returns
+    -------
+    BlockChunks
+    """
+    shape = tuple(int(sum(c)) for c in chunks)
+    if not shape or 0 in shape:
+        return chunks
+    itemsize = max(1, int(itemsize))
+    steps = _axis_steps(shape, storage_chunks)
+    limit = write_block_bytes() if limit is None else int(limit)
+    cap = max(limit, math.prod(steps) * itemsize)
+    grow_to = min(cap, default_block_bytes(math.prod(shape) * itemsize))
+    lengths = _write_lengths(chunks, shape, steps, itemsize, cap, grow_to)
+    return tuple(
+        _axis_blocks(tuple(int(s) for s in sizes), length, step, n)
+        for sizes, length, step, n in zip(chunks, lengths, steps, shape, strict=True)
+    )
+
+
+def rechunk_to_storage(
+    array: da.Array, storage_chunks: Sequence[int] | None, limit: int | None = None
+) -> da.Array:
+    """Rechunk ``array`` into the write blocks of :func:`write_chunks`.
 
     Parameters
     ----------
     array : dask.array.Array
         The data to write.
-    storage_chunks : sequence of int
-        The target's storage chunk shape.
+    storage_chunks : sequence of int or None
+        The target's storage chunk shape; ``None`` for a target without chunks.
+    limit : int, optional
+        Bytes per write block; by default :func:`write_block_bytes`.
 
     Returns
     -------
     dask.array.Array
-        ``array`` itself when it is already aligned.
+        ``array`` itself when its blocks are already the write blocks.
     """
-    new = []
-    for axis, (sizes, step) in enumerate(zip(array.chunks, storage_chunks, strict=True)):
-        step = max(1, int(step))
-        if all(s % step == 0 for s in sizes[:-1]):
-            new.append(sizes)
-            continue
-        total = array.shape[axis]
-        target = max(step, round(max(sizes) / step) * step)
-        n_full, rest = divmod(total, target)
-        new.append((target,) * n_full + ((rest,) if rest else ()))
-    new_chunks = tuple(new)
+    if array.ndim == 0 or any(math.isnan(c) for cs in array.chunks for c in cs):
+        return array
+    storage = (1,) * array.ndim if storage_chunks is None else tuple(storage_chunks)
+    itemsize = max(1, array.dtype.itemsize)
+    new_chunks = write_chunks(array.chunks, storage, itemsize, limit)
     if new_chunks == array.chunks:
         return array
-    rechunked: da.Array = cast(Any, array).rechunk(new_chunks)  # dask is untyped
+    # dask plans intermediate steps of up to its chunk size (128 MiB) by default: keep
+    # them to the size of a write block
+    cap = max(write_block_bytes() if limit is None else int(limit),
+              math.prod(_axis_steps(array.shape, storage)) * itemsize)
+    rechunked: da.Array = cast(Any, array).rechunk(new_chunks, block_size_limit=cap)
     return rechunked

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import math
 
 import dask
@@ -29,6 +30,7 @@ from lazyio.backends.chunking import (
     reshaped_2d_chunks,
     signal_chunks,
     storage_chunks,
+    write_chunks,
 )
 
 MiB = 2**20
@@ -133,6 +135,21 @@ def test_signal_chunks_hold_whole_signals():
     assert signal_chunks((4, 5, 6), "u1", [2], 1e6) == (4, 5, 6)
 
 
+@pytest.mark.parametrize(
+    ("shape", "signal_axes", "expected"),
+    [
+        ((16384, 16384), [0, 1], (128, 16384)),  # a 1 GiB image: not one 1 GiB chunk
+        ((64, 1024, 1024), [0, 1, 2], (2, 1024, 1024)),  # a stack without navigation
+        ((2, 8192, 8192), [1, 2], (1, 256, 8192)),  # signals of 256 MiB each
+        ((1000, 1000), [0, 1], (1000, 1000)),  # a small image stays one chunk
+    ],
+)
+def test_signal_chunks_are_bounded_whatever_the_axes(shape, signal_axes, expected):
+    chunks = signal_chunks(shape, "f4", signal_axes, 8 * MiB)
+    assert chunks == expected
+    assert math.prod(chunks) * 4 <= max(8 * MiB, 1000 * 1000 * 4)
+
+
 def test_storage_chunks_resolve_the_writer_request():
     assert storage_chunks((100, 1024), "f4", None, [1], 1e6) == (100, 1024)
     assert storage_chunks((1000, 1024), "f4", False, [1], 1e6) == (244, 1024)
@@ -162,10 +179,77 @@ def test_flattened_storage_chunks():
 
 
 def test_rechunk_to_storage_keeps_aligned_boundaries():
-    arr = da.zeros((100, 10), chunks=((40, 40, 20), (10,)))
-    assert rechunk_to_storage(arr, (20, 5)) is arr
-    moved = rechunk_to_storage(da.zeros((100,), chunks=30), (20,))
-    assert moved.chunks == ((40, 40, 20),)
+    # blocks of 4 MiB and more on storage boundaries are written as they are
+    arr = da.zeros((1024, 1024), chunks=((512, 384, 128), (1024,)))
+    assert rechunk_to_storage(arr, (128, 64)) is arr
+    moved = rechunk_to_storage(da.zeros((1000, 2048), chunks=(300, 2048)), (200, 2048))
+    assert moved.chunks[0] == (400, 400, 200)  # the storage grid near the source's length
+
+
+def _sources_per_write(src: tuple[tuple[int, ...], ...], out: tuple[tuple[int, ...], ...]) -> int:
+    """The most source blocks one write block overlaps."""
+    worst = 1
+    for s_sizes, w_sizes in zip(src, out, strict=True):
+        s_edges = np.cumsum((0, *s_sizes))
+        w_edges = np.cumsum((0, *w_sizes))
+        axis_worst = max(
+            int(np.searchsorted(s_edges, hi, "left") - np.searchsorted(s_edges, lo, "right") + 1)
+            for lo, hi in itertools.pairwise(w_edges)
+        )
+        worst *= axis_worst
+    return worst
+
+
+def _aligned(out: tuple[tuple[int, ...], ...], storage: tuple[int, ...]) -> bool:
+    return all(all(b % s == 0 for b in sizes[:-1]) for sizes, s in zip(out, storage, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("shape", "source", "storage", "most_bytes", "most_sources"),
+    [
+        # finer along axis 0, coarser along axis 1: a write block is one storage row
+        # along axis 0 (4 source blocks), cut along axis 1 to the budget (8 MiB)
+        ((512, 64, 128, 64), (4, 64, 128, 64), (16, 16, 128, 64), 8 * 2**20, 4),
+        # a 1 GiB image in 64 MiB source blocks, 8 MiB storage chunks: source blocks cut
+        ((8192, 32768), (512, 32768), (64, 32768), 8 * 2**20, 1),
+        # source blocks coarser and unaligned: a write block spans at most 2 per axis
+        ((6000, 6000), (1100, 1100), (64, 64), 8 * 2**20, 4),
+        # one storage chunk above the budget is still one block
+        ((64, 4096, 4096), (1, 4096, 4096), (2, 4096, 4096), 128 * 2**20, 2),
+    ],
+)
+def test_write_chunks_bounded_and_local(shape, source, storage, most_bytes, most_sources):
+    src = da.empty(shape, chunks=source, dtype="f4").chunks
+    out = write_chunks(src, storage, 4)
+    assert tuple(sum(c) for c in out) == shape
+    assert _aligned(out, storage)
+    assert math.prod(max(c) for c in out) * 4 <= most_bytes
+    assert _sources_per_write(src, out) <= most_sources
+
+
+def test_write_chunks_merge_small_blocks():
+    # 16384 source blocks of 4 KiB: a few large write blocks of whole storage chunks
+    src = da.empty((4096, 4096), chunks=(32, 32), dtype="f4").chunks
+    for storage in [(1, 1), (512, 4096), (64, 64)]:
+        out = write_chunks(src, storage, 4)
+        assert _aligned(out, storage)
+        assert math.prod(len(c) for c in out) <= 16
+        assert math.prod(max(c) for c in out) * 4 <= 8 * 2**20
+    # merging keeps the source's boundaries where they are aligned
+    src = ((40, 40, 20), (10,))
+    assert write_chunks(src, (20, 5), 8) == ((100,), (10,))
+    assert write_chunks(src, (20, 5), 8, limit=3200) == ((40, 40, 20), (10,))
+    assert write_chunks(src, (20, 5), 8, limit=1600) == ((20, 20, 20, 20, 20), (10,))
+
+
+def test_write_chunks_limit_cuts_slowest_axes_first():
+    out = write_chunks(((1024,), (1024,)), (1, 1), 8, limit=2**20)
+    assert out == ((128,) * 8, (1024,))  # contiguous runs of whole rows
+    out = write_chunks(((1024,), (1024,)), (1, 1024), 8, limit=1)
+    assert out == ((1,) * 1024, (1024,))  # never below one storage chunk
+    # empty and zero-dimensional arrays are left alone
+    assert write_chunks(((0,), (5,)), (1, 5), 4) == ((0,), (5,))
+    assert write_chunks((), (), 4) == ()
 
 
 def test_old_homes_use_the_policy():

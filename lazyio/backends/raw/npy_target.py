@@ -32,7 +32,7 @@ import numpy as np
 
 from lazyio import handles
 from lazyio.backends.raw.npy_header import MAGIC, header_bytes
-from lazyio.backends.store import store, uses_distributed
+from lazyio.backends.store import rechunk_to_storage, store, uses_distributed
 from lazyio.errors import UnsupportedError
 from lazyio.location import Location
 
@@ -245,7 +245,9 @@ def _libc_fallocate() -> Any:
 def _store_blocks(tmp: str, offset: int, data: da.Array, show_progressbar: bool) -> None:
     target = NpyTarget(tmp, offset, tuple(data.shape), data.dtype)
     try:
-        store([data], [target], show_progressbar=show_progressbar)
+        # a memory map has no storage chunks: any block is aligned, but many small
+        # blocks are merged and huge ones cut, so each task writes a few MiB
+        store([rechunk_to_storage(data, None)], [target], show_progressbar=show_progressbar)
     finally:
         close_writers(tmp)
         if uses_distributed():

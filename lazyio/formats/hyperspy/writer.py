@@ -14,7 +14,12 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from lazyio.backends.chunking import Chunks, rechunk_to_storage, storage_chunks
+from lazyio.backends.chunking import (
+    Chunks,
+    rechunk_to_storage,
+    storage_chunks,
+    write_chunks,
+)
 from lazyio.backends.store import store
 from lazyio.formats.hyperspy.node import Node, has_subarray_fields
 
@@ -75,13 +80,16 @@ class ArrayWriter:
         if data.ndim == 0:
             dset[()] = np.asarray(data)
             return
-        actual = tuple(dset.chunks) if getattr(dset, "chunks", None) else data.shape
+        # a target without storage chunks takes any block
+        actual = tuple(dset.chunks) if getattr(dset, "chunks", None) else (1,) * data.ndim
         target = self.make_target(node, name, dset)
         if small:
             target[tuple(slice(0, s) for s in data.shape)] = data
             return
-        source = data if isinstance(data, da.Array) else da.from_array(data, chunks=actual)
-        self.sources.append(rechunk_to_storage(source, actual))
+        if not isinstance(data, da.Array):  # one block, cut into write blocks (views)
+            whole = tuple((int(n),) for n in data.shape)
+            data = da.from_array(data, chunks=write_chunks(whole, actual, data.dtype.itemsize))
+        self.sources.append(rechunk_to_storage(data, actual))
         self.targets.append(target)
 
     def flush(self, show_progressbar: bool) -> None:
