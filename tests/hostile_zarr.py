@@ -180,6 +180,86 @@ def zip_chunk_bomb(folder: Path) -> Path:
     return path
 
 
+# ------------------------------------------------------------------ damaged zip members
+# The fuzz campaign's findings (issue 13): zipfile checks a member's local header, CRC-32
+# and compression only when the member is read, so each of these zips opens and fails on
+# the read of one member. Each edit is one of the campaign's failing mutations, reduced
+# to the field it hit.
+
+
+def _local_data(raw: bytes | bytearray, info: zipfile.ZipInfo) -> tuple[int, int]:
+    """Where the stored bytes of ``info`` start in the zip, and how many there are."""
+    off = info.header_offset
+    name_len, extra_len = struct.unpack_from("<HH", raw, off + 26)
+    return off + 30 + name_len + extra_len, info.compress_size
+
+
+def _central_entry(raw: bytes | bytearray, member: str) -> int:
+    """The offset of ``member``'s entry in the central directory."""
+    encoded = member.encode()
+    at = raw.find(b"PK\x01\x02")
+    while at >= 0:
+        name_len = struct.unpack_from("<H", raw, at + 28)[0]
+        if raw[at + 46:at + 46 + name_len] == encoded:
+            return at
+        at = raw.find(b"PK\x01\x02", at + 4)
+    raise KeyError(member)
+
+
+def _flip_data(raw: bytearray, info: zipfile.ZipInfo, central: int) -> None:
+    start, size = _local_data(raw, info)
+    raw[start + size // 2] ^= 0xFF  # the CRC-32 no longer matches
+
+
+def _flip_header_name(raw: bytearray, info: zipfile.ZipInfo, central: int) -> None:
+    raw[info.header_offset + 30] ^= 0x20  # the local header names another member
+
+
+def _blank_header_magic(raw: bytearray, info: zipfile.ZipInfo, central: int) -> None:
+    raw[info.header_offset:info.header_offset + 4] = bytes(4)
+
+
+def _unknown_method(raw: bytearray, info: zipfile.ZipInfo, central: int) -> None:
+    struct.pack_into("<H", raw, central + 10, 77)  # no such compression method
+
+
+def _stored_as_deflate(raw: bytearray, info: zipfile.ZipInfo, central: int) -> None:
+    # stored bytes declared deflated: zlib fails on them (zlib.error)
+    struct.pack_into("<H", raw, central + 10, zipfile.ZIP_DEFLATED)
+    struct.pack_into("<H", raw, info.header_offset + 8, zipfile.ZIP_DEFLATED)
+
+
+def _encrypted_flag(raw: bytearray, info: zipfile.ZipInfo, central: int) -> None:
+    flags = struct.unpack_from("<H", raw, central + 8)[0]
+    struct.pack_into("<H", raw, central + 8, flags | 1)  # zipfile wants a password
+
+
+ZIP_MEMBER_DAMAGE: dict[str, Callable[[bytearray, zipfile.ZipInfo, int], None]] = {
+    "bad-crc": _flip_data,
+    "header-name-mismatch": _flip_header_name,
+    "header-magic": _blank_header_magic,
+    "unknown-method": _unknown_method,
+    "bad-deflate": _stored_as_deflate,
+    "encrypted": _encrypted_flag,
+}
+"""Damage to one zip member, found by the fuzz campaign (each raised a bare zipfile,
+zlib or builtin error before)."""
+
+
+def damaged_zip_member(folder: Path, damage: str, member: str) -> Path:
+    """A valid zip store whose ``member`` has the damage ``damage``
+    (:data:`ZIP_MEMBER_DAMAGE`); everything else is intact."""
+    valid = write_store(folder / "valid.zspy", store_type="zip")
+    raw = bytearray(valid.read_bytes())
+    with zipfile.ZipFile(valid) as zf:
+        info = zf.getinfo(member)
+    ZIP_MEMBER_DAMAGE[damage](raw, info, _central_entry(raw, member))
+    path = folder / f"{damage}.zspy"
+    path.write_bytes(bytes(raw))
+    valid.unlink()
+    return path
+
+
 def sparse_chunk(folder: Path) -> Path:
     """A raw chunk file that is a 100 GB sparse file (a few KB on disk)."""
     path = write_store(folder / "sparse-chunk.zspy", None)

@@ -10,9 +10,13 @@ and reading such arrays' chunks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Iterable, MutableMapping
+import struct
+import zipfile
+import zlib
+from collections.abc import AsyncIterator, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 
@@ -33,7 +37,14 @@ from zarr.storage import FsspecStore, LocalStore, WrapperStore, ZipStore
 from lazyio import handles
 from lazyio.backends.zarr.codecs import ZarrFormat
 from lazyio.backends.zarr.safe import MAX_METADATA_BYTES, RootDir
-from lazyio.errors import FormatError, StaleFileError, UnsafeFileError, UnsupportedError
+from lazyio.errors import (
+    FormatError,
+    StaleFileError,
+    UnsafeFileError,
+    UnsupportedError,
+    corrupt_chunk,
+    translate,
+)
 from lazyio.location import Location
 
 __all__ = [
@@ -391,12 +402,37 @@ class SafeZipStore(ZipStore):
         small_doc = info.file_size <= 4096 and _is_doc(key)
         if small_doc and key in self._small_docs:
             return self._small_docs[key]
-        with self._lock, self._zf.open(info) as f:
+        with self._member_errors(key, what), self._lock, self._zf.open(info) as f:
             # zipfile never returns more than the declared size, and checks the CRC
             data = f.read(info.file_size)
         if small_doc:  # a tree walk reads each group's documents twice; the zip is fixed
             self._small_docs[key] = data
         return data
+
+    @contextlib.contextmanager
+    def _member_errors(self, key: str, what: str = "") -> Iterator[None]:
+        """Turn the failures of reading member ``key`` into lazyio's errors: a metadata
+        document's into :class:`FormatError` (the store cannot be opened), a chunk's into
+        :class:`CorruptChunkError` naming the member (its array's path and chunk key).
+
+        zipfile checks each member's local header against the central directory and its
+        CRC-32 only as it reads it, so a damaged member fails here, long after the zip
+        was opened: with ``BadZipFile``, ``zlib.error``, ``EOFError``, or
+        ``NotImplementedError`` for a compression method flipped to an unknown one.
+        """
+        doc = _is_doc(key)
+        label = f"{what or ('metadata document' if doc else 'chunk file')} {key!r}"
+        with translate(self.where, scope="file" if doc else "chunk", what=label):
+            try:
+                yield
+            except _ZIP_DAMAGE as err:
+                # damage to this member: say which (translate would name only the zip,
+                # and knows no zlib.error); I/O errors go on to translate
+                kind = "zlib.error" if isinstance(err, zlib.error) else type(err).__name__
+                if doc:
+                    raise FormatError(f"{self.where}: damaged zip member {key!r} ({kind}: "
+                                      f"{err})") from err
+                raise corrupt_chunk(self.where, label, f"{kind}: {err}") from err
 
     def check_current(self, key: str) -> None:
         """Nothing to check: the zip file open here is the version being read."""
@@ -409,12 +445,17 @@ class SafeZipStore(ZipStore):
                 f"{self.where}: zip member {key!r} inflates to {info.file_size} bytes, more "
                 f"than the {limit} a {what} may hold; refused"
             )
-        return super()._get(key, prototype, byte_range)
+        with self._member_errors(key):
+            return super()._get(key, prototype, byte_range)
 
     async def list_dir(self, prefix: str) -> AsyncIterator[str]:
         for name in self._children.get(prefix.strip("/"), ()):
             yield name
 
+
+_ZIP_DAMAGE = (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, struct.error, ValueError)
+"""What zipfile raises for a damaged member: a bad CRC-32 or local header, a truncated or
+undecodable stream, an unknown compression method or an encryption flag (RuntimeError)."""
 
 _METADATA_NAMES = frozenset({".zattrs", ".zgroup", ".zarray", ".zmetadata", "zarr.json"})
 

@@ -144,6 +144,43 @@ def test_bombs_stay_in_bounded_memory(tmp_path):
     assert (report["peak"] - report["base"]) / 1024 < 200, report
 
 
+# ------------------------------------------------------------- damaged zip members
+
+
+@pytest.mark.parametrize("damage", sorted(hostile_zarr.ZIP_MEMBER_DAMAGE))
+def test_damaged_zip_chunk_member_is_a_corrupt_chunk(tmp_path, damage):
+    """A zip chunk member with a bad CRC-32, a local header that disagrees with the
+    directory, an unknown compression method, undecodable deflate data or an encryption
+    flag: the store loads, and computing raises CorruptChunkError naming the store, the
+    array and the chunk (the fuzz campaign found bare BadZipFile, zlib.error,
+    NotImplementedError and RuntimeError)."""
+    member = f"{hostile_zarr.ARRAY}/0/0"
+    path = hostile_zarr.damaged_zip_member(tmp_path, damage, member)
+    for lazy in (True, False):
+        lazyio.close_all()
+        with pytest.raises(CorruptChunkError) as info:
+            _read_everything(path, lazy)
+        message = str(info.value)
+        assert str(path) in message, message
+        assert f"'{member}'" in message, message
+
+
+@pytest.mark.parametrize("member", [".zattrs", f"{hostile_zarr.ARRAY}/.zarray"])
+@pytest.mark.parametrize("damage", sorted(hostile_zarr.ZIP_MEMBER_DAMAGE))
+def test_damaged_zip_metadata_member_is_a_format_error(tmp_path, damage, member):
+    """The same damage to a metadata member: FormatError at load, naming the store (and
+    the member, unless the damage hides the whole zip)."""
+    path = hostile_zarr.damaged_zip_member(tmp_path, damage, member)
+    lazyio.close_all()
+    with pytest.raises(FormatError) as info:
+        lazyio.load(path, lazy=True)
+    message = str(info.value)
+    assert str(path) in message, message
+    if not (damage == "header-magic" and member == ".zattrs"):
+        # (a blanked first local header makes the file no zip at all)
+        assert f"'{member}'" in message, message
+
+
 def test_zip_listing_is_linear(tmp_path):
     """A zip store of 20,000 groups loads (it is valid) in time linear in the groups:
     zarr's zip store lists every member per group (111 s before)."""
