@@ -180,6 +180,28 @@ def zip_chunk_bomb(folder: Path) -> Path:
     return path
 
 
+HUGE_METADATA_ITEMS = 50_000_000
+
+
+def huge_metadata_array(folder: Path, kind: str) -> Path:
+    """A store whose metadata holds an array declaring 5e7 elements that were never
+    written (a few hundred bytes on disk): ``kind`` "list" a ``_list_`` of float64,
+    "strings" an array of vlen-utf8 strings. Each is read whole at load; unchecked, 5e7
+    Python objects take gigabytes."""
+    path = write_store(folder / f"huge-{kind}.zspy")
+    group = path / "Experiments/__unnamed__/metadata"
+    name, dtype, filters = (("_list_huge", "<f8", None) if kind == "list"
+                            else ("huge_strings", "|O", [{"id": "vlen-utf8"}]))
+    (group / name).mkdir()
+    meta = {"zarr_format": 2, "shape": [HUGE_METADATA_ITEMS],
+            "chunks": [HUGE_METADATA_ITEMS], "dtype": dtype, "compressor": None,
+            "fill_value": 0 if kind == "list" else None, "order": "C", "filters": filters,
+            "dimension_separator": "."}
+    (group / name / ".zarray").write_text(json.dumps(meta))
+    (group / name / ".zattrs").write_text("{}")
+    return path
+
+
 # ------------------------------------------------------------------ damaged zip members
 # The fuzz campaign's findings (issue 13): zipfile checks a member's local header, CRC-32
 # and compression only when the member is read, so each of these zips opens and fails on
@@ -273,6 +295,20 @@ def sparse_zattrs(folder: Path) -> Path:
     path = write_store(folder / "sparse-zattrs.zspy")
     with open(path / ".zattrs", "r+b") as f:
         f.truncate(2 * 10**9)
+    return path
+
+
+def zip_directory_offset(folder: Path) -> Path:
+    """A zip store whose end record places the central directory 1 MiB further than it
+    is: zipfile shifts every member's offset by as much, to below 0 for the first ones
+    (the campaign's ``OSError: [Errno 22]`` from a read at a negative offset)."""
+    valid = write_store(folder / "valid.zspy", store_type="zip")
+    raw = bytearray(valid.read_bytes())
+    end = raw.rfind(b"PK\x05\x06")
+    struct.pack_into("<I", raw, end + 16, struct.unpack_from("<I", raw, end + 16)[0] + 2**20)
+    path = folder / "directory-offset.zspy"
+    path.write_bytes(bytes(raw))
+    valid.unlink()
     return path
 
 

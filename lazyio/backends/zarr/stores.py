@@ -457,6 +457,9 @@ class SafeZipStore(ZipStore):
                 with self._zf.open(info) as f:
                     # zipfile never returns more than the declared size, checks the CRC
                     return f.read(size)
+            if not 0 <= info.header_offset < 1 << 62:  # a damaged directory entry
+                raise zipfile.BadZipFile(f"member {info.orig_filename!r} starts at "
+                                         f"offset {info.header_offset}")
             head = os.pread(self._fd, 30, info.header_offset)
             if len(head) != 30 or head[:4] != b"PK\x03\x04":
                 raise zipfile.BadZipFile("Bad magic number for file header")

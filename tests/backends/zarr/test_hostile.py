@@ -144,6 +144,42 @@ def test_bombs_stay_in_bounded_memory(tmp_path):
     assert (report["peak"] - report["base"]) / 1024 < 200, report
 
 
+# ---------------------------------------------------------- huge metadata arrays
+
+
+@pytest.mark.parametrize("kind", ["list", "strings"])
+def test_huge_metadata_array_is_refused_in_bounded_memory(tmp_path, kind):
+    """A metadata ``_list_`` or string array declaring 5e7 elements (a 1.5 KB store) is
+    refused at load with a FormatError naming the store and the array, before anything of
+    its size is allocated: the same cap as the HDF5 side (METADATA_MAX_ITEMS). Measured in
+    a fresh process: its peak RSS grows by less than 100 MiB over the load."""
+    from lazyio.formats.hyperspy.node import METADATA_MAX_ITEMS
+
+    assert hostile_zarr.HUGE_METADATA_ITEMS > 10 * METADATA_MAX_ITEMS
+    path = hostile_zarr.huge_metadata_array(tmp_path, kind)
+    script = textwrap.dedent(f"""
+        import json, resource
+        import lazyio
+        from lazyio.errors import FormatError
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            lazyio.load({str(path)!r}, lazy=True)
+            outcome = "read"
+        except FormatError as err:
+            outcome = str(err)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps({{"outcome": outcome, "grew_kib": peak - base}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], check=True, timeout=300,
+                          capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert str(path) in report["outcome"], report
+    name = "_list_huge" if kind == "list" else "huge_strings"
+    assert f"metadata/{name} declares 50000000 elements" in report["outcome"], report
+    assert report["grew_kib"] / 1024 < 100, report
+
+
 # ------------------------------------------------------------- damaged zip members
 
 
@@ -179,6 +215,16 @@ def test_damaged_zip_metadata_member_is_a_format_error(tmp_path, damage, member)
     if not (damage == "header-magic" and member == ".zattrs"):
         # (a blanked first local header makes the file no zip at all)
         assert f"'{member}'" in message, message
+
+
+def test_zip_directory_offset_past_its_place_is_a_format_error(tmp_path):
+    """An end record that moves the central directory shifts every member's offset below
+    0: FormatError naming the store and a member (was a bare OSError EINVAL)."""
+    path = hostile_zarr.zip_directory_offset(tmp_path)
+    lazyio.close_all()
+    with pytest.raises(FormatError, match=r"damaged zip member '.*' .*offset -") as info:
+        _read_everything(path, lazy=True)
+    assert str(path) in str(info.value)
 
 
 def test_zip_listing_is_linear(tmp_path):
