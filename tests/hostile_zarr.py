@@ -471,6 +471,12 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "ragged-traversal": ragged_traversal,
     "zero-chunks": zero_chunks,
     "many-groups-zip": many_groups_zip,
+    "zip-chunk-bad-crc": lambda folder: damaged_zip_member(folder, "bad-crc", f"{ARRAY}/0/0"),
+    "zip-zarray-header-mismatch": lambda folder: damaged_zip_member(
+        folder, "header-name-mismatch", f"{ARRAY}/.zarray"),
+    "zip-directory-offset": zip_directory_offset,
+    "metadata-list-5e7": lambda folder: huge_metadata_array(folder, "list"),
+    "metadata-strings-5e7": lambda folder: huge_metadata_array(folder, "strings"),
 }
 """Every attack class, by name."""
 

@@ -49,6 +49,11 @@ EXPECTED: dict[str, tuple[type[LazyioError], str]] = {
     "fifo-zgroup": (UnsafeFileError, r"'\.zgroup' is a FIFO"),
     "ragged-traversal": (FormatError, r"separator '/\.\./\.\./"),
     "zero-chunks": (FormatError, r"chunk shape \[0, 3\]"),
+    "zip-chunk-bad-crc": (CorruptChunkError, r"'Experiments/__unnamed__/data/0/0'.*Bad CRC"),
+    "zip-zarray-header-mismatch": (FormatError, r"damaged zip member '.*/\.zarray'"),
+    "zip-directory-offset": (FormatError, r"damaged zip member .*offset -"),
+    "metadata-list-5e7": (FormatError, r"_list_huge declares 50000000 elements"),
+    "metadata-strings-5e7": (FormatError, r"huge_strings declares 50000000 elements"),
 }
 TIME_LIMIT = 30.0  # seconds per attack, on a busy 2-core machine; each takes < 1 s alone
 
