@@ -180,6 +180,108 @@ def zip_chunk_bomb(folder: Path) -> Path:
     return path
 
 
+HUGE_METADATA_ITEMS = 50_000_000
+
+
+def huge_metadata_array(folder: Path, kind: str) -> Path:
+    """A store whose metadata holds an array declaring 5e7 elements that were never
+    written (a few hundred bytes on disk): ``kind`` "list" a ``_list_`` of float64,
+    "strings" an array of vlen-utf8 strings. Each is read whole at load; unchecked, 5e7
+    Python objects take gigabytes."""
+    path = write_store(folder / f"huge-{kind}.zspy")
+    group = path / "Experiments/__unnamed__/metadata"
+    name, dtype, filters = (("_list_huge", "<f8", None) if kind == "list"
+                            else ("huge_strings", "|O", [{"id": "vlen-utf8"}]))
+    (group / name).mkdir()
+    meta = {"zarr_format": 2, "shape": [HUGE_METADATA_ITEMS],
+            "chunks": [HUGE_METADATA_ITEMS], "dtype": dtype, "compressor": None,
+            "fill_value": 0 if kind == "list" else None, "order": "C", "filters": filters,
+            "dimension_separator": "."}
+    (group / name / ".zarray").write_text(json.dumps(meta))
+    (group / name / ".zattrs").write_text("{}")
+    return path
+
+
+# ------------------------------------------------------------------ damaged zip members
+# The fuzz campaign's findings (issue 13): zipfile checks a member's local header, CRC-32
+# and compression only when the member is read, so each of these zips opens and fails on
+# the read of one member. Each edit is one of the campaign's failing mutations, reduced
+# to the field it hit.
+
+
+def _local_data(raw: bytes | bytearray, info: zipfile.ZipInfo) -> tuple[int, int]:
+    """Where the stored bytes of ``info`` start in the zip, and how many there are."""
+    off = info.header_offset
+    name_len, extra_len = struct.unpack_from("<HH", raw, off + 26)
+    return off + 30 + name_len + extra_len, info.compress_size
+
+
+def _central_entry(raw: bytes | bytearray, member: str) -> int:
+    """The offset of ``member``'s entry in the central directory."""
+    encoded = member.encode()
+    at = raw.find(b"PK\x01\x02")
+    while at >= 0:
+        name_len = struct.unpack_from("<H", raw, at + 28)[0]
+        if raw[at + 46:at + 46 + name_len] == encoded:
+            return at
+        at = raw.find(b"PK\x01\x02", at + 4)
+    raise KeyError(member)
+
+
+def _flip_data(raw: bytearray, info: zipfile.ZipInfo, central: int) -> None:
+    start, size = _local_data(raw, info)
+    raw[start + size // 2] ^= 0xFF  # the CRC-32 no longer matches
+
+
+def _flip_header_name(raw: bytearray, info: zipfile.ZipInfo, central: int) -> None:
+    raw[info.header_offset + 30] ^= 0x20  # the local header names another member
+
+
+def _blank_header_magic(raw: bytearray, info: zipfile.ZipInfo, central: int) -> None:
+    raw[info.header_offset:info.header_offset + 4] = bytes(4)
+
+
+def _unknown_method(raw: bytearray, info: zipfile.ZipInfo, central: int) -> None:
+    struct.pack_into("<H", raw, central + 10, 77)  # no such compression method
+
+
+def _stored_as_deflate(raw: bytearray, info: zipfile.ZipInfo, central: int) -> None:
+    # stored bytes declared deflated: zlib fails on them (zlib.error)
+    struct.pack_into("<H", raw, central + 10, zipfile.ZIP_DEFLATED)
+    struct.pack_into("<H", raw, info.header_offset + 8, zipfile.ZIP_DEFLATED)
+
+
+def _encrypted_flag(raw: bytearray, info: zipfile.ZipInfo, central: int) -> None:
+    flags = struct.unpack_from("<H", raw, central + 8)[0]
+    struct.pack_into("<H", raw, central + 8, flags | 1)  # zipfile wants a password
+
+
+ZIP_MEMBER_DAMAGE: dict[str, Callable[[bytearray, zipfile.ZipInfo, int], None]] = {
+    "bad-crc": _flip_data,
+    "header-name-mismatch": _flip_header_name,
+    "header-magic": _blank_header_magic,
+    "unknown-method": _unknown_method,
+    "bad-deflate": _stored_as_deflate,
+    "encrypted": _encrypted_flag,
+}
+"""Damage to one zip member, found by the fuzz campaign (each raised a bare zipfile,
+zlib or builtin error before)."""
+
+
+def damaged_zip_member(folder: Path, damage: str, member: str) -> Path:
+    """A valid zip store whose ``member`` has the damage ``damage``
+    (:data:`ZIP_MEMBER_DAMAGE`); everything else is intact."""
+    valid = write_store(folder / "valid.zspy", store_type="zip")
+    raw = bytearray(valid.read_bytes())
+    with zipfile.ZipFile(valid) as zf:
+        info = zf.getinfo(member)
+    ZIP_MEMBER_DAMAGE[damage](raw, info, _central_entry(raw, member))
+    path = folder / f"{damage}.zspy"
+    path.write_bytes(bytes(raw))
+    valid.unlink()
+    return path
+
+
 def sparse_chunk(folder: Path) -> Path:
     """A raw chunk file that is a 100 GB sparse file (a few KB on disk)."""
     path = write_store(folder / "sparse-chunk.zspy", None)
@@ -193,6 +295,20 @@ def sparse_zattrs(folder: Path) -> Path:
     path = write_store(folder / "sparse-zattrs.zspy")
     with open(path / ".zattrs", "r+b") as f:
         f.truncate(2 * 10**9)
+    return path
+
+
+def zip_directory_offset(folder: Path) -> Path:
+    """A zip store whose end record places the central directory 1 MiB further than it
+    is: zipfile shifts every member's offset by as much, to below 0 for the first ones
+    (the campaign's ``OSError: [Errno 22]`` from a read at a negative offset)."""
+    valid = write_store(folder / "valid.zspy", store_type="zip")
+    raw = bytearray(valid.read_bytes())
+    end = raw.rfind(b"PK\x05\x06")
+    struct.pack_into("<I", raw, end + 16, struct.unpack_from("<I", raw, end + 16)[0] + 2**20)
+    path = folder / "directory-offset.zspy"
+    path.write_bytes(bytes(raw))
+    valid.unlink()
     return path
 
 
@@ -355,6 +471,12 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "ragged-traversal": ragged_traversal,
     "zero-chunks": zero_chunks,
     "many-groups-zip": many_groups_zip,
+    "zip-chunk-bad-crc": lambda folder: damaged_zip_member(folder, "bad-crc", f"{ARRAY}/0/0"),
+    "zip-zarray-header-mismatch": lambda folder: damaged_zip_member(
+        folder, "header-name-mismatch", f"{ARRAY}/.zarray"),
+    "zip-directory-offset": zip_directory_offset,
+    "metadata-list-5e7": lambda folder: huge_metadata_array(folder, "list"),
+    "metadata-strings-5e7": lambda folder: huge_metadata_array(folder, "strings"),
 }
 """Every attack class, by name."""
 

@@ -28,12 +28,14 @@ from lazyio.backends.zarr.stores import (
     InstanceSpec,
     StoreSpec,
     ZipSpec,
+    list_dir,
     node_kind,
     open_store,
 )
 from lazyio.backends.zarr.targets import DeferredRootStore, commit_root, zarr_target
 from lazyio.errors import (
     FormatError,
+    LazyioError,
     UnsupportedError,
     not_found,
     reading,
@@ -78,9 +80,18 @@ def _sniff(location: Location, head: bytes) -> bool:
         return any(location.child(name).exists() for name in (".zgroup", "zarr.json"))
     if _is_zip(location, head) and location.local_path is not None:
         try:
+            # the store the load then reads (from the handle cache): its central directory
+            # is parsed once
+            store = open_store(ZipSpec(location))
+        except (LazyioError, zipfile.BadZipFile, OSError, ValueError, EOFError):
+            pass  # damaged: decided below as before, the load reports the damage
+        else:
+            root = set(list_dir(store, ""))
+            return ".zgroup" in root or "zarr.json" in root
+        try:
             with zipfile.ZipFile(location.local_path) as zf:
                 names = set(zf.namelist())
-        except zipfile.BadZipFile:
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
             return False
         return ".zgroup" in names or "zarr.json" in names
     return False

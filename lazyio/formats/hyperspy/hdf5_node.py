@@ -20,15 +20,11 @@ from lazyio.backends.chunking import Chunks
 from lazyio.backends.hdf5.filters import creation_options, ensure_filters
 from lazyio.backends.hdf5.sources import H5Source, check_inflation
 from lazyio.errors import FormatError, LazyioWarning, UnsafeFileError, translate
-from lazyio.formats.hyperspy.node import decode_strings, lazy_grid
+from lazyio.formats.hyperspy.node import METADATA_MAX_ITEMS, decode_strings, lazy_grid
 from lazyio.location import Location
 
 __all__ = ["METADATA_MAX_ITEMS", "H5Node"]
 
-#: The most elements of an array read whole at load as metadata (a ``_list_``/``_tuple_``
-#: or an array of strings): a 20 KB file can declare 5e7 never-written elements, which
-#: ``tolist()`` turned into 2.6 GB at lazy load. 4 Mi elements make ~130 MB of Python floats.
-METADATA_MAX_ITEMS = 1 << 22
 
 
 class H5Node:

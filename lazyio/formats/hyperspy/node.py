@@ -23,7 +23,21 @@ if TYPE_CHECKING:
     from lazyio.formats.hyperspy.hdf5_node import H5Node
     from lazyio.formats.hyperspy.zarr_node import ZarrNode
 
-__all__ = ["H5Node", "Node", "ZarrNode", "decode_strings", "has_subarray_fields", "lazy_grid"]
+__all__ = [
+    "METADATA_MAX_ITEMS",
+    "H5Node",
+    "Node",
+    "ZarrNode",
+    "decode_strings",
+    "has_subarray_fields",
+    "lazy_grid",
+]
+
+#: The most elements of an array read whole at load as metadata (a ``_list_``/``_tuple_``
+#: or an array of strings), in either format: a 20 KB file can declare 5e7 never-written
+#: elements, which ``tolist()`` turned into 2.6 GB at lazy load. 4 Mi elements make
+#: ~130 MB of Python floats.
+METADATA_MAX_ITEMS = 1 << 22
 
 
 class Node(Protocol):

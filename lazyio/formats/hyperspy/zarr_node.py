@@ -43,7 +43,12 @@ from lazyio.backends.zarr.stores import (
     version_token,
 )
 from lazyio.errors import CorruptChunkError, FormatError, LazyioWarning
-from lazyio.formats.hyperspy.node import decode_strings, has_subarray_fields, lazy_grid
+from lazyio.formats.hyperspy.node import (
+    METADATA_MAX_ITEMS,
+    decode_strings,
+    has_subarray_fields,
+    lazy_grid,
+)
 
 __all__ = ["ZarrNode"]
 
@@ -215,13 +220,25 @@ class ZarrNode:
         if raw_meta is not None:
             return self._read_raw_v2(name, raw_meta)
         source = self._source(name)
+        if source.dtype.kind not in "biufc" or name.startswith(("_list_", "_tuple_")):
+            # read whole at load (and listed, for _list_): refuse a declared size no
+            # metadata has before allocating it, as the HDF5 side does
+            items = math.prod(source.shape)
+            if items > METADATA_MAX_ITEMS:
+                raise FormatError(
+                    f"{self.where}: {self._prefix(name)} declares {items} elements of "
+                    f"{source.dtype}, read whole at load as metadata; lazyio refuses more "
+                    f"than {METADATA_MAX_ITEMS} (a damaged or hostile store?)"
+                )
         return decode_strings(np.asarray(source[()] if source.ndim == 0 else source[...]))
 
     def lazy_array(self, name: str, chunks: Chunks = "auto") -> da.Array:
         if self._raw_v2_meta(name) is not None:  # small (model maps): read now
             return da.from_array(self.read_array(name), chunks=-1)
         source = self._source(name)
-        if source.dtype.kind == "O" and not isinstance(source, ObjectZarrSource):
+        # strings (object, or numpy's StringDType that zarr-python 3 gives vlen-utf8) are
+        # read whole, as the HDF5 side reads them: metadata, with its size cap
+        if source.dtype.kind in "OT" and not isinstance(source, ObjectZarrSource):
             return da.from_array(self.read_array(name), chunks=-1)
         # The smaller remote blocks were measured on HDF5 reads (decoding overlapping the
         # fetch); Zarr reads keep the local rule, as they always have.

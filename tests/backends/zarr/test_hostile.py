@@ -49,6 +49,11 @@ EXPECTED: dict[str, tuple[type[LazyioError], str]] = {
     "fifo-zgroup": (UnsafeFileError, r"'\.zgroup' is a FIFO"),
     "ragged-traversal": (FormatError, r"separator '/\.\./\.\./"),
     "zero-chunks": (FormatError, r"chunk shape \[0, 3\]"),
+    "zip-chunk-bad-crc": (CorruptChunkError, r"'Experiments/__unnamed__/data/0/0'.*Bad CRC"),
+    "zip-zarray-header-mismatch": (FormatError, r"damaged zip member '.*/\.zarray'"),
+    "zip-directory-offset": (FormatError, r"damaged zip member .*offset -"),
+    "metadata-list-5e7": (FormatError, r"_list_huge declares 50000000 elements"),
+    "metadata-strings-5e7": (FormatError, r"huge_strings declares 50000000 elements"),
 }
 TIME_LIMIT = 30.0  # seconds per attack, on a busy 2-core machine; each takes < 1 s alone
 
@@ -142,6 +147,89 @@ def test_bombs_stay_in_bounded_memory(tmp_path):
     assert peak_mib < 1024, report
     # beyond the interpreter and its imports, the bombs cost almost nothing
     assert (report["peak"] - report["base"]) / 1024 < 200, report
+
+
+# ---------------------------------------------------------- huge metadata arrays
+
+
+@pytest.mark.parametrize("kind", ["list", "strings"])
+def test_huge_metadata_array_is_refused_in_bounded_memory(tmp_path, kind):
+    """A metadata ``_list_`` or string array declaring 5e7 elements (a 1.5 KB store) is
+    refused at load with a FormatError naming the store and the array, before anything of
+    its size is allocated: the same cap as the HDF5 side (METADATA_MAX_ITEMS). Measured in
+    a fresh process: its peak RSS grows by less than 100 MiB over the load."""
+    from lazyio.formats.hyperspy.node import METADATA_MAX_ITEMS
+
+    assert hostile_zarr.HUGE_METADATA_ITEMS > 10 * METADATA_MAX_ITEMS
+    path = hostile_zarr.huge_metadata_array(tmp_path, kind)
+    script = textwrap.dedent(f"""
+        import json, resource
+        import lazyio
+        from lazyio.errors import FormatError
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            lazyio.load({str(path)!r}, lazy=True)
+            outcome = "read"
+        except FormatError as err:
+            outcome = str(err)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps({{"outcome": outcome, "grew_kib": peak - base}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], check=True, timeout=300,
+                          capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert str(path) in report["outcome"], report
+    name = "_list_huge" if kind == "list" else "huge_strings"
+    assert f"metadata/{name} declares 50000000 elements" in report["outcome"], report
+    assert report["grew_kib"] / 1024 < 100, report
+
+
+# ------------------------------------------------------------- damaged zip members
+
+
+@pytest.mark.parametrize("damage", sorted(hostile_zarr.ZIP_MEMBER_DAMAGE))
+def test_damaged_zip_chunk_member_is_a_corrupt_chunk(tmp_path, damage):
+    """A zip chunk member with a bad CRC-32, a local header that disagrees with the
+    directory, an unknown compression method, undecodable deflate data or an encryption
+    flag: the store loads, and computing raises CorruptChunkError naming the store, the
+    array and the chunk (the fuzz campaign found bare BadZipFile, zlib.error,
+    NotImplementedError and RuntimeError)."""
+    member = f"{hostile_zarr.ARRAY}/0/0"
+    path = hostile_zarr.damaged_zip_member(tmp_path, damage, member)
+    for lazy in (True, False):
+        lazyio.close_all()
+        with pytest.raises(CorruptChunkError) as info:
+            _read_everything(path, lazy)
+        message = str(info.value)
+        assert str(path) in message, message
+        assert f"'{member}'" in message, message
+
+
+@pytest.mark.parametrize("member", [".zattrs", f"{hostile_zarr.ARRAY}/.zarray"])
+@pytest.mark.parametrize("damage", sorted(hostile_zarr.ZIP_MEMBER_DAMAGE))
+def test_damaged_zip_metadata_member_is_a_format_error(tmp_path, damage, member):
+    """The same damage to a metadata member: FormatError at load, naming the store (and
+    the member, unless the damage hides the whole zip)."""
+    path = hostile_zarr.damaged_zip_member(tmp_path, damage, member)
+    lazyio.close_all()
+    with pytest.raises(FormatError) as info:
+        lazyio.load(path, lazy=True)
+    message = str(info.value)
+    assert str(path) in message, message
+    if not (damage == "header-magic" and member == ".zattrs"):
+        # (a blanked first local header makes the file no zip at all)
+        assert f"'{member}'" in message, message
+
+
+def test_zip_directory_offset_past_its_place_is_a_format_error(tmp_path):
+    """An end record that moves the central directory shifts every member's offset below
+    0: FormatError naming the store and a member (was a bare OSError EINVAL)."""
+    path = hostile_zarr.zip_directory_offset(tmp_path)
+    lazyio.close_all()
+    with pytest.raises(FormatError, match=r"damaged zip member '.*' .*offset -") as info:
+        _read_everything(path, lazy=True)
+    assert str(path) in str(info.value)
 
 
 def test_zip_listing_is_linear(tmp_path):
