@@ -28,7 +28,7 @@ from typing import Any, TypeGuard
 from lazyio.errors import FormatError, StaleFileError, UnsafeFileError
 
 __all__ = ["MAX_METADATA_BYTES", "RootDir", "check_array_metadata", "check_key",
-           "safe_key_parts"]
+           "safe_key_parts", "stat_token", "still_names"]
 
 MAX_METADATA_BYTES = int(os.environ.get("LAZYIO_MAX_METADATA_BYTES", str(64 * 2**20)))
 """The largest metadata document (``.zattrs``, ``.zarray``, ``zarr.json``...) read: a
@@ -143,6 +143,22 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+
+def stat_token(st: os.stat_result) -> str:
+    """A version token of an open file or directory, as
+    :meth:`lazyio.location.Location.modified_token` makes for a path."""
+    return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
+
+
+def still_names(path: str | os.PathLike[str], identity: tuple[int, int]) -> bool:
+    """Whether ``path`` still names the object whose ``(st_dev, st_ino)`` is ``identity``
+    (False once it was replaced, renamed away or removed)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == identity
+
 class RootDir:
     """An open descriptor of a local store's root directory, and safe reads below it.
 
@@ -174,16 +190,11 @@ class RootDir:
     def version_token(self) -> str:
         """The token of :meth:`lazyio.location.Location.modified_token`, of the directory
         this descriptor holds (not of whatever the path names now)."""
-        st = os.fstat(self.fd)
-        return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
+        return stat_token(os.fstat(self.fd))
 
     def is_current(self) -> bool:
         """Whether the path still names the directory this descriptor holds."""
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return False
-        return (st.st_dev, st.st_ino) == self._identity
+        return still_names(self.path, self._identity)
 
     def check_current(self, key: str) -> None:
         """Raise :class:`StaleFileError` if the store was replaced (``key`` was missing)."""

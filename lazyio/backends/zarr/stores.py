@@ -36,7 +36,7 @@ from zarr.storage import FsspecStore, LocalStore, WrapperStore, ZipStore
 
 from lazyio import handles
 from lazyio.backends.zarr.codecs import ZarrFormat
-from lazyio.backends.zarr.safe import MAX_METADATA_BYTES, RootDir
+from lazyio.backends.zarr.safe import MAX_METADATA_BYTES, RootDir, stat_token, still_names
 from lazyio.errors import (
     FormatError,
     StaleFileError,
@@ -403,16 +403,11 @@ class SafeZipStore(ZipStore):
         """The modification token of the zip file being read (not of the path's now)."""
         if self._zf.fp is None:
             return "unknown"
-        st = os.fstat(self._zf.fp.fileno())
-        return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
+        return stat_token(os.fstat(self._zf.fp.fileno()))
 
     def is_current(self) -> bool:
         """Whether the path still names the zip file being read."""
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return False
-        return (st.st_dev, st.st_ino) == self._identity
+        return still_names(self.path, self._identity)
 
     def read(self, key: str, limit: int, what: str = "file", check: bool = True
              ) -> bytes | None:
