@@ -31,6 +31,7 @@ import dask.array as da
 import numpy as np
 
 from lazyio import handles
+from lazyio.backends.chunking import write_block_bytes
 from lazyio.backends.raw.npy_header import MAGIC, header_bytes
 from lazyio.backends.store import rechunk_to_storage, store, uses_distributed
 from lazyio.errors import UnsupportedError
@@ -245,9 +246,15 @@ def _libc_fallocate() -> Any:
 def _store_blocks(tmp: str, offset: int, data: da.Array, show_progressbar: bool) -> None:
     target = NpyTarget(tmp, offset, tuple(data.shape), data.dtype)
     try:
-        # a memory map has no storage chunks: any block is aligned, but many small
-        # blocks are merged and huge ones cut, so each task writes a few MiB
-        store([rechunk_to_storage(data, None)], [target], show_progressbar=show_progressbar)
+        # a memory map has no storage chunks: any block is aligned. Many small blocks are
+        # merged (fewer tasks); computed blocks are not cut, since cutting saves no memory
+        # (the source block is computed whole anyway) and puts split tasks between each
+        # source block and its write, which lets a cluster compute source blocks far ahead
+        # of slower writes (a 400 MiB worker writing 16 MiB blocks ran out of memory)
+        largest = math.prod(max(c, default=0) for c in data.chunks)
+        limit = max(write_block_bytes(), largest * data.dtype.itemsize)
+        store([rechunk_to_storage(data, None, limit)], [target],
+              show_progressbar=show_progressbar)
     finally:
         close_writers(tmp)
         if uses_distributed():
