@@ -76,16 +76,6 @@ def test_unmutated_originals_read_equal(tmp_path: Path, originals: dict[str, byt
 # ----------------------------------------------------------------------- hostile inputs
 
 
-def _refuses_fifos() -> bool:
-    # the FIFO refusal lives in lazyio/location.py, written on the errors branch: until it
-    # is merged a FIFO blocks in open() (what this test measures as a hang)
-    import inspect
-
-    import lazyio.location
-
-    return "S_ISFIFO" in inspect.getsource(lazyio.location)
-
-
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, Path]]:
     from malformed import generic_hostile_inputs
@@ -114,8 +104,6 @@ def test_hostile_inputs_neither_crash_hang_nor_blow_up(
     for name, path in hostile:
         fifo = name.endswith("-fifo")
         row = run_isolated(path, timeout=5.0 if fifo else 20.0)
-        if fifo and row["outcome"] == "hang" and not _refuses_fifos():
-            continue  # reported by test_fifo_input_is_refused below
         if (row["outcome"] not in ("read", "lazyio-error")
                 or (input_size(path) < 1_000_000 and row["peak_mb"] > HOSTILE_PEAK_MB)):
             failed.append((name, row))
@@ -130,8 +118,6 @@ def test_hostile_inputs_neither_crash_hang_nor_blow_up(
 def test_fifo_input_is_refused(tmp_path: Path, kind: str) -> None:
     from malformed import SUFFIX, run_isolated
 
-    if not _refuses_fifos():
-        pytest.xfail("FIFO refusal is on the errors branch (lazyio/location.py)")
     fifo = tmp_path / f"in{SUFFIX[kind]}"
     os.mkfifo(fifo)
     row = run_isolated(fifo, timeout=10.0)
