@@ -42,6 +42,7 @@ from lazyio.location import Location, as_location
 
 if TYPE_CHECKING:
     from lazyio.backends.chunking import Chunks
+    from lazyio.deferred import DeferredWrite
     from lazyio.formats import FormatPlugin, UntrustedGuard
 
 __all__ = ["check_keywords", "is_store_object", "load", "save"]
@@ -243,7 +244,7 @@ def save(
     verify: bool = False,
     compute: bool = True,
     **options: Any,
-) -> None:
+) -> DeferredWrite | None:
     """Write a signal dictionary (or a bare numpy/dask array) to a file.
 
     Dask arrays are streamed chunk by chunk with :func:`dask.array.store`; memory stays
@@ -275,16 +276,35 @@ def save(
         A mismatch deletes the written file and raises
         :class:`~lazyio.errors.VerificationError` naming the first differing chunk.
     compute : bool, default True
-        ``False`` (return a delayed write) is not supported yet and raises
-        :class:`~lazyio.errors.UnsupportedError` before anything is written.
+        ``False`` returns a :class:`~lazyio.deferred.DeferredWrite` instead of writing:
+        everything up to the array data is done at once (checks, lock, temporary,
+        metadata; errors are raised here), and computing it (``dask.compute(*writes)``
+        for several, one pass over the data they share; see
+        :func:`~lazyio.deferred.save_many`) streams the data, verifies and commits.
+        Dropping it uncomputed, or ``.abort()``, writes nothing.
     **options
         Format-specific options (``compression`` for hspy, ``compressor``,
         ``store_type`` and ``zarr_format`` for zspy, ...); any other keyword raises
         ``TypeError``.
+
+    Returns
+    -------
+    None, or a DeferredWrite with ``compute=False``
     """
+    if compute is False:
+        from lazyio.deferred import save_deferred
+
+        def write() -> None:
+            write_with("save", target, signal, format=format, overwrite=overwrite,
+                       chunks=chunks, show_progressbar=show_progressbar,
+                       storage_options=storage_options, verify=verify, compute=True,
+                       options=options)
+
+        return save_deferred(target, write)
     write_with("save", target, signal, format=format, overwrite=overwrite, chunks=chunks,
                show_progressbar=show_progressbar, storage_options=storage_options,
                verify=verify, compute=compute, options=options)
+    return None
 
 
 @names_target("target")

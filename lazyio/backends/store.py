@@ -61,7 +61,13 @@ def store(
 
     Numpy sources are wrapped as single-block dask arrays. Works on any scheduler,
     including a ``distributed`` cluster, where a progress bar of the cluster is shown.
+    In the pipeline of a delayed write (``save(..., compute=False)``) the arrays are
+    handed to the coming computation instead (:mod:`lazyio.deferred`).
     """
+    from lazyio.deferred import hand_off
+
+    if hand_off(sources, targets, lock=lock, show_progressbar=show_progressbar):
+        return
     if len(sources) != len(targets):
         raise ValueError(
             f"Different number of sources [{len(sources)}] and targets [{len(targets)}]"
@@ -91,7 +97,9 @@ def _store_distributed(
     if region_pairs:
         stored = da.store([a for a, _ in region_pairs], [t for _, t in region_pairs],
                           lock=lock, compute=False)
-        persisted = stored.persist()
+        # dask returns one array per source (a tuple of them for several), not the
+        # Delayed its docstring names: persist them all
+        persisted = dask.persist(*(stored if isinstance(stored, tuple) else (stored,)))
         # the bar local schedulers show, fed by the scheduler; it returns once all is done
         cluster_progress(persisted, show_progressbar, label_for("writing"),
                          int(sum(a.nbytes for a, _ in region_pairs)))
