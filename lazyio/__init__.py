@@ -11,6 +11,7 @@ from lazyio._api import load, save
 
 # convert and info are bound eagerly: a lazy import of the submodule would shadow them
 from lazyio.convert import convert
+from lazyio.deferred import DeferredWrite, save_many
 from lazyio.errors import (
     AccessDeniedError,
     CorruptChunkError,
@@ -42,6 +43,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AccessDeniedError",
     "CorruptChunkError",
+    "DeferredWrite",
     "DiskFullError",
     "ForeignTargetError",
     "FormatError",
@@ -69,6 +71,7 @@ __all__ = [
     "load",
     "memmap_distributed",
     "save",
+    "save_many",
     "to_xarray",
 ]
 

@@ -115,7 +115,7 @@ def _thread_main(pending: _Pending, write: Callable[[], None]) -> None:
     _CURRENT.set(pending)
     try:
         write()
-    except BaseException as err:  # re-raised by whoever waits for this write
+    except BaseException as err:  # noqa: BLE001 - re-raised by whoever waits for it
         pending.error = err
     finally:
         with pending.cond:
@@ -299,7 +299,7 @@ def stream(writes: Sequence[_Pending]) -> None:
                     store([s for p in group for s in p.sources],
                           [t for p in group for t in p.targets],
                           lock=group[0].lock, show_progressbar=any(p.show for p in group))
-        except BaseException as err:
+        except BaseException as err:  # noqa: BLE001 - re-raised below
             # the first pipeline re-raises the failure itself (so it is named and
             # classified as a save names it); the others say why they wrote nothing
             waiting[0].release("abort", err)
