@@ -4,18 +4,20 @@ A delayed write runs the normal write pipeline of :func:`lazyio.save` (checks, t
 target's lock, the temporary, the plugin's metadata) in a thread of its own until it
 reaches :func:`lazyio.backends.store.store`, the one place where array data is streamed.
 There it hands its sources and targets over and waits. The returned
-:class:`DeferredWrite` is a dask collection: when dask prepares the computation of one
-or several of them (``dask.compute(*writes)``, ``write.compute()``, :func:`save_many`),
-their graph optimisation streams every waiting array with ONE store call (so a source
-they share is read once) and then lets each pipeline close, verify and commit its
-target, re-raising the first error. A failed computation lets every pipeline abort
+:class:`DeferredWrite` is a dask collection. :func:`save_many` and
+:meth:`DeferredWrite.compute` stream every waiting array with ONE store call (so a source
+block the writes share is computed once), then let each pipeline verify and commit its
+target, and re-raise the first error; if streaming fails, every pipeline aborts
 (temporaries removed, locks released, nothing committed).
 
-Why in the optimisation rather than in a finalising task: dask runs finalising tasks on
-the workers of a ``distributed`` cluster, away from the process holding the locks and
-temporaries, and a failed computation would never tell the waiting pipelines. The
-optimisation always runs in the calling process, before the scheduler starts, and its
-failure is ours to see.
+``dask.compute(*writes)`` gets there through the graph optimisation, which dask calls
+once for all collections of one kind, in the calling process, before the scheduler
+starts: it streams, and the optimised graph holds one task per write that waits for its
+commit. A finalising task would not do: dask runs those on the workers of a
+``distributed`` cluster, away from the process holding the locks and temporaries, and a
+failed computation never runs them. On a ``distributed`` client the scheduler optimises
+in its own process, so there ``__dask_postcompute__`` (called in the client) writes
+each target alone.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ _CURRENT: contextvars.ContextVar[_Pending | None] = contextvars.ContextVar(
     "lazyio_deferred", default=None)
 # key -> shared state of every DeferredWrite not yet finished; read by the optimiser
 _REGISTRY: dict[str, _Pending] = {}
-_REGISTRY_LOCK = threading.Lock()
+# re-entrant: a write dropped during garbage collection abandons itself under it
+_REGISTRY_LOCK = threading.RLock()
 # streamed writes whose commit a task of the computation waits for (see _optimize)
 _SETTLING: dict[str, _Pending] = {}
 
@@ -263,7 +266,8 @@ def _settle_key(token: str) -> None:
 def _take(keys: Iterable[Any]) -> dict[str, _Pending]:
     # each write is taken off the registry first, so it runs once whoever asks
     with _REGISTRY_LOCK:
-        return {k: _REGISTRY.pop(k) for k in keys if isinstance(k, str) and k in _REGISTRY}
+        found = {k: _REGISTRY.pop(k, None) for k in keys if isinstance(k, str)}
+    return {k: p for k, p in found.items() if p is not None}
 
 
 def run_keys(keys: Iterable[Any]) -> None:

@@ -17,7 +17,10 @@ which lives in :mod:`lazyio.formats.hyperspy`.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lazyio.deferred import DeferredWrite
 
 __all__ = ["PLUGIN_NAME", "file_reader", "file_writer", "is_registered", "load", "register",
            "save", "to_signal", "unregister"]
@@ -233,7 +236,7 @@ def load(
     return signals[0] if len(signals) == 1 else signals
 
 
-def save(signal: Any, target: Any, **kw: Any) -> None:
+def save(signal: Any, target: Any, **kw: Any) -> DeferredWrite | None:
     """Write a HyperSpy signal (lazy or not) with :func:`lazyio.save`.
 
     A lazy signal is written chunk by chunk without computing it first, so memory stays
@@ -248,8 +251,12 @@ def save(signal: Any, target: Any, **kw: Any) -> None:
         A local path or fsspec URL; the format comes from the extension (or ``format=``).
     **kw
         Keywords of :func:`lazyio.save` (``overwrite``, ``chunks``, ``storage_options``,
-        ``verify``, ...) and of the target format.
+        ``verify``, ``compute``, ...) and of the target format.
+
+    Returns
+    -------
+    None, or with ``compute=False`` the delayed write (see :func:`lazyio.save`)
     """
     from lazyio._api import save as lazyio_save
 
-    lazyio_save(target, signal, **kw)
+    return lazyio_save(target, signal, **kw)
