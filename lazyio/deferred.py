@@ -354,6 +354,11 @@ def save_deferred(target: Any, write: Callable[[], None]) -> DeferredWrite:
 def save_many(writes: Iterable[tuple[Any, ...] | DeferredWrite]) -> None:
     """Write several targets, of any formats, with one pass over the arrays they share.
 
+    Every target is written as :func:`lazyio.save` writes it (lock, temporary,
+    verification, commit); if one is refused before its data are streamed, nothing at
+    all is written, and if the computation fails no target is committed. Works on any
+    dask scheduler, a ``distributed`` client included.
+
     Parameters
     ----------
     writes : iterable of (target, signal), (target, signal, options) or DeferredWrite
@@ -361,11 +366,6 @@ def save_many(writes: Iterable[tuple[Any, ...] | DeferredWrite]) -> None:
         (or HyperSpy signal, or array), and a dict of its keywords (``format``,
         ``overwrite``, ``chunks``, ``verify``, format options, ...); or a write
         already returned by ``save(..., compute=False)``.
-
-    Every target is written as :func:`lazyio.save` writes it (lock, temporary,
-    verification, commit); if one is refused before its data are streamed, nothing at
-    all is written, and if the computation fails no target is committed. Works on any
-    dask scheduler, a ``distributed`` client included.
     """
     from lazyio._api import save
 
