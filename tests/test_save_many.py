@@ -233,3 +233,16 @@ def test_remote_targets_on_s3(s3_server):
     fs = fsspec.filesystem("s3", **options)
     fs.invalidate_cache()
     assert sorted(p.rsplit("/", 1)[1] for p in fs.ls(base)) == ["a.hspy", "a.zspy"]
+
+
+def test_leaving_python_with_an_uncomputed_write_leaves_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    script = ("import dask.array as da, lazyio\n"
+              "kept = [lazyio.save(f'{name}', da.ones((100, 100), chunks=10), compute=False,"
+              " show_progressbar=False) for name in ('a.zspy', 'a.hspy')]\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert listing(tmp_path) == []  # no temporary, no lock file
