@@ -144,8 +144,8 @@ def _abandon_all() -> None:
         _abandon(key)
 
 
-def _refuse(key: str) -> None:
-    raise WriteError(f"{key}: a delayed lazyio write runs while dask optimises the graph; "
+def _refuse(target: str) -> None:
+    raise WriteError(f"{target}: a delayed lazyio write runs while dask optimises the graph; "
                      "compute it with graph optimisation on (the default)")
 
 

@@ -102,7 +102,7 @@ def test_save_many_writes_every_target_in_one_pass(tmp_path):
     np.testing.assert_array_equal(loaded(path_for(tmp_path, "hspy")),
                                   expected().max(axis=(0, 1)))
     np.testing.assert_array_equal(np.load(path_for(tmp_path, "npy")), expected()[::2])
-    assert listing(tmp_path) == ["a.hspy", "a.zspy"]
+    assert listing(tmp_path) == ["a.hspy", "a.npy", "a.zspy"]
 
 
 @pytest.mark.parametrize("runner", ["dask.compute", "save_many"])
