@@ -212,6 +212,20 @@ def test_distributed_client(tmp_path, client):
     np.testing.assert_allclose(loaded(path_for(tmp_path, "hspy")), expected().sum(axis=(2, 3)))
     np.testing.assert_array_equal(loaded(path_for(tmp_path, "zspy", "b")), expected()[:, :, :5])
     assert listing(tmp_path) == ["a.hspy", "a.npy", "a.zspy", "b.zspy"]
+    # a block failing on a worker: nothing committed, no temporary, the old files intact
+    broken = source.map_blocks(_fail_on_second_row, dtype=source.dtype)
+    with pytest.raises(RuntimeError, match="unreadable on the worker"):
+        save_many([(path_for(tmp_path, fmt), broken, {"overwrite": True})
+                   for fmt in ("zspy", "hspy", "npy")])
+    assert listing(tmp_path) == ["a.hspy", "a.npy", "a.zspy", "b.zspy"]
+    np.testing.assert_array_equal(loaded(path_for(tmp_path, "zspy")), expected())
+
+
+def _fail_on_second_row(block: np.ndarray, block_info: dict[Any, Any] | None = None
+                        ) -> np.ndarray:
+    if block_info is not None and block_info[None]["chunk-location"][0] == 1:
+        raise RuntimeError("source block unreadable on the worker")
+    return block
 
 
 def test_remote_targets_on_s3(s3_server):
