@@ -53,11 +53,11 @@ JOURNAL_SUFFIX = ".journal"
 _VERSION = 1
 _logger = logging.getLogger("lazyio")
 
-# the fields of a write's description, in the order a refusal names them
-_FIELDS = (("format", "format"), ("source", "source data"), ("shape", "shape"),
-           ("dtype", "dtype"), ("chunks", "chunks"),
-           ("options", "writer options (compression, ...)"),
-           ("metadata", "metadata or axes"))
+# the fields of a write's description, in the order a refusal names them: the source
+# last, since a changed shape or dtype changes the source's token too
+_FIELDS = (("format", "format"), ("shape", "shape"), ("dtype", "dtype"),
+           ("chunks", "chunks"), ("options", "writer options (compression, ...)"),
+           ("metadata", "metadata or axes"), ("source", "source data"))
 
 _ACTIVE: contextvars.ContextVar[Resume | None] = contextvars.ContextVar("lazyio_resume",
                                                                         default=None)
@@ -110,8 +110,9 @@ def _mismatch(target: str, old: dict[str, Any], new: dict[str, str]) -> str:
     for key, words in _FIELDS:
         if old.get(key) != new.get(key):
             return (f"{target}: cannot resume: the interrupted write had another {words} "
-                    f"({old.get(key)} there, {new.get(key)} now); pass resume=False to "
-                    "start over (the interrupted write is then discarded)")
+                    f"({old.get(key)} there, {new.get(key)} now); nothing was written. "
+                    "To start over, write it again without resume=True (the "
+                    "interrupted write is then discarded)")
     return f"{target}: cannot resume: the interrupted write was of another kind"
 
 
