@@ -511,7 +511,8 @@ def _write_local(
         from lazyio.backends.journal import resumable
 
         # resume=True: an interrupted write of the same signal is kept and continued
-        with resumable(path, resuming) as resume, atomic_path(path, resume.keep) as tmp, \
+        with resumable(path, resuming) as resume, \
+                atomic_path(path, resume.keep, resuming is not None) as tmp, \
                 _named_as(tmp, location), resume.writing(tmp):
             if mode in ("update", "append") and exists:
                 # an update killed half-way must leave the old file whole: update a copy

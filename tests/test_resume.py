@@ -246,3 +246,53 @@ def test_cli_convert_resume(source: Path, tmp_path: Path, counted: dict[str, int
     assert code == 0, capsys.readouterr().err
     assert counted["written"] == BLOCKS - 2
     assert _checksum(target) == hashlib.blake2b(np.load(source).tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("fmt", ["npy", "hspy"])
+def test_resume_on_a_process_cluster(fmt: str, source: Path, tmp_path: Path, client: Any,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """HDF5 chunks are encoded on the workers and written (and journaled) by the process
+    holding the file; .npy blocks are written and journaled by the workers."""
+    ext, options = FORMATS[fmt]
+    target = tmp_path / f"out{ext}"
+    assert _run_killed(5, _save, source, target, options) == KILL_EXIT_CODE
+    runs: list[journal.Resume] = []
+    store = journal.Resume.store
+
+    def recorded(self: journal.Resume, *args: Any) -> None:
+        runs.append(self)
+        store(self, *args)
+
+    monkeypatch.setattr(journal.Resume, "store", recorded)
+    with dask.config.set(**CONFIG):
+        signal = lazyio.load(source, chunks=READ_CHUNKS)[0]
+        lazyio.save(target, signal, resume=True, show_progressbar=False, **options)
+    assert [(r.restored, r.written) for r in runs] == [(5, BLOCKS - 5)]
+    assert _checksum(target) == hashlib.blake2b(np.load(source).tobytes()).hexdigest()
+    assert _debris(tmp_path, target.name) == []
+
+
+def test_a_write_interrupted_by_ctrl_c_resumes_in_the_same_process(
+    source: Path, tmp_path: Path, counted: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "out.hspy"
+    options = FORMATS["hspy"][1]
+    record = journal.Journal.record
+    seen = []
+
+    def interrupted(self: journal.Journal, *args: Any) -> None:
+        record(self, *args)
+        seen.append(1)
+        if len(seen) == 6:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(journal.Journal, "record", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _save(source, target, options)
+    monkeypatch.setattr(journal.Journal, "record", record)
+    assert not target.exists()
+    counted.update(written=0)
+    _save(source, target, options)
+    assert counted["written"] == BLOCKS - 6
+    assert _checksum(target) == hashlib.blake2b(np.load(source).tobytes()).hexdigest()
+    assert _debris(tmp_path, target.name) == []

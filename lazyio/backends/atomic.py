@@ -225,7 +225,8 @@ def _replace(tmp: str, final_path: str) -> None:
 
 @contextlib.contextmanager
 def atomic_path(
-    final_path: str | os.PathLike[str], keep: Collection[str] = ()
+    final_path: str | os.PathLike[str], keep: Collection[str] = (),
+    keep_interrupted: bool = False,
 ) -> Iterator[str]:
     """Yield a temporary path to write; move it to ``final_path`` only on success.
 
@@ -245,6 +246,9 @@ def atomic_path(
     keep : collection of str
         Temporaries (path prefixes) of dead writers not to remove before writing: an
         interrupted write being resumed. Removed with the others once committed.
+    keep_interrupted : bool, default False
+        Leave the temporary in place when the write is interrupted by
+        ``KeyboardInterrupt`` (a resumable write: it continues from there).
     """
     final_path = os.path.abspath(os.fspath(final_path))
     clean_debris(final_path, keep)  # first: a dead writer's temporary may hold the space needed
@@ -253,8 +257,9 @@ def atomic_path(
         yield tmp
         checkpoint("written")
         _replace(tmp, final_path)
-    except BaseException:
-        remove_path(tmp)
+    except BaseException as err:
+        if not (keep_interrupted and isinstance(err, KeyboardInterrupt)):
+            remove_path(tmp)
         raise
     clean_debris(final_path)
     _fsync_directory(os.path.dirname(final_path))

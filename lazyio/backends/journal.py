@@ -238,10 +238,12 @@ class Resume:
         from dask.array.core import slices_from_chunks
 
         from lazyio.backends.progress import label_for
-        from lazyio.backends.store import progress
+        from lazyio.backends.store import progress, uses_distributed
 
         assert self.journal is not None
+        cluster = uses_distributed()
         todo: list[Any] = []
+        here: list[tuple[Any, Any, tuple[slice, ...], int]] = []  # written by this process
         plain: list[tuple[Any, Any]] = []
         nbytes = 0
         for index, (array, target) in enumerate(zip(arrays, targets, strict=True)):
@@ -253,21 +255,57 @@ class Resume:
             regions = slices_from_chunks(array.chunks)
             blocks = array.to_delayed().ravel()
             write = dask.delayed(_write_block, pure=False)
+            # HDF5 files are written by the process holding them: on a cluster the
+            # workers encode, this process writes (as store() does)
+            single = cluster and getattr(target, "single_writer", False)
             for region, block in zip(regions, blocks, strict=True):
                 if self._restore(index, adapter, region):
                     self.restored += 1
                     continue
-                todo.append(write(block, adapter, region, self.journal, index))
+                if single:
+                    here.append((adapter, block, region, index))
+                else:
+                    todo.append(write(block, adapter, region, self.journal, index))
                 nbytes += int(np.prod([s.stop - s.start for s in region])) * array.dtype.itemsize
-        self.written += len(todo)
+        self.written += len(todo) + len(here)
         if plain:
             todo.append(da.store([a for a, _ in plain], [t for _, t in plain], compute=False))
         _logger.info("%s: resuming, %d blocks restored, %d to write", self.final_path,
                      self.restored, self.written)
-        if not todo:
-            return
-        with progress(show_progressbar, label_for("writing"), nbytes):
-            dask.compute(*todo)
+        if todo:
+            with progress(show_progressbar, label_for("writing"), nbytes):
+                dask.compute(*todo)
+        if here:
+            self._write_here(here)
+
+    def _write_here(self, blocks: list[tuple[Any, Any, tuple[slice, ...], int]]) -> None:
+        """Encode blocks on the cluster, write and journal them here, a window at a time."""
+        import dask
+        from distributed import as_completed, default_client
+
+        assert self.journal is not None
+        client = default_client()
+        window = 2 * max(1, sum(client.nthreads().values()))
+        todo = iter(blocks)
+        places: dict[Any, tuple[Any, tuple[slice, ...], int]] = {}
+
+        def submit() -> Any:
+            item = next(todo, None)
+            if item is None:
+                return None
+            adapter, block, region, index = item
+            future = client.compute(dask.delayed(adapter.target.encode_block, pure=True)(
+                region, block))
+            places[future.key] = (adapter, region, index)
+            return future
+
+        pending = as_completed([f for f in (submit() for _ in range(window)) if f is not None])
+        for future in pending:
+            adapter, region, index = places.pop(future.key)
+            self.journal.record(index, region, adapter._write(future.result()))
+            nxt = submit()
+            if nxt is not None:
+                pending.add(nxt)
 
     def _restore(self, index: int, adapter: Any, region: tuple[slice, ...]) -> bool:
         if self.previous is None:
@@ -355,10 +393,10 @@ def resumable(final_path: str, description: dict[str, str] | None) -> Iterator[R
     resume.previous, resume.entries = _find_previous(final_path, description)
     try:
         yield resume
-    except BaseException:
-        # the new temporary is gone (atomic_path removed it): its journal goes too; the
-        # interrupted write stays, still resumable
-        if resume.journal is not None:
+    except BaseException as err:
+        # the new temporary is gone (atomic_path removed it; not after a Ctrl-C, which
+        # leaves it to be resumed): its journal goes too; the interrupted write stays
+        if resume.journal is not None and not isinstance(err, KeyboardInterrupt):
             _remove(resume.journal.path)
         raise
     if resume.journal is not None:
