@@ -82,9 +82,9 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     write = journal._write_block
     read = MemmapSource.read_box
 
-    def counting_write(*args: Any) -> None:
+    def counting_write(*args: Any, **kwargs: Any) -> None:
         counts["written"] += 1
-        write(*args)
+        write(*args, **kwargs)
 
     def counting_read(self: MemmapSource, box: tuple[slice, ...]) -> np.ndarray:
         counts["read"] += 1

@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import hashlib
 import json
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import product
@@ -236,6 +238,8 @@ class Resume:
         import dask
         import dask.array as da
         from dask.array.core import slices_from_chunks
+        from dask.delayed import Delayed
+        from dask.highlevelgraph import HighLevelGraph
 
         from lazyio.backends.progress import label_for
         from lazyio.backends.store import progress, uses_distributed
@@ -252,22 +256,36 @@ class Resume:
                 plain.append((array, target))
                 nbytes += int(array.nbytes)
                 continue
-            regions = slices_from_chunks(array.chunks)
-            blocks = array.to_delayed().ravel()
-            write = dask.delayed(_write_block, pure=False)
             # HDF5 files are written by the process holding them: on a cluster the
             # workers encode, this process writes (as store() does)
             single = cluster and getattr(target, "single_writer", False)
-            for region, block in zip(regions, blocks, strict=True):
+            (array,) = dask.optimize(array)  # its own optimisations (fused reads), as in store
+            name = f"lazyio-resume-{uuid.uuid4().hex}"
+            layer: dict[Any, Any] = {}
+            keys = product(*(range(len(c)) for c in array.chunks))
+            for n, (region, block) in enumerate(zip(slices_from_chunks(array.chunks), keys,
+                                                    strict=True)):
                 if self._restore(index, adapter, region):
                     self.restored += 1
                     continue
-                if single:
-                    here.append((adapter, block, region, index))
-                else:
-                    todo.append(write(block, adapter, region, self.journal, index))
                 nbytes += int(np.prod([s.stop - s.start for s in region])) * array.dtype.itemsize
-        self.written += len(todo) + len(here)
+                if single:
+                    here.append((adapter, Delayed((array.name, *block), array.dask,
+                                                  layer=array.name), region,
+                                 index))
+                    continue
+                # one task per block left, reading only its own source blocks: the graph
+                # is culled to these, so restored blocks are never computed
+                layer[(name, n)] = (functools.partial(
+                    _write_block, adapter=adapter, region=region, journal=self.journal,
+                    index=index), (array.name, *block))
+            if layer:
+                done = (name, "done")
+                layer[done] = (_done, list(layer))
+                graph = HighLevelGraph.from_collections(name, layer, dependencies=[array])
+                todo.append(Delayed(done, graph, layer=name))
+                self.written += len(layer) - 1
+        self.written += len(here)
         if plain:
             todo.append(da.store([a for a, _ in plain], [t for _, t in plain], compute=False))
         _logger.info("%s: resuming, %d blocks restored, %d to write", self.final_path,
@@ -325,10 +343,14 @@ class Resume:
         return True
 
 
-def _write_block(block: Any, adapter: Any, region: tuple[slice, ...], journal: Journal,
+def _write_block(block: Any, *, adapter: Any, region: tuple[slice, ...], journal: Journal,
                  index: int) -> None:
     # a dask task: write, then say so
     journal.record(index, region, adapter.write_recorded(region, block))
+
+
+def _done(_results: list[None]) -> None:
+    return None
 
 
 def _find_previous(final_path: str, description: dict[str, str]) -> tuple[
