@@ -137,6 +137,9 @@ def test_a_resumed_write_killed_again_resumes_again(
     assert _run_killed(3, _save, source, target, options) == KILL_EXIT_CODE
     # the second run restores 3 blocks (journaled again: chunk-1..3), writes 6, dies
     assert _run_killed(9, _save, source, target, options) == KILL_EXIT_CODE
+    # killed after restoring one block: its journal is newer but holds fewer blocks, and
+    # the next run continues the one with 9
+    assert _run_killed(1, _save, source, target, options) == KILL_EXIT_CODE
     _save(source, target, options)
     assert counted["written"] == BLOCKS - 9
     assert _checksum(target) == hashlib.blake2b(np.load(source).tobytes()).hexdigest()

@@ -47,7 +47,14 @@ from typing import Any
 
 import numpy as np
 
-from lazyio.backends.atomic import TMP_TAG, _siblings, checkpoint, owner_alive
+from lazyio.backends.atomic import (
+    _OWNED,
+    TMP_TAG,
+    _host_tag,
+    _siblings,
+    checkpoint,
+    owner_alive,
+)
 
 __all__ = ["JOURNAL_SUFFIX", "Journal", "Resume", "active", "describe_write", "resumable"]
 
@@ -365,13 +372,15 @@ def _find_previous(final_path: str, description: dict[str, str]) -> tuple[
     Called under the target's lock: no other writer of the target is alive, so a
     temporary of this very process is as finished as a dead one's.
     """
-    found: list[tuple[int, str, dict[Key, Any]]] = []
+    found: list[tuple[int, int, str, dict[Key, Any]]] = []
     other: tuple[int, dict[str, Any]] | None = None
     for journal in _siblings(final_path, TMP_TAG):
         if not journal.endswith(JOURNAL_SUFFIX):
             continue
         name = os.path.basename(journal)
-        mine = f"-{os.getpid()}-" in name.rpartition(TMP_TAG)[2][:30]
+        owner = _OWNED.match(name.rpartition(TMP_TAG)[2])
+        mine = owner is not None and owner["host"] == _host_tag() and int(
+            owner["pid"]) == os.getpid()
         if owner_alive(name) and not mine:
             continue
         temporary = journal[: -len(JOURNAL_SUFFIX)]
@@ -385,11 +394,13 @@ def _find_previous(final_path: str, description: dict[str, str]) -> tuple[
         except FileNotFoundError:
             continue
         if header.get("describe") == description:
-            found.append((mtime, temporary, entries))
+            found.append((len(entries), mtime, temporary, entries))
         elif other is None or mtime > other[0]:
             other = (mtime, dict(header.get("describe") or {}))
     if found:
-        _mtime, temporary, entries = max(found, key=lambda f: f[0])
+        # the one holding most blocks: a resumed write killed before it restored anything
+        # has a newer, emptier journal than the write it was resuming
+        _count, _mtime, temporary, entries = max(found, key=lambda f: (f[0], f[1]))
         return temporary, entries
     if other is not None:
         from lazyio.errors import ResumeMismatchError
