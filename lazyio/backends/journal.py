@@ -91,9 +91,16 @@ def _digest_array(block: Any, dtype: np.dtype[Any]) -> str:
 
 
 def _token(value: Any) -> str:
+    import dask
     from dask.base import tokenize
 
-    return str(tokenize(value))
+    # a value dask cannot tokenize deterministically would get a random token, and every
+    # resumption would then be refused: its text stands in for it
+    try:
+        with dask.config.set({"tokenize.ensure-deterministic": True}):
+            return str(tokenize(value))
+    except (RuntimeError, TypeError, ValueError):
+        return str(tokenize(repr(value)))
 
 
 def describe_write(
