@@ -51,7 +51,7 @@ __all__ = ["check_keywords", "is_store_object", "load", "save"]
 LOAD_KEYWORDS = frozenset({"format", "lazy", "chunks", "storage_options", "untrusted",
                            "allow_external"})
 SAVE_KEYWORDS = frozenset({"format", "overwrite", "chunks", "show_progressbar",
-                           "storage_options", "verify", "compute"})
+                           "storage_options", "verify", "compute", "resume"})
 
 
 def is_store_object(source: Any) -> bool:
@@ -243,6 +243,7 @@ def save(
     storage_options: dict[str, Any] | None = None,
     verify: bool = False,
     compute: bool = True,
+    resume: bool = False,
     **options: Any,
 ) -> DeferredWrite | None:
     """Write a signal dictionary (or a bare numpy/dask array) to a file.
@@ -282,6 +283,14 @@ def save(
         for several, one pass over the data they share; see
         :func:`~lazyio.deferred.save_many`) streams the data, verifies and commits.
         Dropping it uncomputed, or ``.abort()``, writes nothing.
+    resume : bool, default False
+        Continue an interrupted write of the same signal to the same local target: the
+        blocks a killed writer left in its temporary (checked against the digests of its
+        journal) are kept and not computed, the others written, then the usual commit.
+        An interrupted write of another source or with other options raises
+        :class:`~lazyio.errors.ResumeMismatchError`; with nothing to resume it is a
+        normal write that can itself be resumed. Remote targets, store objects and
+        in-place updates raise :class:`~lazyio.errors.UnsupportedError`.
     **options
         Format-specific options (``compression`` for hspy, ``compressor``,
         ``store_type`` and ``zarr_format`` for zspy, ...); any other keyword raises
@@ -294,16 +303,23 @@ def save(
     if compute is False:
         from lazyio.deferred import save_deferred
 
+        if resume is True:
+            # a deferred write streams through one shared store() call, outside the journal
+            raise UnsupportedError(
+                f"{target}: resume=True cannot be combined with compute=False; nothing was "
+                "written"
+            )
+
         def write() -> None:
             write_with("save", target, signal, format=format, overwrite=overwrite,
                        chunks=chunks, show_progressbar=show_progressbar,
                        storage_options=storage_options, verify=verify, compute=True,
-                       options=options)
+                       resume=resume, options=options)
 
         return save_deferred(target, write)
     write_with("save", target, signal, format=format, overwrite=overwrite, chunks=chunks,
                show_progressbar=show_progressbar, storage_options=storage_options,
-               verify=verify, compute=compute, options=options)
+               verify=verify, compute=compute, resume=resume, options=options)
     return None
 
 
@@ -322,6 +338,7 @@ def write_with(
     compute: bool,
     options: dict[str, Any],
     own_keywords: Collection[str] = SAVE_KEYWORDS,
+    resume: bool = False,
 ) -> None:
     """The write pipeline behind :func:`save`, ``convert`` and the RosettaSciIO-style
     ``file_writer``s (``caller`` names the public function in keyword errors)."""
@@ -340,10 +357,12 @@ def write_with(
             "written"
         )
     for name, value in (("compute", compute), ("overwrite", overwrite),
-                        ("verify", verify), ("show_progressbar", show_progressbar)):
+                        ("verify", verify), ("show_progressbar", show_progressbar),
+                        ("resume", resume)):
         _check_bool(name, value)
     signal = as_signal_dict(signal)
     plugin.check_write(where, signal, options)
+    resuming = _resume_description(where, plugin, signal, chunks, options) if resume else None
     common = {"chunks": chunks, "show_progressbar": show_progressbar, **options}
     from lazyio.backends.progress import target_name
 
@@ -359,10 +378,27 @@ def write_with(
             if check is not None:
                 check(target, False)
         else:
-            _write_location(plugin, where, signal, overwrite, common, check)
+            _write_location(plugin, where, signal, overwrite, common, check, resuming)
 
 
 _Check = Callable[[Any, bool], None]
+
+
+def _resume_description(
+    where: Any, plugin: FormatPlugin, signal: dict[str, Any], chunks: Chunks,
+    options: dict[str, Any],
+) -> dict[str, str]:
+    """What identifies a resumable write (:func:`lazyio.backends.journal.describe_write`);
+    refuse ``resume=True`` where there is no local temporary to resume."""
+    from lazyio.backends.journal import describe_write
+
+    if not isinstance(where, Location) or where.local_path is None:
+        raise UnsupportedError(f"{where}: resume=True needs a local target (remote targets "
+                               "and store objects cannot be resumed); nothing was written")
+    if plugin.write_mode(options) != "create":
+        raise UnsupportedError(f"{where}: resume=True resumes the writing of a new file, "
+                               "not an update or an append; nothing was written")
+    return describe_write(plugin.name, signal, chunks, options)
 
 
 def _verify(
@@ -385,9 +421,10 @@ def _verify(
 def _write_location(
     plugin: FormatPlugin, location: Location, signal: dict[str, Any], overwrite: bool,
     common: dict[str, Any], check: _Check | None = None,
+    resuming: dict[str, str] | None = None,
 ) -> None:
     if location.local_path is not None:
-        _write_local(plugin, location, signal, overwrite, common, check)
+        _write_local(plugin, location, signal, overwrite, common, check, resuming)
         return
     from lazyio import handles
     from lazyio.backends.atomic import remote_temporary, upload_temporary
@@ -458,6 +495,7 @@ def _write_remote_store(
 def _write_local(
     plugin: FormatPlugin, location: Location, signal: dict[str, Any], overwrite: bool,
     common: dict[str, Any], check: _Check | None = None,
+    resuming: dict[str, str] | None = None,
 ) -> None:
     """Write a local target: refuse what must not be replaced, take the target's lock,
     recover a swap a dead writer left half-done, write a temporary, rename it."""
@@ -497,7 +535,12 @@ def _write_local(
             if check is not None:
                 check(location, False)  # an updated store is the user's: never removed
             return
-        with atomic_path(path) as tmp, _named_as(tmp, location):
+        from lazyio.backends.journal import resumable
+
+        # resume=True: an interrupted write of the same signal is kept and continued
+        with resumable(path, resuming) as resume, \
+                atomic_path(path, resume.keep, resuming is not None) as tmp, \
+                _named_as(tmp, location), resume.writing(tmp):
             if mode in ("update", "append") and exists:
                 # an update killed half-way must leave the old file whole: update a copy
                 copy_for_update(path, tmp)

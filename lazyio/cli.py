@@ -32,6 +32,7 @@ _FLAG_WORDS = (
     (re.compile(r"\bpass format=\s*"), "pass --format, "),
     (re.compile(r"(?<![\w-])format=(?=\s|$)"), "--format"),
     (re.compile(r"\bverify=True\b"), "--verify"),
+    (re.compile(r"\bresume=True\b"), "--resume"),
     (re.compile(r"\bstorage_options\b"), "--storage-option"),
 )
 
@@ -240,7 +241,7 @@ def _convert(args: argparse.Namespace) -> int:
     with _scheduler(args.scheduler), _warnings_to_stderr(), record_phases() as recorded:
         written = convert(
             args.src, args.dst, format=args.format, chunks=args.chunks,
-            overwrite=args.overwrite, verify=args.verify,
+            overwrite=args.overwrite, verify=args.verify, resume=args.resume,
             storage_options=_storage_options(args.storage_option),
             target_storage_options=_storage_options(args.target_storage_option),
             show_progressbar=not args.no_progress, **kwds,
@@ -337,6 +338,9 @@ def _parser(full_help: bool = True) -> argparse.ArgumentParser:
                            "distributed scheduler")
     conv.add_argument("--verify", action="store_true",
                       help="re-read the result and compare chunk checksums")
+    conv.add_argument("--resume", action="store_true",
+                      help="continue a killed conversion of the same source to the same "
+                           "target, keeping the blocks it wrote")
     conv.add_argument("--no-progress", action="store_true", help="no progress bar")
     conv.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
                       help="fsspec option for the source (and a target of the same kind)")

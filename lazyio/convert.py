@@ -24,7 +24,8 @@ __all__ = ["convert", "lost_in_conversion"]
 
 # convert's own keywords, named in keyword errors beside the target writer's options
 _CONVERT_KEYWORDS = frozenset({"format", "chunks", "overwrite", "verify", "storage_options",
-                               "target_storage_options", "show_progressbar", "compute"})
+                               "target_storage_options", "show_progressbar", "compute",
+                               "resume"})
 
 # what every signal has, even one read from a file without metadata
 _DEFAULT_METADATA = {("General", "title"), ("Signal", "signal_type")}
@@ -118,6 +119,7 @@ def convert(
     storage_options: dict[str, Any] | None = None,
     target_storage_options: dict[str, Any] | None = None,
     show_progressbar: bool = True,
+    resume: bool = False,
     **writer_kwds: Any,
 ) -> list[str]:
     """Convert a file from any supported format to any other, streamed.
@@ -155,6 +157,11 @@ def convert(
         fsspec options for ``dst``.
     show_progressbar : bool, default True
         Show a progress bar with throughput while writing.
+    resume : bool, default False
+        Continue a conversion of the same source to the same local target that was
+        killed: the blocks it wrote (checked against their digests) are kept and not
+        read again (``lazyio.save(..., resume=True)``). A target already complete
+        (another signal of a multi-signal source) exists and needs ``overwrite=True``.
     **writer_kwds
         Options of the target's writer (``compression`` for hspy, ``compressor`` and
         ``zarr_format`` for zspy, ...); any other keyword raises ``TypeError`` before
@@ -208,7 +215,7 @@ def convert(
             )
         save(out, signal, format=target_format, overwrite=overwrite,
              chunks=_storage_chunks(chunks, signal, plugin.capabilities),
-             show_progressbar=show_progressbar, **writer_kwds)
+             show_progressbar=show_progressbar, resume=resume, **writer_kwds)
         written.append(out.url)
     return written
 

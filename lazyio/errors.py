@@ -111,6 +111,12 @@ class VerificationError(LazyioError):
     """What was written does not read back equal to its source (``verify=True``)."""
 
 
+class ResumeMismatchError(LazyioError, ValueError):
+    """``resume=True`` found an interrupted write of the target made from another source
+    or with other options (shape, dtype, chunks, compression, metadata); nothing was
+    written."""
+
+
 def _library_errors() -> tuple[type[BaseException], ...]:
     # what h5py, zarr, numcodecs, zipfile, json and numpy raise on damaged input
     import json

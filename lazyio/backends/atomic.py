@@ -33,7 +33,7 @@ import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -146,13 +146,17 @@ def _siblings(final_path: str, tag: str) -> list[str]:
     return glob.glob(os.path.join(glob.escape(head), f".{glob.escape(tail)}{tag}*"))
 
 
-def clean_debris(final_path: str | os.PathLike[str]) -> list[str]:
+def clean_debris(final_path: str | os.PathLike[str], keep: Collection[str] = ()) -> list[str]:
     """Remove the temporaries of dead writers of ``final_path``; return what was removed.
 
-    A temporary whose owner is alive (another process writing now) is left alone.
+    A temporary whose owner is alive (another process writing now) is left alone, and so
+    is one whose path starts with an entry of ``keep`` (an interrupted write being
+    resumed, with its journal: see :mod:`lazyio.backends.journal`).
     """
     removed = []
     for stale in _siblings(os.fspath(final_path), TMP_TAG):
+        if any(stale.startswith(k) for k in keep):
+            continue
         if not owner_alive(os.path.basename(stale)):
             remove_path(stale)
             removed.append(stale)
@@ -220,7 +224,10 @@ def _replace(tmp: str, final_path: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(final_path: str | os.PathLike[str]) -> Iterator[str]:
+def atomic_path(
+    final_path: str | os.PathLike[str], keep: Collection[str] = (),
+    keep_interrupted: bool = False,
+) -> Iterator[str]:
     """Yield a temporary path to write; move it to ``final_path`` only on success.
 
     Works for files and directories. An existing target is replaced only after the new
@@ -236,16 +243,23 @@ def atomic_path(final_path: str | os.PathLike[str]) -> Iterator[str]:
     ------
     str
         The temporary path to write (a file or a directory); it does not exist yet.
+    keep : collection of str
+        Temporaries (path prefixes) of dead writers not to remove before writing: an
+        interrupted write being resumed. Removed with the others once committed.
+    keep_interrupted : bool, default False
+        Leave the temporary in place when the write is interrupted by
+        ``KeyboardInterrupt`` (a resumable write: it continues from there).
     """
     final_path = os.path.abspath(os.fspath(final_path))
-    clean_debris(final_path)  # first: a dead writer's temporary may hold the space needed
+    clean_debris(final_path, keep)  # first: a dead writer's temporary may hold the space needed
     tmp = temporary_sibling(final_path)
     try:
         yield tmp
         checkpoint("written")
         _replace(tmp, final_path)
-    except BaseException:
-        remove_path(tmp)
+    except BaseException as err:
+        if not (keep_interrupted and isinstance(err, KeyboardInterrupt)):
+            remove_path(tmp)
         raise
     clean_debris(final_path)
     _fsync_directory(os.path.dirname(final_path))

@@ -75,6 +75,12 @@ def store(
     if not sources:
         return
     arrays = [s if isinstance(s, da.Array) else da.from_array(s, chunks=-1) for s in sources]
+    from lazyio.backends.journal import active
+
+    resume = active()
+    if resume is not None:  # a resumable write: journaled blocks are restored, not computed
+        resume.store(arrays, list(targets), show_progressbar)
+        return
     if uses_distributed():
         _store_distributed(arrays, list(targets), show_progressbar, lock)
         return
