@@ -299,3 +299,10 @@ def test_a_write_interrupted_by_ctrl_c_resumes_in_the_same_process(
     assert counted["written"] == BLOCKS - 6
     assert _checksum(target) == hashlib.blake2b(np.load(source).tobytes()).hexdigest()
     assert _debris(tmp_path, target.name) == []
+
+
+def test_resume_with_compute_false_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    target = tmp_path / "deferred.npy"
+    with pytest.raises(UnsupportedError, match="resume=True cannot be combined"):
+        lazyio.save(target, np.zeros((4, 4)), resume=True, compute=False)
+    assert list(tmp_path.iterdir()) == []
