@@ -55,7 +55,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks import netshape  # noqa: E402
+from benchmarks import netshape
 
 DATASET = "Experiments/bench/data"
 SIGNAL = (3, 5)
@@ -238,8 +238,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             url = f"{base}/{name}"
             out: dict[str, Any] = {}
             for cname, c in clients.items():
-                c["open"](url)  # imports and connections warm: the counted open is cold
-                handle, opened = _counted(server, lambda c=c: c["open"](url))
+                c["signal"](c["open"](url))  # imports and connections warm: counted cold
+                handle, opened = _counted(server, lambda c=c, u=url: c["open"](u))
                 got, one = _counted(server, lambda c=c, h=handle: c["signal"](h))
                 if int(np.asarray(got).sum(dtype=np.int64)) != sums[signal_key]:
                     raise AssertionError(f"{cname} read a wrong signal of {name}")
@@ -249,7 +249,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
                 for cname in order:
                     c = clients[cname]
                     opener = c.get("full_open", c["open"])
-                    data, st = _counted(server, lambda c=c, o=opener: c["full"](o(url)))
+                    data, st = _counted(server, lambda c=c, o=opener, u=url: c["full"](o(u)))
                     if int(np.asarray(data).sum(dtype=np.int64)) != sums[name]:
                         raise AssertionError(f"{cname} read wrong data from {name}")
                     out[cname]["full"].append(st)

@@ -70,8 +70,8 @@ def namespace_available() -> tuple[bool, str]:
     try:
         proc = subprocess.run(
             ["unshare", "--net", "sh", "-c",
-             "ip link set lo up && tc qdisc replace dev lo root tbf rate 1gbit "
-             "burst 512kb latency 50ms"],
+             ("ip link set lo up && tc qdisc replace dev lo root tbf rate 1gbit "
+              "burst 512kb latency 50ms")],
             capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as err:
         return False, str(err)
