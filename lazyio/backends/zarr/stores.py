@@ -565,6 +565,11 @@ class _MetadataCache(WrapperStore[Store]):
     async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
         if byte_range is not None or not _is_doc(key):
             return await self._store.get(key, prototype, byte_range)
+        if "/" not in key and not self._walked:
+            # a document of the root: a load starts walking the tree (an array opened by
+            # a task asks for its own documents only, and walks nothing)
+            self._walked = True
+            await self._walk()
         if key not in self._docs:
             self._docs[key] = await self._store.get(key, prototype)
         return self._docs[key]
