@@ -266,7 +266,7 @@ class ShapedServer:
         return f"http://{HOST}:{self.port}"
 
     def _spawn(self, *args: str) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "AWS_ACCESS_KEY_ID": "testing",
+        env = {**os.environ, "PYTHONPATH": _pythonpath(), "AWS_ACCESS_KEY_ID": "testing",
                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
         self.procs.append(subprocess.Popen(
             [sys.executable, "-m", "benchmarks.netshape", *args], cwd=ROOT, env=env,
@@ -328,10 +328,15 @@ class ShapedServer:
 # --------------------------------------------------------------------------- entry points
 
 
+def _pythonpath() -> str:
+    # the caller's PYTHONPATH first (a lazyio to compare), then this checkout
+    return os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(ROOT)) if p)
+
+
 def run_in_namespace(func: str, spec: dict[str, Any], timeout: float = 1800) -> Any:
     """Run ``benchmarks.<module>:<function>(spec)`` (``func``) in a fresh process inside a
     new network namespace; return its JSON answer (the last line it prints)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": _pythonpath()}
     proc = subprocess.run(
         ["unshare", "--net", "--", sys.executable, "-m", "benchmarks.netshape", "call",
          func, json.dumps(spec)], cwd=ROOT, env=env, capture_output=True, text=True,

@@ -762,10 +762,11 @@ def pinned_store(spec: StoreSpec, token: str) -> Store:
         return open_store(spec)
 
     def opener() -> Store:
-        # a local store is the one the load opened, if it is still that version: opening
-        # a zip again parses its whole central directory (seconds for 40,000 members)
-        store = open_store(spec) if isinstance(spec, DirSpec | ZipSpec) and \
-            spec.location.local_path is not None else _make_store(spec, True)
+        # the store the load opened, if it is still that version: opening a zip again
+        # parses its whole central directory (seconds for 40,000 members), and a remote
+        # store's remembered metadata spares a task's first read 1-3 round trips
+        store = open_store(spec) if isinstance(spec, DirSpec | ZipSpec) \
+            else _make_store(spec, True)
         if isinstance(store, SafeLocalStore | SafeZipStore):
             if store.version_token() != token:
                 raise StaleFileError(
