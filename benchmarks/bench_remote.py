@@ -3,9 +3,10 @@ kerchunk references and zarr-python 3, for the gzip .hspy, the .zspy and the .np
 
 Method (see :mod:`benchmarks.netshape`): everything runs in a private network namespace
 whose loopback rate is limited by a root ``tbf`` qdisc; the Range HTTP server of
-``tests/servers.py`` sits behind a delaying proxy that adds the round-trip time and
-counts requests, round trips and the bytes sent to the client. Two links: 10 ms RTT +
-1 Gbit/s and 50 ms RTT + 100 Mbit/s.
+``tests/servers.py`` and moto's S3 server each sit behind a delaying proxy that adds the
+round-trip time and counts requests, round trips and the bytes sent to the client. Two
+links: 10 ms RTT + 1 Gbit/s and 50 ms RTT + 100 Mbit/s. S3 is measured without
+``--quick`` only, with one repetition fewer (moto is slow to serve).
 
 The files: a seeded detector-like stack (Poisson counts with a bright disk), uint16,
 (64, 64, 128, 128) = 134 MB (``--quick``: (16, 16, 64, 64)), in chunks of one half scan
@@ -135,21 +136,21 @@ def _kerchunk_refs(url: str) -> dict[str, Any]:
     return dict(SingleHdf5ToZarr(url, inline_threshold=0).translate())
 
 
-def _kerchunk_array(url: str, refs: dict[str, Any]) -> Any:
+def _kerchunk_array(url: str, refs: dict[str, Any], protocol: str) -> Any:
     import fsspec
     import zarr
     from zarr.storage import FsspecStore
 
-    fs = fsspec.filesystem("reference", fo=refs, remote_protocol="http",
+    fs = fsspec.filesystem("reference", fo=refs, remote_protocol=protocol,
                            remote_options={"asynchronous": True}, asynchronous=True)
     return zarr.open_array(FsspecStore(fs, read_only=True, path=DATASET), mode="r",
                            zarr_format=2)
 
 
-def _kerchunk_client(url: str) -> dict[str, Callable[..., Any]]:
+def _kerchunk_client(url: str, protocol: str) -> dict[str, Callable[..., Any]]:
     refs = _kerchunk_refs(url)  # made beforehand for the full read, as one would
-    return {"open": lambda u: _kerchunk_array(u, _kerchunk_refs(u)),
-            "full_open": lambda u: _kerchunk_array(u, refs),
+    return {"open": lambda u: _kerchunk_array(u, _kerchunk_refs(u), protocol),
+            "full_open": lambda u: _kerchunk_array(u, refs, protocol),
             "signal": lambda a: a[SIGNAL], "full": lambda a: a[...]}
 
 
@@ -205,9 +206,53 @@ def _counted(server: netshape.ShapedServer, fn: Callable[[], Any]) -> tuple[Any,
     return out, {**server.stats(), "seconds": seconds}
 
 
+def _measure_formats(server: netshape.ShapedServer, url_of: Callable[[str], str],
+                     sums: dict[str, int], repeat: int, protocol: str) -> dict[str, Any]:
+    """Open, one signal and full reads of every format with every client."""
+    results: dict[str, Any] = {}
+    cases = {
+        "hspy": ("bench.hspy", "signal", {
+            "lazyio": _lazyio_client(), "h5py on fsspec file": _h5py_client(),
+            "kerchunk + zarr": _kerchunk_client(url_of("bench.hspy"), protocol)}),
+        "zspy": ("bench.zspy", "signal", {
+            "lazyio": _lazyio_client(), "zarr-python 3 on fsspec": _zarr_client()}),
+        "npy": ("bench.npy", "npy_signal", {
+            "lazyio": _lazyio_client(), "numpy on fsspec file": _numpy_client()}),
+    }
+    for fmt, (name, signal_key, clients) in cases.items():
+        url = url_of(name)
+        out: dict[str, Any] = {}
+        for cname, c in clients.items():
+            c["signal"](c["open"](url))  # imports and connections warm: counted cold
+            handle, opened = _counted(server, lambda c=c, u=url: c["open"](u))
+            got, one = _counted(server, lambda c=c, h=handle: c["signal"](h))
+            if int(np.asarray(got).sum(dtype=np.int64)) != sums[signal_key]:
+                raise AssertionError(f"{cname} read a wrong signal of {name}")
+            out[cname] = {"open": opened, "signal": one, "full": []}
+        for rep in range(repeat):
+            order = list(clients) if rep % 2 == 0 else list(reversed(clients))
+            for cname in order:
+                c = clients[cname]
+                opener = c.get("full_open", c["open"])
+                data, st = _counted(server, lambda c=c, o=opener, u=url: c["full"](o(u)))
+                if int(np.asarray(data).sum(dtype=np.int64)) != sums[name]:
+                    raise AssertionError(f"{cname} read wrong data from {name}")
+                out[cname]["full"].append(st)
+                del data
+        for v in out.values():
+            full = v.pop("full")
+            v["full_seconds"] = statistics.median(s["seconds"] for s in full)
+            v["wire_rate"] = statistics.median(s["bytes_down"] / s["seconds"] for s in full)
+            v["full_requests"] = statistics.median(s["requests"] for s in full)
+            v["full_bytes"] = statistics.median(s["bytes_down"] for s in full)
+        results[fmt] = out
+    return results
+
+
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Inside a fresh network namespace: shape ``lo``, serve, measure (see the module)."""
     import dask
+    import fsspec
 
     dask.config.set(scheduler="threads")
     link = netshape.Link(*spec["link"])
@@ -216,51 +261,28 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with netshape.ShapedServer("http", root, link.rtt, root=root) as server:
         base = server.base_url
-        # the plain stream: one GET of the whole .hspy file
-        import fsspec
-
         fs = fsspec.filesystem("http")
         plain = []
-        for _ in range(max(1, repeat)):
+        for _ in range(max(1, repeat)):  # the plain stream: one GET of the whole .hspy
             _, st = _counted(server, lambda: fs.cat_file(f"{base}/bench.hspy"))
             plain.append(st["bytes_down"] / st["seconds"])
         results["plain_get"] = statistics.median(plain)
-        cases = {
-            "hspy": ("bench.hspy", "signal", {
-                "lazyio": _lazyio_client(), "h5py on fsspec file": _h5py_client(),
-                "kerchunk + zarr": _kerchunk_client(f"{base}/bench.hspy")}),
-            "zspy": ("bench.zspy", "signal", {
-                "lazyio": _lazyio_client(), "zarr-python 3 on fsspec": _zarr_client()}),
-            "npy": ("bench.npy", "npy_signal", {
-                "lazyio": _lazyio_client(), "numpy on fsspec file": _numpy_client()}),
-        }
-        for fmt, (name, signal_key, clients) in cases.items():
-            url = f"{base}/{name}"
-            out: dict[str, Any] = {}
-            for cname, c in clients.items():
-                c["signal"](c["open"](url))  # imports and connections warm: counted cold
-                handle, opened = _counted(server, lambda c=c, u=url: c["open"](u))
-                got, one = _counted(server, lambda c=c, h=handle: c["signal"](h))
-                if int(np.asarray(got).sum(dtype=np.int64)) != sums[signal_key]:
-                    raise AssertionError(f"{cname} read a wrong signal of {name}")
-                out[cname] = {"open": opened, "signal": one, "full": []}
-            for rep in range(repeat):
-                order = list(clients) if rep % 2 == 0 else list(reversed(clients))
-                for cname in order:
-                    c = clients[cname]
-                    opener = c.get("full_open", c["open"])
-                    data, st = _counted(server, lambda c=c, o=opener, u=url: c["full"](o(u)))
-                    if int(np.asarray(data).sum(dtype=np.int64)) != sums[name]:
-                        raise AssertionError(f"{cname} read wrong data from {name}")
-                    out[cname]["full"].append(st)
-                    del data
-            for v in out.values():
-                full = v.pop("full")
-                v["full_seconds"] = statistics.median(s["seconds"] for s in full)
-                v["wire_rate"] = statistics.median(s["bytes_down"] / s["seconds"] for s in full)
-                v["full_requests"] = statistics.median(s["requests"] for s in full)
-                v["full_bytes"] = statistics.median(s["bytes_down"] for s in full)
-            results[fmt] = out
+        results["http"] = _measure_formats(server, lambda n: f"{base}/{n}", sums, repeat,
+                                           "http")
+    if spec.get("s3"):
+        # s3fs (botocore) reads the endpoint and keys from the environment: every client
+        # takes plain s3:// URLs
+        os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                          AWS_DEFAULT_REGION="us-east-1")
+        with netshape.ShapedServer("s3", root, link.rtt) as s3:
+            os.environ["AWS_ENDPOINT_URL"] = s3.base_url
+            s3fs = fsspec.filesystem("s3")
+            s3fs.mkdir("bench")
+            for name in ("bench.hspy", "bench.zspy", "bench.npy"):
+                s3fs.put(os.path.join(root, name), f"bench/{name}",
+                         recursive=name.endswith(".zspy"))
+            results["s3"] = _measure_formats(s3, lambda n: f"s3://bench/{n}", sums,
+                                             max(1, repeat - 1), "s3")
     return results
 
 
@@ -279,7 +301,7 @@ def run(quick: bool = False, repeat: int | None = None) -> list[dict[str, Any]]:
             res = netshape.run_in_namespace(
                 "benchmarks.bench_remote:measure",
                 {"link": [link.rtt, link.rate_bits], "root": root, "sums": sums,
-                 "repeat": repeat})
+                 "repeat": repeat, "s3": not quick})
             rows += _rows(link, res)
     return rows
 
@@ -288,35 +310,45 @@ def _rows(link: netshape.Link, res: dict[str, Any]) -> list[dict[str, Any]]:
     rate = link.rate_bytes / 1e6
     plain = res["plain_get"] / 1e6
     rows = []
-    for fmt in ("hspy", "zspy", "npy"):
-        out = res[fmt]
-        lz = out["lazyio"]
-        others = [k for k in out if k != "lazyio"]
+    for server, where in (("http", "HTTP"), ("s3", "S3 (moto)")):
+        if server not in res:
+            continue
+        for fmt in ("hspy", "zspy", "npy"):
+            rows += _format_rows(res[server][fmt], f"{fmt} over {where}, {link.label}",
+                                 rate, plain if server == "http" else None)
+    return rows
+
+
+def _format_rows(out: dict[str, Any], label: str, rate: float, plain: float | None
+                 ) -> list[dict[str, Any]]:
+    lz = out["lazyio"]
+    others = [k for k in out if k != "lazyio"]
+    rows = []
+    for i, other in enumerate(others):
+        b = out[other]
+        note = ""
+        if i == 0:
+            note = (f"{lz['full_bytes'] / 1e6:.1f} MB on the wire in "
+                    f"{lz['full_requests']:.0f} requests (baseline {b['full_bytes'] / 1e6:.1f}"
+                    f" MB in {b['full_requests']:.0f})")
+            if plain is not None:
+                note += f"; one plain GET of the .hspy on this link: {plain:.1f} MB/s"
+        rows.append({
+            "measure": f"{label}: full read on the wire", "lazyio": lz["wire_rate"] / 1e6,
+            "baseline": b["wire_rate"] / 1e6, "baseline_name": other, "unit": "MB/s",
+            "limit": rate, "targets": [("share", TARGET_SHARE)] if i == 0 else [],
+            "note": note})
+    for what, target in (("open", OPEN_ROUND_TRIPS), ("signal", SIGNAL_ROUND_TRIPS)):
         for i, other in enumerate(others):
-            b = out[other]
-            note = ""
-            if i == 0:
-                note = (f"{lz['full_bytes'] / 1e6:.1f} MB on the wire in "
-                        f"{lz['full_requests']:.0f} requests (baseline "
-                        f"{b['full_bytes'] / 1e6:.1f} MB in {b['full_requests']:.0f}); one "
-                        f"plain GET of the .hspy on this link: {plain:.1f} MB/s")
+            b = out[other][what]
             rows.append({
-                "measure": f"{fmt} full read, {link.label}, on the wire",
-                "lazyio": lz["wire_rate"] / 1e6, "baseline": b["wire_rate"] / 1e6,
-                "baseline_name": other, "unit": "MB/s", "limit": rate,
-                "targets": [("share", TARGET_SHARE)] if i == 0 else [], "note": note})
-        for what, target in (("open", OPEN_ROUND_TRIPS), ("signal", SIGNAL_ROUND_TRIPS)):
-            for i, other in enumerate(others):
-                b = out[other][what]
-                label = "open" if what == "open" else "one signal after open"
-                rows.append({
-                    "measure": f"{fmt} {label}, {link.label}",
-                    "lazyio": lz[what]["round_trips"], "baseline": b["round_trips"],
-                    "baseline_name": other, "unit": "round trips",
-                    "targets": [("max", target)] if i == 0 else [],
-                    "note": (f"lazyio {lz[what]['requests']} requests, "
-                             f"{lz[what]['seconds'] * 1e3:.0f} ms; {other} "
-                             f"{b['requests']} requests, {b['seconds'] * 1e3:.0f} ms")})
+                "measure": f"{label}: {'open' if what == 'open' else 'one signal after open'}",
+                "lazyio": lz[what]["round_trips"], "baseline": b["round_trips"],
+                "baseline_name": other, "unit": "round trips",
+                "targets": [("max", target)] if i == 0 else [],
+                "note": (f"lazyio {lz[what]['requests']} requests, "
+                         f"{lz[what]['seconds'] * 1e3:.0f} ms; {other} "
+                         f"{b['requests']} requests, {b['seconds'] * 1e3:.0f} ms")})
     return rows
 
 

@@ -633,11 +633,14 @@ class _ReadAhead:
         self._items: OrderedDict[tuple[str, str, int, int], tuple[Any, int, float]] = OrderedDict()
         self._bytes = 0
         self._own: dict[tuple[str, str, int, int], int] = {}
+        self._done: OrderedDict[tuple[str, str, int, int], float] = OrderedDict()
         self._pid = os.getpid()
 
     def _expire(self) -> None:
         if os.getpid() != self._pid:  # a forked child: the parent's futures are not ours
             self._items.clear()
+            self._own.clear()
+            self._done.clear()
             self._bytes, self._pid = 0, os.getpid()
         now = time.monotonic()
         while self._items:
@@ -651,10 +654,19 @@ class _ReadAhead:
         with self._lock:
             self._expire()
             item = self._items.pop(key, None)
+            self._delivered(key)
             if item is None:
                 return None
             self._bytes -= item[1]
             return item[0]
+
+    def _delivered(self, key: tuple[str, str, int, int]) -> None:
+        # a range a read has had is not read ahead again: tasks run out of file order,
+        # and a range fetched again for a read that already happened is never taken
+        self._done[key] = time.monotonic()
+        self._done.move_to_end(key)
+        while len(self._done) > _DONE_KEYS:
+            self._done.popitem(last=False)
 
     def fetching(self, keys: list[tuple[str, str, int, int]], started: bool) -> None:
         """Note ranges a read is fetching for itself (none is read ahead meanwhile)."""
@@ -665,9 +677,12 @@ class _ReadAhead:
                     del self._own[key]
 
     def busy(self, key: tuple[str, str, int, int]) -> bool:
-        """Whether ``key`` is being fetched by a read, or was read ahead already."""
+        """Whether ``key`` is being fetched by a read, was read ahead already, or was
+        read less than ``_AHEAD_TTL`` seconds ago."""
         with self._lock:
-            return key in self._own or key in self._items
+            done = self._done.get(key)
+            return (key in self._own or key in self._items
+                    or (done is not None and time.monotonic() - done < _AHEAD_TTL))
 
     def room(self, key: tuple[str, str, int, int], nbytes: int) -> bool:
         with self._lock:
@@ -686,6 +701,8 @@ class _ReadAhead:
         with self._lock:
             for key in [k for k in self._items if url is None or k[0] == url]:
                 self._bytes -= self._items.pop(key)[1]
+            for key in [k for k in self._done if url is None or k[0] == url]:
+                del self._done[key]
 
 
 def forget_read_ahead(url: str | None = None) -> None:
@@ -694,6 +711,7 @@ def forget_read_ahead(url: str | None = None) -> None:
 
 
 _AHEAD_TTL = 10.0
+_DONE_KEYS = 1 << 16  # ranges remembered as delivered (see _ReadAhead._delivered)
 _AHEAD = _ReadAhead(_readahead_limit())
 
 
