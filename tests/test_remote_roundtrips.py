@@ -75,7 +75,8 @@ def test_hspy_open_and_one_signal_round_trips(tmp_path, timed_server):
     assert requests <= 6, requests  # HEAD + first bytes, the index root's leaves at once
     got, requests, trips = _count(timed_server, lambda: signal[3, 5].compute())
     np.testing.assert_array_equal(got, data[3, 5])
-    assert trips <= 3 and requests <= 3, (requests, trips)
+    assert trips <= 3, (requests, trips)
+    assert requests <= 3, (requests, trips)
 
 
 def test_npy_open_and_one_signal_round_trips(tmp_path, timed_server):
@@ -84,10 +85,12 @@ def test_npy_open_and_one_signal_round_trips(tmp_path, timed_server):
     url = timed_server.url("rt.npy")
     signal, requests, trips = _count(timed_server, lambda: lazyio.load(url)[0]["data"])
     # the HEAD and the first 64 KiB (the header) go out together
-    assert trips == 1 and requests == 2, (requests, trips)
+    assert trips == 1, (requests, trips)
+    assert requests == 2, (requests, trips)
     got, requests, trips = _count(timed_server, lambda: signal[3, 5].compute())
     np.testing.assert_array_equal(got, data[3, 5])
-    assert trips == 1 and requests == 1, (requests, trips)
+    assert trips == 1, (requests, trips)
+    assert requests == 1, (requests, trips)
 
 
 def test_zspy_tree_is_walked_concurrently(tmp_path, timed_server):
@@ -101,4 +104,5 @@ def test_zspy_tree_is_walked_concurrently(tmp_path, timed_server):
     np.testing.assert_array_equal(got, data[3, 5])
     # the task reads through the store the load opened, its metadata remembered: the
     # chunk alone (a store of its own asked for the array's documents again first)
-    assert trips == 1 and requests == 1, (requests, trips)
+    assert trips == 1, (requests, trips)
+    assert requests == 1, (requests, trips)
