@@ -617,8 +617,13 @@ _GAP = 4096
 
 
 def _readahead_limit() -> int:
+    """``LAZYIO_REMOTE_READAHEAD`` in bytes (default 32 MiB; not a whole number: the
+    default, as this is read on import, where no error could be reported well)."""
     text = os.environ.get("LAZYIO_REMOTE_READAHEAD", "").strip()
-    return int(text) if text else 32 * 2**20
+    try:
+        return max(0, int(text)) if text else 32 * 2**20
+    except ValueError:
+        return 32 * 2**20
 
 
 class _ReadAhead:
@@ -634,6 +639,7 @@ class _ReadAhead:
         self._bytes = 0
         self._own: dict[tuple[str, str, int, int], int] = {}
         self._done: OrderedDict[tuple[str, str, int, int], float] = OrderedDict()
+        self.hits = 0  # reads answered by a range read ahead (tests, benchmarks)
         self._pid = os.getpid()
 
     def _expire(self) -> None:
@@ -658,6 +664,7 @@ class _ReadAhead:
             if item is None:
                 return None
             self._bytes -= item[1]
+            self.hits += 1
             return item[0]
 
     def _delivered(self, key: tuple[str, str, int, int]) -> None:

@@ -18,6 +18,7 @@ import servers
 from servers import STATS_PATH, RangeHTTPServer
 
 import lazyio
+from lazyio import location
 
 LATENCY = 0.1
 
@@ -106,3 +107,18 @@ def test_zspy_tree_is_walked_concurrently(tmp_path, timed_server):
     # chunk alone (a store of its own asked for the array's documents again first)
     assert trips == 1, (requests, trips)
     assert requests == 1, (requests, trips)
+
+
+def test_full_read_reads_ahead_each_byte_once(tmp_path, timed_server):
+    data = _stack()
+    path = tmp_path / "ahead.hspy"
+    lazyio.save(str(path), {"data": data}, chunks=(1, 2, 32, 32), show_progressbar=False)
+    url = timed_server.url("ahead.hspy")
+    # blocks of 4 chunks, 32 tasks on 2 threads: later tasks find their chunks read ahead
+    signal = lazyio.load(url, chunks=(1, 4, 32, 32))[0]["data"]
+    hits = location._AHEAD.hits
+    timed_server.reset_stats()
+    np.testing.assert_array_equal(signal.compute(scheduler="threads"), data)
+    assert location._AHEAD.hits > hits
+    # read ahead, never twice: at most the file's size went over the wire
+    assert timed_server.stats()["bytes"] <= path.stat().st_size
