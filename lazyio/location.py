@@ -261,7 +261,15 @@ class Location:
         with_head = (getattr(fs, "async_impl", False) and self._probe("head") is None
                      and not self.url.rstrip("/").lower().endswith(_DIR_SUFFIXES))
         if not with_head:
-            info = fs.info(self.path)  # a missing file is not remembered: it may appear
+            info = None
+            if self.is_http and not self.url.endswith("/"):
+                # a directory store over HTTP: its URL redirects to the folder's "/", and
+                # fsspec then tries HEAD and GET, both redirected (four round trips)
+                with contextlib.suppress(FileNotFoundError):
+                    info = fs.info(self.path + "/")
+                    self._remember("folder", True)  # a listing: no bytes of its own
+            if info is None:
+                info = fs.info(self.path)  # a missing file is not remembered: it may appear
             self._remember("info", info)
             return dict(info)
         import asyncio
@@ -453,6 +461,8 @@ class Location:
                 return b""
             with self.open("rb") as f:
                 return f.read(nbytes)
+        if self._probe("folder") is not None:
+            return b""  # an HTTP folder (a directory store): its listing is not its bytes
         head = self._probe("head")
         if head is not None and (len(head[0]) >= nbytes or len(head[0]) < _HEAD_BLOCK):
             return bytes(head[0][:nbytes])

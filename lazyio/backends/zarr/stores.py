@@ -626,7 +626,7 @@ class _MetadataCache(WrapperStore[Store]):
                 return
             async with limit:
                 try:
-                    names = [k async for k in self._store.list_dir(pre)]
+                    names = await self._list(pre)
                 except Exception:  # noqa: BLE001 - listed again, in context, by the walk
                     return
             self._listings[pre] = names
@@ -639,6 +639,26 @@ class _MetadataCache(WrapperStore[Store]):
             await asyncio.gather(*(node(f"{pre}{c}/", depth + 1) for c in children))
 
         await node("", 0)
+
+    async def _list(self, pre: str) -> list[str]:
+        """The names below ``pre``, as the wrapped store's ``list_dir`` gives them.
+
+        Over HTTP a folder is asked for with its trailing ``/``: without it, servers
+        answer with a redirect there, one more round trip per level of the tree.
+        """
+        store = self._store
+        fs = getattr(store, "fs", None)
+        if not pre or fs is None or not isinstance(store, FsspecStore) or \
+                type(fs).__name__ != "HTTPFileSystem":
+            return [k async for k in store.list_dir(pre)]
+        base = f"{store.path}/{pre.rstrip('/')}"
+        try:
+            found = await fs._ls(base + "/", detail=False)
+        except FileNotFoundError:
+            return []
+        # the same names FsspecStore.list_dir makes of the listing
+        return [a.replace(base + "/", "").removeprefix(store.path).removeprefix("/")
+                for a in found]
 
 
 class FreshStore(WrapperStore[Store]):
