@@ -258,11 +258,12 @@ class Location:
         if cached is not None:
             return dict(cached[0])
         fs = self.fs
+        directory = self.url.rstrip("/").lower().endswith(_DIR_SUFFIXES)
         with_head = (getattr(fs, "async_impl", False) and self._probe("head") is None
-                     and not self.url.rstrip("/").lower().endswith(_DIR_SUFFIXES))
+                     and not directory)
         if not with_head:
             info = None
-            if self.is_http and not self.url.endswith("/"):
+            if self.is_http and directory and not self.url.endswith("/"):
                 # a directory store over HTTP: its URL redirects to the folder's "/", and
                 # fsspec then tries HEAD and GET, both redirected (four round trips)
                 with contextlib.suppress(FileNotFoundError):
