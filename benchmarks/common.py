@@ -26,7 +26,8 @@ class Row:
     throughput unit ``.../s``, lazyio / baseline) and
     ``vs_limit`` is lazyio / limit (1.0 is at the limit). ``target`` is checked by
     :meth:`met`: ``("ratio", x)`` ratio >= x, ``("limit", x)`` vs_limit <= x,
-    ``("max", x)`` lazyio <= x.
+    ``("max", x)`` lazyio <= x, ``("share", x)`` vs_limit >= x (a throughput against
+    the link's or machine's rate).
     """
 
     measure: str
@@ -61,14 +62,16 @@ class Row:
             return None
         checks = []
         for kind, value in self.targets:
-            got = {"ratio": self.ratio, "limit": self.vs_limit, "max": self.lazyio}[kind]
+            got = {"ratio": self.ratio, "limit": self.vs_limit, "share": self.vs_limit,
+                   "max": self.lazyio}[kind]
             if got is None:
                 return None
-            checks.append(got >= value if kind == "ratio" else got <= value)
+            checks.append(got >= value if kind in ("ratio", "share") else got <= value)
         return all(checks)
 
     def target_text(self) -> str:
-        words = {"ratio": "≥ {:g}×", "limit": "≤ {:g}× limit", "max": "≤ {:g} " + self.unit}
+        words = {"ratio": "≥ {:g}×", "limit": "≤ {:g}× limit", "share": "≥ {:g}× limit",
+                 "max": "≤ {:g} " + self.unit}
         return ", ".join(words[k].format(v) for k, v in self.targets)
 
 

@@ -115,7 +115,8 @@ def remote_rows(quick: bool) -> list:
         return []
     return [
         Row(d["measure"], d.get("lazyio"), d.get("baseline"), unit=d.get("unit", ""),
-            baseline_name=d.get("baseline_name", "baseline"))
+            baseline_name=d.get("baseline_name", "baseline"), limit=d.get("limit"),
+            targets=[tuple(t) for t in d.get("targets", [])], note=d.get("note", ""))
         for d in module.run(quick)
     ]
 

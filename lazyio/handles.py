@@ -263,6 +263,7 @@ def close_location(location: Hashable) -> int:
 
     # what was derived from the file goes too: a rewritten file must be described anew
     default_memo.forget_matching(on_location)
+    _forget_read_ahead(getattr(location, "url", None))
     return default_cache.close_matching(on_location)
 
 
@@ -286,6 +287,7 @@ def close_all(client: Any = None) -> int | dict[str, int]:
     """
     closed = default_cache.close_all()
     default_memo.clear()
+    _forget_read_ahead(None)
     if client is None or client is False:
         return closed
     if client is True:
@@ -296,8 +298,16 @@ def close_all(client: Any = None) -> int | dict[str, int]:
     return {"local": closed, **{str(k): int(v) for k, v in on_workers.items()}}
 
 
+def _forget_read_ahead(url: str | None) -> None:
+    # remote ranges read ahead (lazyio.location) are data derived from the file too
+    from lazyio.location import forget_read_ahead
+
+    forget_read_ahead(url)
+
+
 def _close_all_here() -> int:
     default_memo.clear()
+    _forget_read_ahead(None)
     return default_cache.close_all()
 
 

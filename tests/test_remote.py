@@ -125,10 +125,11 @@ def test_hspy_chunks_are_fetched_as_byte_ranges(tmp_path, placer: Placer, s3_ser
     np.testing.assert_array_equal(data.compute(scheduler="threads"), example_data())
     stats = server.stats()
     # the index was read at load time; computing fetches each chunk once, by range
-    assert stats["ranged_gets"] == n_chunks, stats
-    assert stats["requests"] - stats.get("heads", 0) == n_chunks, stats
+    # (neighbouring chunks in one range: fewer requests than chunks, never more)
+    assert 1 <= stats["ranged_gets"] <= n_chunks, stats
+    assert stats["requests"] - stats.get("heads", 0) == stats["ranged_gets"], stats
     if backend == "http":
-        assert stats["bytes"] == stored, stats
+        assert stored <= stats["bytes"] <= stored + 4096 * n_chunks, stats
 
 
 def test_contiguous_hdf5_is_one_range_per_dask_chunk(tmp_path, placer: Placer,
