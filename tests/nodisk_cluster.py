@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Self
 
 from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 
@@ -151,7 +151,8 @@ def node_facts() -> dict[str, Any]:
 
 
 class KillAfter(WorkerPlugin):
-    """A worker plugin: the worker named ``worker_name`` kills its own process right after
+    """A worker plugin: the worker named ``worker_name`` (``"*"``: every worker) kills its
+    own process right after
     its ``n``th finished task whose key name contains ``name`` (a seeded point, not a
     time), once per node: the marker in the node's private /tmp says it happened."""
 
@@ -171,7 +172,7 @@ class KillAfter(WorkerPlugin):
         pass
 
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
-        if self.worker is None or str(self.worker.name) != self.worker_name:
+        if self.worker is None or self.worker_name not in ("*", str(self.worker.name)):
             return
         if start != "executing" or finish != "memory" or os.path.exists(KILLED_MARKER):
             return
@@ -192,20 +193,12 @@ class KillAfter(WorkerPlugin):
 def check_namespaces() -> None:
     """Raise :class:`NodeError` saying why if this machine cannot make a node."""
     proc = subprocess.run(["bash", NODE_SCRIPT, "--check"], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, check=False)
     if proc.returncode:
         raise NodeError(
             "the no-shared-disk cluster needs mount namespaces with tmpfs mounts (root and "
             f"util-linux's unshare): {(proc.stderr or proc.stdout).strip()}"
         )
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    # a killed pytest must not leave cluster processes behind: PR_SET_PDEATHSIG survives
-    # the exec of unshare, bash and python (the same process)
-    import ctypes
-
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
 
 
 class NoDiskCluster:
@@ -243,10 +236,12 @@ class NoDiskCluster:
                "PYTHONDONTWRITEBYTECODE": "1"}
         with open(log, "wb") as out:
             self.procs.append(subprocess.Popen(
-                ["bash", NODE_SCRIPT, code, sys.prefix, *self.hidden, "--", "-m", "dask",
-                 *args],
+                # a killed pytest leaves no node behind: the parent-death signal that
+                # setpriv sets survives the execs of bash, unshare and python
+                ["setpriv", "--pdeathsig", "TERM", "bash", NODE_SCRIPT, code, sys.prefix,
+                 *self.hidden, "--", "-m", "dask", *args],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                start_new_session=True,
             ))
 
     def _log_tail(self) -> str:
@@ -256,7 +251,7 @@ class NoDiskCluster:
                 parts.append(f"--- {os.path.basename(log)}\n{f.read()[-1500:]}")
         return "\n".join(parts)
 
-    def start(self) -> NoDiskCluster:
+    def start(self) -> Self:
         from servers import free_port
 
         check_namespaces()
@@ -312,7 +307,7 @@ class NoDiskCluster:
                 p.wait()
         self.procs = []
 
-    def __enter__(self) -> NoDiskCluster:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

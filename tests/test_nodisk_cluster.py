@@ -116,18 +116,19 @@ def test_hdf5_written_through_the_client(s3_examples, client, tmp_path, fmt):
 
 def test_worker_killed_mid_write(s3_server, client):
     # 16 write tasks of one storage chunk each (dask's chunk size set below a chunk's 12
-    # KiB), so both workers write several; node-0 kills itself right after its 3rd write
-    # task finished (a seeded point, not a time): the scheduler gives the lost work to the
-    # other worker or to node-0's next process, which its nanny starts
+    # KiB); every worker kills itself (SIGKILL) right after its 3rd write task finished, a
+    # seeded point, not a time (which worker gets how many tasks is the scheduler's
+    # choice, but one of the two gets at least 8): the scheduler gives the lost work to
+    # the other worker or to the next process that the dead one's nanny starts
     options = s3_server.storage_options
     expected = np.random.default_rng(18).integers(0, 60000, size=(16, 6, 32, 32),
                                                   dtype=np.uint16)
     signal = {"data": da.from_array(expected, chunks=(1, 6, 32, 32))}
     target = f"s3://{s3_server.bucket}/nodisk-kill/target.zspy"
-    with dask.config.set({"array.chunk-size": "16KiB"}), \
-            armed(client, "node-0", "store-map", 3):
+    with dask.config.set({"array.chunk-size": "16KiB"}), armed(client, "*", "store-map", 3):
         lazyio.save(target, signal, storage_options=options, overwrite=True,
                     show_progressbar=False, chunks=(1, 6, 32, 32))
-    killed = sorted(f["killed"] for f in client.run(node_facts).values())
-    assert killed == [False, True], "the armed worker was not killed"
+    client.wait_for_workers(2, timeout=60)  # a nanny's new worker process included
+    killed = [f["killed"] for f in client.run(node_facts).values()]
+    assert any(killed), "no worker was killed"
     np.testing.assert_array_equal(eager(target, options), expected)
