@@ -18,7 +18,14 @@ import fsspec
 import pytest
 
 import lazyio
-from lazyio.backends.chunking import GRAPH_BLOCKS, MAX_BLOCKS
+from lazyio.backends.chunking import (
+    GRAPH_BLOCKS,
+    GRAPH_MAX_BLOCK,
+    MAX_BLOCKS,
+    REMOTE_BLOCK_BYTES,
+    aligned_chunks,
+    scaled_block_bytes,
+)
 
 SHAPE = (2048, 2400, 1024, 1024)  # 2048 x 2400 scan of 1024 x 1024 uint16 frames
 NBYTES = math.prod(SHAPE) * 2  # 10.3 TB
@@ -91,3 +98,19 @@ def test_10tb_graphs_are_built_not_computed(tmp_path, s3_server, captured, fmt):
                         overwrite=True, show_progressbar=False)
     assert captured.tasks() <= MAX_WRITE_TASKS
     assert seconds < BUILD_SECONDS
+
+
+def test_blocks_grow_for_huge_arrays_only_up_to_a_bound():
+    # 10 TB in 4 MiB remote blocks would be 2.4 million: they grow to ~2**18 blocks
+    chunks = aligned_chunks(SHAPE, (1, 1, 488, 1024), "uint16", "auto",
+                            limit=REMOTE_BLOCK_BYTES)
+    assert GRAPH_BLOCKS <= math.prod(len(c) for c in chunks) <= MAX_READ_TASKS
+    # a small array keeps its budget
+    small = aligned_chunks((64, 1024, 1024), (1, 1024, 1024), "uint16", "auto",
+                           limit=REMOTE_BLOCK_BYTES)
+    assert small[0][0] * 2 * 2**20 == REMOTE_BLOCK_BYTES
+    # blocks stop growing at GRAPH_MAX_BLOCK: a hostile header's shape is still refused
+    assert scaled_block_bytes(4 * 2**20, 10**18) == GRAPH_MAX_BLOCK
+    with pytest.raises(ValueError, match=f"more than {MAX_BLOCKS}"):
+        aligned_chunks((10**9, 1024, 1024), (1, 1024, 1024), "uint16", "auto",
+                       limit=REMOTE_BLOCK_BYTES)
