@@ -8,6 +8,8 @@ bash ci/install.sh test,docs
 bash ci/oracle-env.sh  # .venv-zarr2 for the .zspy oracle of tests/test_hyperspy_oracle.py
 .venv/bin/ruff check .
 .venv/bin/python -m mypy
+# tests/test_nodisk_cluster.py starts nodes in mount namespaces (root): say early if it can't
+bash ci/nodisk-node.sh --check || echo "tests/test_nodisk_cluster.py will fail: see above"
 site="$(mktemp -d)"
 # not --quiet: it hides warnings from the strict check as well, so a broken link would pass
 NO_MKDOCS_2_WARNING=1 .venv/bin/python -m mkdocs build --strict --site-dir "$site"

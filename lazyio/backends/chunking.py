@@ -38,6 +38,8 @@ __all__ = [
     "BlockChunks",
     "CONVERT_BLOCK_BYTES",
     "Chunks",
+    "GRAPH_BLOCKS",
+    "GRAPH_MAX_BLOCK",
     "MAX_BLOCKS",
     "REMOTE_BLOCK_BYTES",
     "aligned_chunks",
@@ -51,6 +53,7 @@ __all__ = [
     "read_block_bytes",
     "rechunk_to_storage",
     "regular_chunks",
+    "scaled_block_bytes",
     "reshaped_2d_chunks",
     "signal_chunks",
     "storage_chunks",
@@ -97,6 +100,13 @@ _MIN_AUTO_BLOCK = 4 * 2**20
 MAX_BLOCKS = 1_000_000
 _MAX_INDEX = 2**63 - 1  # numpy's largest axis (np.intp on 64-bit platforms)
 
+# A huge array's "auto" blocks grow so that its graph stays near GRAPH_BLOCKS tasks (a 10 TB
+# read in 4 MiB remote blocks was 2.4 million, refused by MAX_BLOCKS; 2**18 tasks are
+# scheduled in about two minutes, docs/scale.md), up to GRAPH_MAX_BLOCK bytes each, so
+# that a hostile header's shape is still refused (at most 64 TiB read "auto").
+GRAPH_BLOCKS = 2**18
+GRAPH_MAX_BLOCK = 64 * 2**20
+
 # A remote task fetches its chunks, then decodes them: smaller blocks let the tasks overlap
 # the two (a 134 MB gzip .hspy over HTTP read 1.7x faster in 4 MiB blocks than in 16 MiB).
 REMOTE_BLOCK_BYTES = 4 * 2**20
@@ -140,6 +150,13 @@ def default_block_bytes(nbytes: int) -> int:
     """
     per_core = nbytes // (4 * (os.cpu_count() or 1))
     return min(auto_block_bytes(), max(_MIN_AUTO_BLOCK, per_core))
+
+
+def scaled_block_bytes(limit: int, nbytes: int) -> int:
+    """``limit``, or more for an array of more than :data:`GRAPH_BLOCKS` such blocks:
+    enough for about that many blocks, at most :data:`GRAPH_MAX_BLOCK` bytes each."""
+    needed = -(-max(0, int(nbytes)) // GRAPH_BLOCKS)
+    return max(int(limit), min(needed, GRAPH_MAX_BLOCK))
 
 
 def read_block_bytes(remote: bool) -> int | None:
@@ -280,6 +297,7 @@ def aligned_chunks(
     itemsize = max(1, np.dtype(dtype).itemsize)
     if limit is None:
         limit = default_block_bytes(math.prod(shape) * itemsize)
+    limit = scaled_block_bytes(limit, math.prod(shape) * itemsize)
     if ndim == 0:
         return ()
     if _is_block_chunks(chunks):
@@ -725,6 +743,7 @@ def write_chunks(
     itemsize = max(1, int(itemsize))
     steps = _axis_steps(shape, storage_chunks)
     limit = write_block_bytes() if limit is None else int(limit)
+    limit = scaled_block_bytes(limit, math.prod(shape) * itemsize)
     cap = max(limit, math.prod(steps) * itemsize)
     grow_to = min(cap, default_block_bytes(math.prod(shape) * itemsize))
     lengths = _write_lengths(chunks, shape, steps, itemsize, cap, grow_to)

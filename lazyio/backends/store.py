@@ -130,7 +130,9 @@ def _single_writer(
     blocks = array.to_delayed().ravel()
     window = 2 * max(1, sum(client.nthreads().values()))
     todo = iter(zip(regions, blocks, strict=True))
-    encode = dask.delayed(target.encode_block, pure=True)
+    # the tasks carry the encoder only: the target names the writer's local file
+    encoder = target.encoder() if hasattr(target, "encoder") else target
+    encode = dask.delayed(encoder.encode_block, pure=True)
 
     def submit() -> Any:
         try:

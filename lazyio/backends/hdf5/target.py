@@ -19,7 +19,7 @@ import os
 import threading
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import product
 from typing import Any
 
@@ -178,6 +178,12 @@ class H5ChunkTarget:
     #: HDF5 files cannot be written by several processes: a cluster sends encoded chunks
     #: back to the process that holds the file (see :func:`lazyio.backends.store.store`).
     single_writer = True
+
+    def encoder(self) -> H5ChunkTarget:
+        """What an encoding task needs (the layout and the filters), without the key of
+        the file: a path on the writer's machine, which a cluster's workers neither see
+        nor need (tests/test_nodisk_cluster.py finds any client path in a task)."""
+        return replace(self, key="")
 
     def encode_block(
         self, region: tuple[slice, ...], block: np.ndarray[Any, Any]
