@@ -10,11 +10,9 @@ opens what it needs through :mod:`lazyio.handles`. Dask embeds the source in eve
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import dask.array as da
 import numpy as np
-from dask.base import tokenize
 
 from lazyio.backends.chunking import (
     BlockChunks,
@@ -22,6 +20,10 @@ from lazyio.backends.chunking import (
     regular_chunks,
     target_chunk_bytes,
 )
+from lazyio.backends.plan import plan, planned
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 __all__ = [
     "ChunkSource",
@@ -88,7 +90,14 @@ def to_dask(
     Returns
     -------
     dask.array.Array
+        Inside :func:`lazyio.backends.plan.planning`, a
+        :class:`~lazyio.backends.plan.PlannedArray` of the same shape and chunks instead.
     """
+    if planned():
+        return plan(source.shape, source.dtype, chunks)
+    import dask.array as da
+    from dask.base import tokenize
+
     meta = np.empty((0,) * len(source.shape), dtype=source.dtype)
     name = f"{prefix}-{tokenize(source, chunks, token_extra)}"
     array: da.Array = da.from_array(

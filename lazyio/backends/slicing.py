@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from dask.array.slicing import normalize_index
 
 __all__ = ["apply_residual", "split_index"]
 
@@ -21,6 +20,9 @@ def split_index(key: Any, shape: tuple[int, ...]) -> tuple[tuple[slice, ...], li
     >>> split_index((2, slice(1, 7, 2)), (5, 10))
     ((slice(2, 3, None), slice(1, 6, None)), [0, slice(None, None, 2)])
     """
+    # imported here: reading a file's description (lazyio info) never slices
+    from dask.array.slicing import normalize_index
+
     if not isinstance(key, tuple):
         key = (key,)
     key = normalize_index(key, shape)

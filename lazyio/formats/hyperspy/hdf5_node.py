@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import h5py
 import numpy as np
 
@@ -19,9 +18,13 @@ from lazyio.backends import to_dask
 from lazyio.backends.chunking import Chunks
 from lazyio.backends.hdf5.filters import creation_options, ensure_filters
 from lazyio.backends.hdf5.sources import H5Source, check_inflation
+from lazyio.backends.plan import lazy_whole
 from lazyio.errors import FormatError, LazyioWarning, UnsafeFileError, translate
 from lazyio.formats.hyperspy.node import METADATA_MAX_ITEMS, decode_strings, lazy_grid
 from lazyio.location import Location
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 __all__ = ["METADATA_MAX_ITEMS", "H5Node"]
 
@@ -149,7 +152,7 @@ class H5Node:
     def lazy_array(self, name: str, chunks: Chunks = "auto") -> da.Array:
         dset = self._dataset(name)
         if h5py.check_string_dtype(dset.dtype) is not None:
-            return da.from_array(self.read_array(name), chunks=-1)
+            return lazy_whole(self.read_array(name))
         source = self._source(name, dset)
         grid = lazy_grid(self, name, source, chunks,
                          remote=source.location.local_path is None)
