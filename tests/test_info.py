@@ -265,7 +265,8 @@ def test_info_plans_what_load_builds(tmp_path, rng, case, chunk_size):
     assert len(described.signals) == len(loaded) >= 1
     for sig, got in zip(described.signals, loaded, strict=True):
         data = got["data"]
-        assert sig.shape == data.shape and sig.dtype == str(data.dtype)
+        assert sig.shape == data.shape
+        assert sig.dtype == str(data.dtype)
         assert sig.dask_chunks == data.chunksize
         assert sig.npartitions == data.npartitions
         # the loaded signal described in memory: all but the storage layout must agree
