@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 
 from lazyio import handles
+from lazyio.backends import register_direct
 from lazyio.backends.chunking import BlockChunks, Chunks, auto_block_bytes
 from lazyio.backends.hdf5.files import check_hdf5_source, open_h5, sniff_hdf5
 from lazyio.backends.hdf5.filters import check_creation_options
@@ -107,7 +108,7 @@ def _as_dask(view: USIDView, chunks: BlockChunks, token: str) -> da.Array:
     import dask.array as da
     from dask.base import tokenize
 
-    return da.from_array(
+    array: da.Array = da.from_array(
         view,
         chunks=chunks,
         name=f"usid-{tokenize(view, chunks, token)}",
@@ -116,6 +117,8 @@ def _as_dask(view: USIDView, chunks: BlockChunks, token: str) -> da.Array:
         asarray=False,
         fancy=True,
     )
+    register_direct(array, view)
+    return array
 
 
 def _axis(
