@@ -41,7 +41,7 @@ def stored(request, tmp_path_factory):
 
 @pytest.mark.parametrize("key", KEYS, ids=repr)
 def test_fetch_reads_what_compute_reads_without_the_scheduler(stored, key):
-    fmt, path, data = stored
+    _fmt, path, data = stored
     array = lazyio.load(path)[0]["data"]
     with Tasks() as tasks:
         got = lazyio.fetch(array, key)
