@@ -23,10 +23,15 @@ from lazyio.backends.plan import is_dask_array
 
 __all__ = ["fetch"]
 
+# selections up to this size never need dask's parallelism
+_ALWAYS_DIRECT = 1 << 20
 
-def _basic_shape(key: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[int, ...] | None:
-    """The shape ``array[key]`` has for a basic key (ints, slices, one ``...``), or
-    ``None`` if ``key`` is anything else (left to dask)."""
+
+def _basic(
+    key: tuple[Any, ...], shape: tuple[int, ...]
+) -> tuple[tuple[Any, ...], tuple[int, ...]] | None:
+    """A basic key (ints, slices, one ``...``) as one int or slice per axis, and the shape
+    ``array[key]`` has; ``None`` if ``key`` is anything else (left to dask)."""
     if sum(k is Ellipsis for k in key) > 1:
         return None
     if Ellipsis in key:
@@ -35,9 +40,11 @@ def _basic_shape(key: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[int, ...
     if len(key) > len(shape):
         return None
     key = key + (slice(None),) * (len(shape) - len(key))
+    plain: list[Any] = []
     out = []
     for k, n in zip(key, shape, strict=True):
         if isinstance(k, slice):
+            plain.append(k)
             out.append(len(range(*k.indices(n))))
             continue
         if isinstance(k, bool | np.bool_):
@@ -48,7 +55,8 @@ def _basic_shape(key: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[int, ...
             return None
         if not -n <= i < n:
             return None  # dask raises the IndexError
-    return tuple(out)
+        plain.append(i)
+    return tuple(plain), tuple(out)
 
 
 def fetch(array: Any, key: Any = ...) -> np.ndarray:
@@ -83,10 +91,13 @@ def fetch(array: Any, key: Any = ...) -> np.ndarray:
         return np.asarray(array[key])
     source = direct_source(array)
     if source is not None:
-        index = key if isinstance(key, tuple) else (key,)
-        shape = _basic_shape(index, tuple(int(s) for s in array.shape))
-        if shape is not None and (math.prod(shape) * array.dtype.itemsize
-                                  <= auto_block_bytes()):
-            return np.asarray(source[index])
+        basic = _basic(key if isinstance(key, tuple) else (key,),
+                       tuple(int(s) for s in array.shape))
+        if basic is not None:
+            index, shape = basic
+            nbytes = math.prod(shape) * array.dtype.itemsize
+            # a block's worth at most (asked of dask's settings only above 1 MiB)
+            if nbytes <= _ALWAYS_DIRECT or nbytes <= auto_block_bytes():
+                return np.asarray(source[index])
     result: np.ndarray = np.asarray(array[key].compute())
     return result

@@ -20,12 +20,13 @@ def split_index(key: Any, shape: tuple[int, ...]) -> tuple[tuple[slice, ...], li
     >>> split_index((2, slice(1, 7, 2)), (5, 10))
     ((slice(2, 3, None), slice(1, 6, None)), [0, slice(None, None, 2)])
     """
-    # imported here: reading a file's description (lazyio info) never slices
-    from dask.array.slicing import normalize_index
-
     if not isinstance(key, tuple):
         key = (key,)
-    key = normalize_index(key, shape)
+    if not _plain(key, shape):
+        # imported here: reading a file's description (lazyio info) never slices
+        from dask.array.slicing import normalize_index
+
+        key = normalize_index(key, shape)
     box: list[slice] = []
     residual: list[Any] = []
     axis = 0
@@ -68,6 +69,19 @@ def split_index(key: Any, shape: tuple[int, ...]) -> tuple[tuple[slice, ...], li
                 box.append(slice(lo, int(idx.max()) + 1))
                 residual.append(idx - lo)
     return tuple(box), residual
+
+
+def _plain(key: tuple[Any, ...], shape: tuple[int, ...]) -> bool:
+    """Whether ``key`` is already one in-range integer or slice per axis, which the loop
+    below takes as it is (normalising it cost half the time of reading one signal)."""
+    if len(key) != len(shape):
+        return False
+    for k, n in zip(key, shape, strict=True):
+        if isinstance(k, slice):
+            continue
+        if type(k) is not int or not -n <= k < n:
+            return False
+    return True
 
 
 def apply_residual(block: np.ndarray, residual: list[Any]) -> np.ndarray:
