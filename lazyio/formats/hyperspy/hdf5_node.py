@@ -112,7 +112,12 @@ class H5Node:
                 # a dangling or unreadable link: h5py decides, as before
                 obj = self.group.get(name)
                 if isinstance(obj, h5py.Group):
-                    if self._seen_before(name, obj.id.fileno, h5py.h5o.get_info(obj.id).addr):
+                    try:
+                        opened = h5py.h5o.get_info(obj.id)
+                    except (OSError, ValueError, RuntimeError):
+                        opened = None
+                    if opened is not None and self._seen_before(name, opened.fileno,
+                                                                 opened.addr):
                         continue
                     out[name] = "group"
                 elif isinstance(obj, h5py.Dataset):
