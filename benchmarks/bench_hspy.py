@@ -1,7 +1,8 @@
 """lazyio's .hspy against RosettaSciIO 0.15, on files RosettaSciIO wrote.
 
 - gzip (level 4 + shuffle, both libraries' default): write time and peak RSS, open,
-  full sum, one diffraction pattern, tasks; limits: the codec's per-core rate x cores;
+  full sum, one diffraction pattern (also through ``lazyio.fetch``, without the dask
+  scheduler), tasks; limits: the codec's per-core rate x cores;
 - RosettaSciIO's ``compression=None`` (which still shuffles): full sum; limit: unshuffle;
 - lazyio's ``compression=None`` (no shuffle): full sum against a memory-mapped sum;
 - 16,384 small chunks (gzip): full sum and one spectrum.
@@ -20,6 +21,7 @@ from benchmarks.common import (
     Row,
     compare_reads,
     fresh,
+    median_latency,
     random_points,
     rss_row,
     write_pair,
@@ -75,6 +77,12 @@ def run(ctx: Context) -> list[Row]:
     r = compare_reads({"lazyio": _lazyio_open(gz), "rsciio": _rsciio_open(gz)}, points,
                       ctx.repeat)
     rows += _read_rows("gzip", r, lim["decode+sum"], [("ratio", 1.6), ("limit", 1.15)])
+    import lazyio
+
+    loaded = _lazyio_open(gz)()
+    fetched = median_latency(lambda p: lazyio.fetch(loaded, p), points)
+    rows.append(Row("gzip one signal, lazyio.fetch", fetched * 1e3, r["rsciio"]["one"] * 1e3,
+                    unit="ms", note="no dask scheduler: the chunk source reads the selection"))
 
     # -- RosettaSciIO's "uncompressed" (shuffled) and lazyio's unshuffled files ----------
     for impl, dst in (("rsciio", "rs-none.hspy"), ("lazyio", "lz-none.hspy")):

@@ -9,7 +9,7 @@ from typing import Any
 from lazyio import rsciio as _rsciio
 from lazyio._api import load, save
 
-# convert and info are bound eagerly: a lazy import of the submodule would shadow them
+# convert, fetch and info are bound eagerly: a lazy import of the submodule would shadow them
 from lazyio.convert import convert
 from lazyio.deferred import DeferredWrite, save_many
 from lazyio.errors import (
@@ -35,6 +35,7 @@ from lazyio.errors import (
     VerificationError,
     WriteError,
 )
+from lazyio.fetch import fetch
 from lazyio.handles import close_all
 from lazyio.info import info
 from lazyio.location import Location
@@ -68,6 +69,7 @@ __all__ = [
     "__version__",
     "close_all",
     "convert",
+    "fetch",
     "from_xarray",
     "info",
     "load",

@@ -36,13 +36,8 @@ _FLAG_WORDS = (
     (re.compile(r"\bstorage_options\b"), "--storage-option"),
 )
 
-# dask.array imports these, when installed, only to recognise their arrays (xarray pulls
-# in pandas, sparse pulls in numba). In the test environment they made `lazyio info` of a
-# small .hspy take 2.95 s of CPU and 233 MB; without them 1.20 s and 78 MB
-# (benchmarks/bench_cli.py). The command line never hands dask such arrays. Still needed:
-# `info` describes the lazy arrays `load` returns, so dask.array is imported; the plugins'
-# other libraries (numcodecs, hdf5plugin, zarr, fsspec) are not, for a local file.
-_DASK_OPTIONAL = ("xarray", "sparse", "scipy", "cupy", "cupyx")
+# `info` reads files without dask (lazyio.backends.plan): no dask graph is built and
+# dask.array, which would import xarray, pandas, sparse when installed, is never imported.
 
 
 # 254 MB of uint16: "a few hundred MB", written and read in every format within a minute
@@ -174,22 +169,6 @@ def _warnings_to_stderr() -> Iterator[None]:
         finally:
             for w in caught:
                 print(f"lazyio: warning: {w.message}", file=sys.stderr)
-
-
-def _import_light_dask_array() -> None:
-    """Import ``dask.array`` without the optional array libraries it would import to
-    recognise their arrays; they import normally afterwards (for a plugin that uses them)."""
-    if "dask.array" in sys.modules:
-        return
-    hidden = [m for m in _DASK_OPTIONAL if m not in sys.modules]
-    for name in hidden:
-        sys.modules[name] = None  # type: ignore[assignment]  # "import name" fails at once
-    try:
-        import dask.array  # noqa: F401
-    finally:
-        for name in hidden:
-            if name in sys.modules and sys.modules[name] is None:
-                del sys.modules[name]
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -410,8 +389,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             raise _UsageError("a command is needed")
         _check_format(args.format if args.command != "demo" else None)
-        if args.command == "info":
-            _import_light_dask_array()
         return int(args.func(args))
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0)

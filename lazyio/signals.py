@@ -12,8 +12,9 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import dask.array as da
 import numpy as np
+
+from lazyio.backends.plan import is_dask_array
 
 __all__ = ["as_signal_dict", "default_axes", "from_hyperspy", "is_hyperspy_signal", "is_signal",
            "make_signal_dict", "signal_axes_indices"]
@@ -52,7 +53,7 @@ def make_signal_dict(
     metadata.setdefault("General", {}).setdefault("title", title)
     metadata.setdefault("Signal", {}).setdefault("signal_type", "")
     if lazy is None:
-        lazy = isinstance(data, da.Array)
+        lazy = is_dask_array(data)
     return {
         "data": data,
         "axes": axes if axes is not None else default_axes(np.shape(data)),
@@ -133,8 +134,9 @@ def as_signal_dict(signal: Any) -> dict[str, Any]:
         if "data" not in signal:
             raise ValueError("A signal dictionary needs a 'data' entry")
         out = dict(signal)
-    elif isinstance(signal, da.Array | np.ndarray) or hasattr(signal, "__array__"):
-        data = signal if isinstance(signal, da.Array) else np.asanyarray(signal)
+    elif is_dask_array(signal) or isinstance(signal, np.ndarray) or hasattr(signal,
+                                                                             "__array__"):
+        data = signal if is_dask_array(signal) else np.asanyarray(signal)
         out = {"data": data}
     else:
         raise TypeError(
@@ -142,7 +144,7 @@ def as_signal_dict(signal: Any) -> dict[str, Any]:
             f"{type(signal).__name__}"
         )
     data = out["data"]
-    if not isinstance(data, da.Array | np.ndarray):
+    if not (is_dask_array(data) or isinstance(data, np.ndarray)):
         data = out["data"] = np.asanyarray(data)
     base = make_signal_dict(data, out.get("axes"), out.get("metadata"), out.get("original_metadata"))
     for key, value in base.items():

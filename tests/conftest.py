@@ -3,6 +3,9 @@ S3 (moto) and HTTP (Range) servers on loopback."""
 
 from __future__ import annotations
 
+# lazyio imports dask.array on the first lazy read only (lazyio info never does); the
+# suite imports it once here, so tests that time a read do not time that import
+import dask.array  # noqa: F401
 import numpy as np
 import pytest
 

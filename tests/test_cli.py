@@ -270,12 +270,12 @@ def test_info_metadata(source, capsys):
     assert sig["original_metadata"] == {"detector": {"gain": 2}}
 
 
-# What `lazyio info` of a small local file must not import, per format: another format's
-# libraries (zarr, numcodecs, hdf5plugin), fsspec (a local file needs none), and the
-# optional libraries dask.array would import to recognise their arrays (xarray -> pandas,
-# sparse -> numba, scipy). dask.array itself is still imported: info builds the lazy arrays
-# load() returns (see docs/cli.md).
-_NEVER = {"pandas", "xarray", "hyperspy", "scipy", "sparse", "numba"}
+# What `lazyio info` of a small local file must not import, per format: dask at all (info
+# plans the lazy arrays load() builds, lazyio.backends.plan: no graph, no dask.array, whose
+# import alone cost 0.54 s of CPU), another format's libraries (zarr, numcodecs,
+# hdf5plugin), fsspec (a local file needs none), and what dask.array would have pulled in
+# (xarray -> pandas, sparse -> numba, scipy).
+_NEVER = {"dask", "dask.array", "pandas", "xarray", "hyperspy", "scipy", "sparse", "numba"}
 NOT_IMPORTED_BY_INFO = {
     "hspy": _NEVER | {"zarr", "numcodecs", "hdf5plugin", "fsspec"},
     "usid": _NEVER | {"zarr", "numcodecs", "hdf5plugin", "fsspec"},
@@ -284,29 +284,60 @@ NOT_IMPORTED_BY_INFO = {
 }
 
 
-@pytest.mark.parametrize("fmt", sorted(NOT_IMPORTED_BY_INFO))
-def test_info_imports_only_what_the_format_needs(fmt, tmp_path, rng):
+@pytest.mark.parametrize(("fmt", "how"), [*((f, "cli") for f in sorted(NOT_IMPORTED_BY_INFO)),
+                                          ("hspy", "library")])
+def test_info_imports_only_what_the_format_needs(fmt, how, tmp_path, rng):
     path = str(tmp_path / f"scan{FORMATS[fmt]}")
     lazyio.save(path, make_signal(rng), format=fmt, show_progressbar=False)
     unwanted = sorted(NOT_IMPORTED_BY_INFO[fmt])
+    call = (f"main(['info', {path!r}])" if how == "cli" else
+            f"print(lazyio.info({path!r})) or 0")
     script = textwrap.dedent(f"""
         import sys
         import lazyio  # light: no array or storage library yet
-        early = {{"dask.array", "h5py", "zarr", "pandas", "fsspec"}} & set(sys.modules)
+        early = {{"dask", "h5py", "zarr", "pandas", "fsspec"}} & set(sys.modules)
         assert not early, early
         from lazyio.cli import main
-        code = main(["info", {path!r}])
+        code = {call}
         print("IMPORTED", *[m for m in {unwanted!r} if m in sys.modules])
-        if {fmt == "hspy"!r}:  # what the light import of dask.array hid imports normally now
-            import xarray
-            assert xarray.DataArray
         sys.exit(code)
     """)
+    # dask is left alone only where no setting could change its chunk size: no DASK_*
+    # variable, no configuration file (HOME points at an empty directory)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    env["HOME"] = str(tmp_path)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          check=False, timeout=120, cwd=str(tmp_path))
+                          check=False, timeout=120, cwd=str(tmp_path), env=env)
     assert done.returncode == 0, done.stderr
     assert f"format: {fmt}" in done.stdout
     assert done.stdout.strip().splitlines()[-1] == "IMPORTED"
+
+
+def test_info_follows_dask_settings_it_cannot_see_without_dask(tmp_path, rng):
+    # a chunk size set in the environment changes the blocks load() makes; info then asks
+    # dask.config (importing dask, not dask.array) and reports the same blocks
+    path = str(tmp_path / "scan.npy")
+    lazyio.save(path, make_signal(rng), show_progressbar=False)
+    script = textwrap.dedent(f"""
+        import sys
+        from lazyio.cli import main
+        code = main(["info", {path!r}, "--json"])
+        print("DASK_ARRAY", "dask.array" in sys.modules)
+        sys.exit(code)
+    """)
+    env = {**os.environ, "DASK_ARRAY__CHUNK_SIZE": "2KiB", "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=False, timeout=120, cwd=str(tmp_path), env=env)
+    assert done.returncode == 0, done.stderr
+    *doc, last = done.stdout.strip().splitlines()
+    assert last == "DASK_ARRAY False"
+    [sig] = json.loads("\n".join(doc))["signals"]
+    import dask
+
+    with dask.config.set({"array.chunk-size": "2KiB"}):
+        expected = lazyio.load(path)[0]["data"]
+    assert sig["npartitions"] == expected.npartitions > 1
+    assert tuple(sig["dask_chunks"]) == expected.chunksize
 
 
 def test_demo_small(tmp_path, capsys):

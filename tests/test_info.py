@@ -215,3 +215,64 @@ def test_content_decides_over_the_extension(tmp_path, rng, written_as, named):
     renamed = str(tmp_path / f"misnamed.{named}")
     os.rename(path, renamed)
     assert lazyio.info(renamed).format == written_as
+
+
+# --- info plans, load builds: the same blocks, axes and metadata without dask ----------
+
+
+def _serpentine_usid(path, rng):
+    """A USID file whose scan lines alternate direction: lazyio gathers its steps into
+    grid order with dask indexing, the one read info plans by building the dask array."""
+    y, x, n = 3, 4, 6
+    steps = [(j, i) for j in range(y) for i in (range(x) if j % 2 == 0 else
+                                                   reversed(range(x)))]
+    inds = np.array(steps, dtype=np.uint32)
+    with h5py.File(path, "w") as f:
+        grp = f.create_group("Measurement_000/Channel_000")
+        anc = {"Position_Indices": inds, "Position_Values": inds.astype(np.float32),
+               "Spectroscopic_Indices": np.arange(n, dtype="u4")[None],
+               "Spectroscopic_Values": np.arange(n, dtype="f4")[None]}
+        main = grp.create_dataset("Raw_Data", data=rng.random((y * x, n), dtype="f4"),
+                                  chunks=(4, n))
+        main.attrs.update({"quantity": "Counts", "units": "a.u."})
+        for name, values in anc.items():
+            dset = grp.create_dataset(name, data=values)
+            labels = [b"Y", b"X"] if name.startswith("Position") else [b"E"]
+            dset.attrs["labels"] = np.array(labels)
+            dset.attrs["units"] = np.array([b"px"] * len(labels))
+            main.attrs[name] = dset.ref
+    return str(path)
+
+
+@pytest.mark.parametrize("chunk_size", ["128MiB", "2KiB"])
+@pytest.mark.parametrize("case", ["hspy", "zspy", "npy", "usid", "usid-serpentine"])
+def test_info_plans_what_load_builds(tmp_path, rng, case, chunk_size):
+    # info reads through the loaders with planned arrays instead of dask arrays: the
+    # blocks, shapes, axes and metadata it reports must be those load() gives
+    import dask
+
+    if case == "usid-serpentine":
+        path = _serpentine_usid(tmp_path / "serp.h5", rng)
+    else:
+        path = str(tmp_path / f"scan{FORMATS[case]}")
+        signal = make_signal(rng)
+        signal["metadata"]["Sample"] = {"map": rng.random((5, 7)), "tags": ["a", "b"]}
+        chunks = {"npy": None, "usid": (2, 80)}.get(case, (1, 2, 8, 10))  # USID: 2-D
+        lazyio.save(path, signal, chunks=chunks, show_progressbar=False)
+    with dask.config.set({"array.chunk-size": chunk_size}):
+        described = lazyio.info(path)
+        loaded = lazyio.load(path)
+    assert len(described.signals) == len(loaded) >= 1
+    for sig, got in zip(described.signals, loaded, strict=True):
+        data = got["data"]
+        assert sig.shape == data.shape
+        assert sig.dtype == str(data.dtype)
+        assert sig.dask_chunks == data.chunksize
+        assert sig.npartitions == data.npartitions
+        # the loaded signal described in memory: all but the storage layout must agree
+        expected = lazyio.info(got).to_dict()
+        layout = ("dataset", "storage_chunks", "compression", "stored_nbytes")
+        assert {k: v for k, v in sig.to_dict().items() if k not in layout} == {
+            k: v for k, v in expected.items() if k not in layout}
+    if chunk_size == "2KiB" and case != "usid-serpentine":
+        assert described.signals[0].npartitions > 1  # the setting reached the plan

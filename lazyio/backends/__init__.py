@@ -9,12 +9,12 @@ opens what it needs through :mod:`lazyio.handles`. Dask embeds the source in eve
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import dask.array as da
 import numpy as np
-from dask.base import tokenize
 
 from lazyio.backends.chunking import (
     BlockChunks,
@@ -22,9 +22,15 @@ from lazyio.backends.chunking import (
     regular_chunks,
     target_chunk_bytes,
 )
+from lazyio.backends.plan import plan, planned
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 __all__ = [
     "ChunkSource",
+    "direct_source",
+    "register_direct",
     "StorageLayout",
     "aligned_chunks",
     "regular_chunks",
@@ -88,7 +94,14 @@ def to_dask(
     Returns
     -------
     dask.array.Array
+        Inside :func:`lazyio.backends.plan.planning`, a
+        :class:`~lazyio.backends.plan.PlannedArray` of the same shape and chunks instead.
     """
+    if planned():
+        return plan(source.shape, source.dtype, chunks)
+    import dask.array as da
+    from dask.base import tokenize
+
     meta = np.empty((0,) * len(source.shape), dtype=source.dtype)
     name = f"{prefix}-{tokenize(source, chunks, token_extra)}"
     array: da.Array = da.from_array(
@@ -100,4 +113,35 @@ def to_dask(
         asarray=False,
         fancy=True,  # sources take any index, so dask pushes selections into the read
     )
+    register_direct(array, source)
     return array
+
+
+# The sources of the arrays lazyio built, by dask name (a name is a content hash: an array
+# of that name reads that source), for lazyio.fetch to read a selection without the
+# scheduler. Sources hold no data; the oldest are forgotten (fetch then uses dask).
+_DIRECT: OrderedDict[str, ChunkSource] = OrderedDict()
+_DIRECT_MAX = 1024
+_DIRECT_LOCK = threading.Lock()
+
+
+def register_direct(array: Any, source: ChunkSource) -> None:
+    """Remember that dask array ``array`` reads ``source`` block by block (whole, in its
+    own shape), so that :func:`lazyio.fetch` can read a selection of it directly."""
+    with _DIRECT_LOCK:
+        _DIRECT[array.name] = source
+        _DIRECT.move_to_end(array.name)
+        while len(_DIRECT) > _DIRECT_MAX:
+            _DIRECT.popitem(last=False)
+
+
+def direct_source(array: Any) -> ChunkSource | None:
+    """The source that ``array`` (a dask array lazyio built) reads, or ``None``."""
+    name = getattr(array, "name", None)
+    if not isinstance(name, str):
+        return None
+    with _DIRECT_LOCK:
+        source = _DIRECT.get(name)
+    if source is None or tuple(source.shape) != tuple(array.shape):
+        return None
+    return source

@@ -8,7 +8,7 @@ documented there, and here for what is specific to .hspy.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 
@@ -39,9 +39,13 @@ from lazyio.formats.hyperspy.describe import experiment_data_paths, spec_version
 from lazyio.formats.hyperspy.hdf5_node import H5Node
 from lazyio.formats.hyperspy.node import Node
 from lazyio.formats.hyperspy.signal import read_file_tree, write_signal_tree
-from lazyio.formats.hyperspy.writer import ArrayWriter
 from lazyio.location import Location, as_location
 from lazyio.signals import signal_axes_indices
+
+if TYPE_CHECKING:
+    # the writer streams through dask.array: imported on write only, so that reading a
+    # description (lazyio info) does without dask
+    from lazyio.formats.hyperspy.writer import ArrayWriter
 
 __all__ = ["PLUGIN", "HspyFormat"]
 
@@ -55,6 +59,8 @@ READ_MODES = ("r", "r+", "a")
 def _make_writer(
     key: str, signal: dict[str, Any], chunks: Chunks, options: dict[str, Any]
 ) -> ArrayWriter:
+    from lazyio.formats.hyperspy.writer import ArrayWriter
+
     def make_target(node: Node, name: str, dset: h5py.Dataset) -> H5ChunkTarget:
         return H5ChunkTarget(
             key=key,

@@ -15,16 +15,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import dask.array as da
 import numpy as np
 
 from lazyio.backends import StorageLayout
 from lazyio.backends.chunking import Chunks
 from lazyio.backends.raw.memmap import MemmapSource, memmap_distributed
 from lazyio.backends.raw.npy_header import MAGIC, NpyHeader, read_header
-from lazyio.backends.raw.npy_target import write_npy_into
 from lazyio.errors import FormatError, UnsupportedError, reading
 from lazyio.formats import (
     Capabilities,
@@ -36,6 +34,9 @@ from lazyio.formats import (
 )
 from lazyio.location import Location, as_location
 from lazyio.signals import default_axes, make_signal_dict
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 __all__ = ["PLUGIN", "NpyFormat"]
 
@@ -259,6 +260,9 @@ class NpyFormat(FormatPlugin):
     ) -> None:
         """Write the signal's data (numpy or dask) into ``target``; only the data: a
         ``.npy`` file holds no axes or metadata."""
+        # the streamed writer needs dask.array: imported on write only (lazyio info)
+        from lazyio.backends.raw.npy_target import write_npy_into
+
         data = signal["data"]
         if chunks is not None and hasattr(data, "rechunk"):
             data = data.rechunk(chunks)

@@ -52,7 +52,6 @@ from lazyio.formats import (
 )
 from lazyio.formats.hyperspy.describe import experiment_data_paths, spec_version
 from lazyio.formats.hyperspy.signal import read_file_tree, write_signal_tree
-from lazyio.formats.hyperspy.writer import ArrayWriter
 from lazyio.formats.hyperspy.zarr_node import ZarrNode
 from lazyio.location import Location, as_location
 from lazyio.signals import signal_axes_indices
@@ -139,6 +138,9 @@ def _write_store(
         if kind != "group" or fmt not in (2, 3):
             raise FormatError(f"{spec}: not a Zarr hierarchy to update")
         zarr_format = 3 if fmt == 3 else 2
+    # streams through dask.array: imported on write only (lazyio info does without dask)
+    from lazyio.formats.hyperspy.writer import ArrayWriter
+
     writer = ArrayWriter(
         lambda node, name, arr: zarr_target(arr),
         chunks=chunks,

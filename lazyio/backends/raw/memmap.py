@@ -22,15 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from itertools import product
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import dask.array as da
 import numpy as np
-from dask.base import tokenize
-from dask.blockwise import blockwise as core_blockwise
-from dask.highlevelgraph import HighLevelGraph
-from dask.layers import ArraySliceDep
-from dask.utils import parse_bytes
 
 from lazyio import handles
 from lazyio.backends import to_dask
@@ -40,9 +34,13 @@ from lazyio.backends.chunking import (
     memory_map_chunks,
     target_chunk_bytes,
 )
+from lazyio.backends.plan import plan, planned
 from lazyio.backends.slicing import apply_residual, split_index
 from lazyio.errors import FormatError, UnsupportedError, not_found
 from lazyio.location import Location, as_location
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 Order = Literal["C", "F"]  # storage order of a memory-mapped array
 __all__ = ["MemmapSource", "contiguous_chunks", "memmap_distributed"]
@@ -409,7 +407,14 @@ def memmap_distributed(
         )
     token = location.modified_token()
     source = MemmapSource(location, offset, records, file_dtype, order, key, token)
-    limit = target_chunk_bytes() if block_size_limit is None else int(parse_bytes(block_size_limit))
+    if block_size_limit is None:
+        limit = target_chunk_bytes()
+    elif isinstance(block_size_limit, str):
+        from dask.utils import parse_bytes
+
+        limit = int(parse_bytes(block_size_limit))
+    else:
+        limit = int(block_size_limit)
     ndim = len(full_shape)
     n_rec = len(records)
 
@@ -422,6 +427,14 @@ def memmap_distributed(
         return to_dask(source, block_chunks, prefix="memmap", token_extra=token)
 
     block_chunks = memory_map_chunks(chunks, full_shape, out_dtype, list(range(ndim)), limit)
+    if planned():
+        return plan(full_shape, out_dtype, block_chunks)
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.blockwise import blockwise as core_blockwise
+    from dask.highlevelgraph import HighLevelGraph
+    from dask.layers import ArraySliceDep
+
     n_nav = ndim - 2
     index_map = np.full(full_shape[:n_nav], -1, dtype=np.intp)
     index_map[tuple(pos.T)] = np.arange(len(pos))

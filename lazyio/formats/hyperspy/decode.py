@@ -15,10 +15,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import dask.array as da
 import numpy as np
 
 from lazyio.backends.chunking import Chunks
+from lazyio.backends.plan import is_dask_array, plan, planned
 from lazyio.errors import FormatError
 from lazyio.formats.hyperspy.node import Node, decode_strings
 from lazyio.formats.hyperspy.versions import parse_old_datetime
@@ -77,6 +77,10 @@ def read_dataset(
     if shapes_key is not None:
         if lazy:
             data = node.lazy_array(key, chunks)
+            if planned():
+                return plan(data.shape, object, data.chunks)
+            import dask.array as da
+
             shapes = node.lazy_array(shapes_key, chunks=data.chunks).rechunk(data.chunks)
             return da.map_blocks(_unflatten, data, shapes, dtype=object)
         return _unflatten(node.read_array(key), node.read_array(shapes_key))
@@ -147,7 +151,7 @@ def group_to_dict(
 
 def _small_or_lazy(node: Node, key: str, lazy: bool, members: dict[str, str]) -> Any:
     value = read_dataset(node, key, lazy=lazy, members=members)
-    if isinstance(value, da.Array) and value.dtype.kind in "SUO":
+    if is_dask_array(value) and value.dtype.kind in "SUO":
         return value.compute()
     return value
 

@@ -11,9 +11,9 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-import dask.array as da
 import numpy as np
 
+from lazyio.backends.plan import is_dask_array
 from lazyio.errors import LazyioWarning
 from lazyio.formats.hyperspy.node import Node
 
@@ -27,8 +27,8 @@ def _homogenise(values: list[Any] | tuple[Any, ...]) -> np.ndarray | None:
 
     Mixed numbers and strings become strings, as HyperSpy documents.
     """
-    if any(isinstance(v, dict | list | tuple | np.ndarray | da.Array | bytes) or v is None
-           for v in values):
+    if any(isinstance(v, dict | list | tuple | np.ndarray | bytes) or is_dask_array(v)
+           or v is None for v in values):
         return None
     try:
         arr = np.array(values)
@@ -55,7 +55,7 @@ def dict_to_group(
         key = str(key)
         if isinstance(value, dict):
             dict_to_group(value, node.require_group(key), write_array, **options)
-        elif isinstance(value, np.ndarray | da.Array):
+        elif isinstance(value, np.ndarray) or is_dask_array(value):
             if isinstance(value, np.ndarray) and value.dtype.kind in "UO":
                 node.write_small_array(key, value, **options)
             else:

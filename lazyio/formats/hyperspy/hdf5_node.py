@@ -7,11 +7,12 @@ the hspy plugin makes from the created dataset.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-import dask.array as da
 import h5py
 import numpy as np
 
@@ -19,11 +20,29 @@ from lazyio.backends import to_dask
 from lazyio.backends.chunking import Chunks
 from lazyio.backends.hdf5.filters import creation_options, ensure_filters
 from lazyio.backends.hdf5.sources import H5Source, check_inflation
+from lazyio.backends.plan import lazy_whole
 from lazyio.errors import FormatError, LazyioWarning, UnsafeFileError, translate
 from lazyio.formats.hyperspy.node import METADATA_MAX_ITEMS, decode_strings, lazy_grid
 from lazyio.location import Location
 
+if TYPE_CHECKING:
+    import dask.array as da
+
 __all__ = ["METADATA_MAX_ITEMS", "H5Node"]
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _changes_members(method: _Method) -> _Method:
+    """Forget the node's cached members after ``method`` (which adds or removes some)."""
+    @functools.wraps(method)
+    def wrapper(self: H5Node, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._members = None
+
+    return cast("_Method", wrapper)
 
 
 
@@ -32,7 +51,7 @@ class H5Node:
 
     def __init__(
         self, group: h5py.Group, location: Location, path: str | None = None,
-        allow_external: bool = False, seen: dict[tuple[int, int], str] | None = None,
+        allow_external: bool = False, seen: dict[tuple[Any, int], str] | None = None,
     ) -> None:
         self.group = group
         self.location = location
@@ -43,7 +62,8 @@ class H5Node:
         # groups met so far in this walk, by (file, address) -> the first path to them:
         # hard links can make a DAG whose paths double at every level (2**30 for a 40 KB
         # file) or a cycle; each group is decoded once, at its first path
-        self.seen: dict[tuple[int, int], str] = {} if seen is None else seen
+        self.seen: dict[tuple[Any, int], str] = {} if seen is None else seen
+        self._members: dict[str, str] | None = None
 
     def attrs(self) -> dict[str, Any]:
         out = {}
@@ -63,32 +83,58 @@ class H5Node:
         return out
 
     def members(self) -> dict[str, str]:
+        # asked several times per group while a file is read (the experiment group three
+        # times): walked once per node, forgotten by every method that writes
+        if self._members is None:
+            self._members = self._walk_members()
+        return dict(self._members)
+
+    def _walk_members(self) -> dict[str, str]:
         out = {}
+        gid = self.group.id
         for name in self.group:
             if not isinstance(name, str):
                 raise FormatError(f"{self.where}: {self.path} has a member named {name!r}, "
                                   "which is not text")
-            link = self.group.get(name, getlink=True)
-            if isinstance(link, h5py.ExternalLink) and not self.allow_external:
+            encoded = name.encode()
+            if (gid.links.get_info(encoded).type == h5py.h5l.TYPE_EXTERNAL
+                    and not self.allow_external):
+                link = self.group.get(name, getlink=True)
                 raise UnsafeFileError(
                     f"{self.where}: {self._sub(name)} is an external link to "
                     f"{link.filename}; pass allow_external=True to follow it"
                 )
-            obj = self.group.get(name)
-            if isinstance(obj, h5py.Group):
-                if self._seen_before(name, obj):
+            # the object's type and address without opening it (opening each member was
+            # two thirds of the time of a lazy open)
+            try:
+                info = h5py.h5o.get_info(gid, encoded)
+            except (KeyError, RuntimeError, OSError, ValueError):
+                # a dangling or unreadable link: h5py decides, as before
+                obj = self.group.get(name)
+                if isinstance(obj, h5py.Group):
+                    try:
+                        opened = h5py.h5o.get_info(obj.id)
+                    except (OSError, ValueError, RuntimeError):
+                        opened = None
+                    if opened is not None and self._seen_before(name, opened.fileno,
+                                                                 opened.addr):
+                        continue
+                    out[name] = "group"
+                elif isinstance(obj, h5py.Dataset):
+                    out[name] = "array"
+                continue
+            if info.type == h5py.h5o.TYPE_GROUP:
+                if self._seen_before(name, info.fileno, info.addr):
                     continue
                 out[name] = "group"
-            elif isinstance(obj, h5py.Dataset):
+            elif info.type == h5py.h5o.TYPE_DATASET:
                 out[name] = "array"
         return out
 
-    def _seen_before(self, name: str, group: h5py.Group) -> bool:
-        """Whether ``group`` was reached before by another path (then warn and skip it)."""
-        try:
-            key = (group.id.fileno, h5py.h5o.get_info(group.id).addr)
-        except (OSError, ValueError, RuntimeError):
-            return False
+    def _seen_before(self, name: str, fileno: Any, addr: int) -> bool:
+        """Whether the group at ``(fileno, addr)`` was reached before by another path
+        (then warn and skip it)."""
+        key = (fileno, addr)
         path = self._sub(name)
         first = self.seen.setdefault(key, path)
         if first == path:
@@ -96,7 +142,7 @@ class H5Node:
         warnings.warn(
             f"{self.where}: {path} is a hard link to {first}, already read; skipped (a "
             "file whose groups link each other would otherwise be walked exponentially)",
-            LazyioWarning, stacklevel=3,
+            LazyioWarning, stacklevel=4,
         )
         return True
 
@@ -149,7 +195,7 @@ class H5Node:
     def lazy_array(self, name: str, chunks: Chunks = "auto") -> da.Array:
         dset = self._dataset(name)
         if h5py.check_string_dtype(dset.dtype) is not None:
-            return da.from_array(self.read_array(name), chunks=-1)
+            return lazy_whole(self.read_array(name))
         source = self._source(name, dset)
         grid = lazy_grid(self, name, source, chunks,
                          remote=source.location.local_path is None)
@@ -168,13 +214,16 @@ class H5Node:
                     stacklevel=2,
                 )
 
+    @_changes_members
     def require_group(self, name: str) -> H5Node:
         return H5Node(self.group.require_group(name), self.location, self._sub(name))
 
+    @_changes_members
     def delete(self, name: str) -> None:
         if name in self.group:
             del self.group[name]
 
+    @_changes_members
     def write_small_array(self, name: str, data: np.ndarray, **options: Any) -> None:
         self.delete(name)
         if data.dtype.kind == "U":
@@ -188,6 +237,7 @@ class H5Node:
         kwargs = creation_options(options) if data.ndim and data.size > 1 else {}
         self.group.create_dataset(name, data=data, **kwargs)
 
+    @_changes_members
     def _write_ragged(self, name: str, data: np.ndarray, **options: Any) -> None:
         flat = np.empty(data.shape, dtype=object)
         shapes = np.empty(data.shape, dtype=object)
@@ -213,6 +263,7 @@ class H5Node:
             f"_ragged_shapes_{name}", data=shapes, dtype=h5py.vlen_dtype(np.int64), **kwargs
         )
 
+    @_changes_members
     def create_array(
         self, name: str, shape: tuple[int, ...], dtype: np.dtype[Any],
         chunks: tuple[int, ...] | None, **options: Any,

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-import dask.array as da
 import numpy as np
 
 from lazyio.backends.chunking import BlockChunks, Chunks, aligned_chunks, read_block_bytes
 from lazyio.errors import FormatError
 
 if TYPE_CHECKING:
+    import dask.array as da
+
     from lazyio.backends import ChunkSource
     from lazyio.formats.hyperspy.hdf5_node import H5Node
     from lazyio.formats.hyperspy.zarr_node import ZarrNode

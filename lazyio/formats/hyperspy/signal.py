@@ -13,10 +13,10 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-import dask.array as da
 import numpy as np
 
 from lazyio.backends.chunking import Chunks
+from lazyio.backends.plan import is_lazy_array, lazy_whole
 from lazyio.errors import FormatError, LazyioWarning
 from lazyio.formats.hyperspy.decode import decode_attribute, group_to_dict, read_dataset
 from lazyio.formats.hyperspy.encode import dict_to_group
@@ -190,8 +190,8 @@ def read_signal_group(
     axes = _axes(group, tuple(int(n) for n in data.shape))
     if not lazy:
         data = read_dataset(group, "data", lazy=False, members=members)
-    elif not isinstance(data, da.Array):
-        data = da.from_array(data, chunks=-1)
+    elif not is_lazy_array(data):
+        data = lazy_whole(data)
     signal["attributes"]["_lazy"] = bool(lazy)
     signal["data"] = data
     metadata = migrate_metadata(signal["metadata"], version)

@@ -12,9 +12,8 @@ import base64
 import json
 import math
 import warnings
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import dask.array as da
 import numpy as np
 import zarr
 from zarr.abc.store import Store
@@ -22,6 +21,7 @@ from zarr.core.sync import sync
 
 from lazyio.backends import to_dask
 from lazyio.backends.chunking import Chunks
+from lazyio.backends.plan import lazy_whole
 from lazyio.backends.zarr.codecs import (
     ZarrFormat,
     codec_from_config,
@@ -54,6 +54,9 @@ __all__ = ["ZarrNode"]
 
 # model parameter maps read whole at load (old HyperSpy models): far below this
 _RAW_V2_MAX_BYTES = 256 << 20
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 
 def _json_attr(value: Any) -> Any:
@@ -234,12 +237,12 @@ class ZarrNode:
 
     def lazy_array(self, name: str, chunks: Chunks = "auto") -> da.Array:
         if self._raw_v2_meta(name) is not None:  # small (model maps): read now
-            return da.from_array(self.read_array(name), chunks=-1)
+            return lazy_whole(self.read_array(name))
         source = self._source(name)
         # strings (object, or numpy's StringDType that zarr-python 3 gives vlen-utf8) are
         # read whole, as the HDF5 side reads them: metadata, with its size cap
         if source.dtype.kind in "OT" and not isinstance(source, ObjectZarrSource):
-            return da.from_array(self.read_array(name), chunks=-1)
+            return lazy_whole(self.read_array(name))
         # The smaller remote blocks were measured on HDF5 reads (decoding overlapping the
         # fetch); Zarr reads keep the local rule, as they always have.
         grid = lazy_grid(self, name, source, chunks, remote=False)

@@ -20,14 +20,13 @@ import math
 import warnings
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import dask.array as da
 import h5py
 import numpy as np
-from dask.base import tokenize
 
 from lazyio import handles
+from lazyio.backends import register_direct
 from lazyio.backends.chunking import BlockChunks, Chunks, auto_block_bytes
 from lazyio.backends.hdf5.files import check_hdf5_source, open_h5, sniff_hdf5
 from lazyio.backends.hdf5.filters import check_creation_options
@@ -40,7 +39,7 @@ from lazyio.backends.hdf5.target import (
     open_for_targets,
     writing_file,
 )
-from lazyio.backends.store import rechunk_to_storage, store
+from lazyio.backends.plan import plan, planned, planning
 from lazyio.errors import (
     FormatError,
     LazyioWarning,
@@ -82,6 +81,9 @@ from lazyio.formats.usid.schema import (
 from lazyio.location import Location, as_location
 from lazyio.signals import make_signal_dict
 
+if TYPE_CHECKING:
+    import dask.array as da
+
 __all__ = ["PLUGIN", "UsidFormat"]
 
 # numpy arrays up to this size are written at once instead of through dask
@@ -101,7 +103,12 @@ def _as_dask(view: USIDView, chunks: BlockChunks, token: str) -> da.Array:
     # Like lazyio.backends.to_dask, but fancy=True: the view applies any index through
     # split_index, and dask then fuses a selection (one spectrum, one image) into the read
     # instead of reading the whole block first.
-    return da.from_array(
+    if planned():
+        return plan(view.shape, view.dtype, chunks)
+    import dask.array as da
+    from dask.base import tokenize
+
+    array: da.Array = da.from_array(
         view,
         chunks=chunks,
         name=f"usid-{tokenize(view, chunks, token)}",
@@ -110,6 +117,8 @@ def _as_dask(view: USIDView, chunks: BlockChunks, token: str) -> da.Array:
         asarray=False,
         fancy=True,
     )
+    register_direct(array, view)
+    return array
 
 
 def _axis(
@@ -235,6 +244,12 @@ def _data(
         cols = slice(None) if spec_order is None else spec_order
         if not lazy:
             return flat[:, :][rows][:, cols].reshape(shape)
+        if planned():
+            # the gather's blocks are dask's indexing and reshape: planned by dask itself
+            with planning(False):
+                gathered = _data(view, pos_order, spec_order, lazy=True, chunks=chunks,
+                                 token=token)
+            return plan(gathered.shape, gathered.dtype, gathered.chunks)
         arr = _as_dask(flat, _auto_chunks(flat, "auto"), token)[rows][:, cols]
         return arr.reshape(shape)
     if not lazy:
@@ -251,6 +266,8 @@ def _auto_chunks(view: USIDView, chunks: Chunks) -> BlockChunks:
         )
     # explicit chunks are the caller's choice; blocks that split storage chunks still read
     # correctly, each task decoding the storage chunks it touches
+    import dask.array as da
+
     return da.core.normalize_chunks(chunks, view.shape, dtype=view.dtype)
 
 
@@ -304,6 +321,10 @@ def _write_into(
     h5file: h5py.File, signal: dict[str, Any], *, chunks: Chunks, show_progressbar: bool,
     options: dict[str, Any],
 ) -> None:
+    import dask.array as da
+
+    from lazyio.backends.store import rechunk_to_storage, store
+
     data = signal["data"]
     axes = signal["axes"]
     nav = [i for i, a in enumerate(axes) if a.get("navigate", False)]

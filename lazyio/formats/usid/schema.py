@@ -19,7 +19,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import dask.array as da
 import h5py
 import numpy as np
 
@@ -31,6 +30,7 @@ from lazyio.backends.chunking import (
 )
 from lazyio.backends.hdf5.filters import ensure_filters
 from lazyio.backends.hdf5.sources import H5Source, open_h5
+from lazyio.backends.plan import is_dask_array
 from lazyio.backends.slicing import apply_residual, split_index
 from lazyio.errors import FormatError
 
@@ -487,7 +487,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, An
 
 def set_attr(obj: h5py.HLObject, key: str, value: Any) -> None:
     """Write a metadata value as an attribute if HDF5 can hold it; skip it otherwise."""
-    if value is None or isinstance(value, da.Array):
+    if value is None or is_dask_array(value):
         return
     if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
         value = string_array(value)
