@@ -215,12 +215,13 @@ class Context:
 
 def write_pair(
     ctx: Context, fmt: str, impls: dict[str, tuple[str, dict[str, Any], str]], src: str,
-    python: dict[str, str] | None = None,
+    python: dict[str, str] | None = None, extra: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Time and peak RSS of writes, each in a fresh process, alternating sides per repetition.
 
     ``impls`` maps a side's name to ``(implementation, writer kwargs, target file name)``.
-    Returns per side the median ``seconds``, ``peak`` (VmHWM, bytes) and ``added`` (peak
+    ``extra`` goes into every job's spec (``source_chunks``: another chunking of the
+    source). Returns per side the median ``seconds``, ``peak`` (VmHWM, bytes) and ``added`` (peak
     minus the RSS just before the write).
     """
     python = python or {}
@@ -230,7 +231,7 @@ def write_pair(
         for name in names if rep % 2 == 0 else reversed(names):
             impl, kwargs, dst = impls[name]
             spec = {"impl": impl, "fmt": fmt, "src": src, "dst": ctx.path(dst),
-                    "kwargs": kwargs, "workers": CORES}
+                    "kwargs": kwargs, "workers": CORES, **(extra or {})}
             runs[name].append(fresh("write", spec, python=python.get(name, sys.executable)))
     return {
         n: {

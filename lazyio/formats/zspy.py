@@ -141,6 +141,9 @@ def _write_store(
     # streams through dask.array: imported on write only (lazyio info does without dask)
     from lazyio.formats.hyperspy.writer import ArrayWriter
 
+    shards = options.get("shards")
+    if shards is not None and not update:
+        chunks = _chunks_in_shards(spec, signal, chunks, tuple(int(n) for n in shards))
     writer = ArrayWriter(
         lambda node, name, arr: zarr_target(arr),
         chunks=chunks,
@@ -153,6 +156,32 @@ def _write_store(
         file_format=FILE_FORMAT, write_dataset=not update,
     )
     writer.flush(show_progressbar)
+
+
+def _chunks_in_shards(
+    spec: StoreSpec, signal: dict[str, Any], chunks: Chunks, shards: tuple[int, ...]
+) -> tuple[int, ...]:
+    """The main data's storage chunks when it is sharded: the requested ones, which must
+    tile a shard, or lazyio's default shrunk along each axis to a divisor of the shard."""
+    from lazyio.backends.chunking import storage_chunks
+
+    data = signal["data"]
+    shape = tuple(int(n) for n in data.shape)
+    # a shard larger than the array holds the whole axis
+    shards = tuple(min(s, max(1, n)) for s, n in zip(shards, shape, strict=True))
+    got = storage_chunks(shape, data.dtype, chunks, signal_axes_indices(signal),
+                         TARGET_CHUNK_BYTES)
+    if got is None:
+        return shards
+    if isinstance(chunks, tuple | list):
+        if any(s % c for s, c in zip(shards, got, strict=True)):
+            raise OptionError(
+                f"{spec}: shards {shards} must hold a whole number of chunks {got} "
+                "along every axis"
+            )
+        return got
+    return tuple(max(d for d in range(1, min(c, s) + 1) if s % d == 0)
+                 for c, s in zip(got, shards, strict=True))
 
 
 def _invalidate_listings(store: Any) -> None:
@@ -279,6 +308,10 @@ class ZspyFormat(FormatPlugin):
             if zarr_format != 3:
                 raise ValueError(f"{target}: shards need zarr_format=3")
             _check_shape_option("shards", shards, target)
+            ndim = np.ndim(signal["data"])
+            if len(shards) != ndim:
+                raise OptionError(f"{target}: shards {tuple(shards)} must have one length "
+                                  f"per axis of the data ({ndim})")
         store_type = options.get("store_type")
         check_choice_option("store_type", store_type, ("local", "zip"), target)
         if store_type is not None and not isinstance(target, Location):

@@ -81,7 +81,8 @@ class ZarrSource:
         # the pinned store is the version the array was made from (checked on opening)
         key = ZarrArrayKey(self.store, self.path, self.token)
         return handles.acquire(
-            key, lambda: zarr_array(pinned_store(self.store, self.token), self.path))
+            key, lambda: zarr_array(pinned_store(self.store, self.token), self.path,
+                                    f"{self.store}: array {self.path}"))
 
     def _plan(self) -> DirectPlan | None:
         return handles.memo(DirectPlanKey(self.store, self.path, self.token),

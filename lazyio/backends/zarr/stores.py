@@ -889,6 +889,11 @@ def node_kind(
     return None, None, None
 
 
-def zarr_array(store: Store, path: str) -> zarr.Array[Any]:
-    """Open the array at ``path`` with zarr-python (numeric and string arrays)."""
-    return zarr.open_array(store=store, path=path.strip("/"), mode="r")
+def zarr_array(store: Store, path: str, where: str | None = None) -> zarr.Array[Any]:
+    """Open the array at ``path`` with zarr-python (numeric and string arrays), its
+    chunks' decoding bounded by their size (:mod:`lazyio.backends.zarr.bounded`);
+    ``where`` names the store and array in errors."""
+    from lazyio.backends.zarr.bounded import bound_array
+
+    array = zarr.open_array(store=store, path=path.strip("/"), mode="r")
+    return bound_array(array, where if where is not None else f"{store}: array {path}")

@@ -65,23 +65,28 @@ class ArrayWriter:
         is_main = name == "data" and node.path.strip("/").startswith("Experiments/") and (
             node.path.strip("/").count("/") == 1
         )
+        # .zspy's shard shape describes the main data only
+        options = self.options if is_main else {
+            k: v for k, v in self.options.items() if k != "shards"}
         if data.dtype.kind in "UO" or has_subarray_fields(data.dtype):
             # strings, ragged arrays and HyperSpy 1.x model maps (sub-array fields): small,
             # and each node stores them in its own way
-            node.write_small_array(name, np.asarray(data), **self.options)
+            node.write_small_array(name, np.asarray(data), **options)
             return
         request = self.chunks if is_main else None
         axes = self.signal_axes if is_main else list(range(data.ndim))
         chunks = storage_chunks(data.shape, data.dtype, request, axes, self.target_bytes)
-        dset = node.create_array(name, tuple(data.shape), data.dtype, chunks, **self.options)
+        dset = node.create_array(name, tuple(data.shape), data.dtype, chunks, **options)
         if math.prod(data.shape) == 0:
             return
         small = isinstance(data, np.ndarray) and data.nbytes <= _SMALL_BYTES
         if data.ndim == 0:
             dset[()] = np.asarray(data)
             return
-        # a target without storage chunks takes any block
-        actual = tuple(dset.chunks) if getattr(dset, "chunks", None) else (1,) * data.ndim
+        # a target without storage chunks takes any block; a sharded Zarr array is
+        # written in whole shards (a task rewriting part of a shard would race another)
+        grid = getattr(dset, "shards", None) or getattr(dset, "chunks", None)
+        actual = tuple(grid) if grid else (1,) * data.ndim
         target = self.make_target(node, name, dset)
         if small:
             target[tuple(slice(0, s) for s in data.shape)] = data
