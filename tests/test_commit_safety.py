@@ -29,7 +29,14 @@ import pytest
 
 import lazyio
 from lazyio.backends import atomic
-from lazyio.backends.atomic import KILL_EXIT_CODE, LOCK_TAG, OLD_TAG, TMP_TAG
+from lazyio.backends.atomic import (
+    JOURNAL_TAG,
+    KILL_EXIT_CODE,
+    LOCK_TAG,
+    OLD_TAG,
+    TMP_TAG,
+    UPDATE_TAG,
+)
 from lazyio.errors import (
     ForeignTargetError,
     LazyioError,
@@ -61,7 +68,8 @@ def snapshot(path: Path) -> dict[str, bytes]:
 
 def leftovers(folder: Path) -> list[str]:
     return sorted(n for n in os.listdir(folder)
-                  if TMP_TAG in n or OLD_TAG in n or n.endswith(LOCK_TAG))
+                  if TMP_TAG in n or OLD_TAG in n or UPDATE_TAG in n or JOURNAL_TAG in n
+                  or n.endswith(LOCK_TAG))
 
 
 def save(path: Any, data: np.ndarray, fmt: str | None = None, **kwds: Any) -> None:
@@ -427,6 +435,11 @@ CASES = {
     "hspy": ("hspy", {}, {"overwrite": True}, ["written", "swapped", "committed"]),
     "hspy-metadata-update": ("hspy", {}, {"write_dataset": False},
                              ["copied", "written", "swapped", "committed"]),
+    # a .zspy directory: the metadata tree is staged and moved in under a journal; a kill
+    # after the journal (and half-way through the moves) is finished by the next load
+    "zspy-directory-metadata-update": ("zspy", {}, {"write_dataset": False},
+                                       ["copied", "written", "journaled", "moving",
+                                        "swapped", "committed"]),
     "usid-append": ("usid", {"append": True}, {"append": True},
                     ["copied", "written", "swapped", "committed"]),
 }
@@ -543,3 +556,23 @@ def test_usid_append_while_another_process_reads_the_file(tmp_path: Path) -> Non
     finally:
         out, _ = reader.communicate("", timeout=60)
     assert out.strip() == "1"  # the reader saw its version to the end
+
+
+def test_zspy_directory_metadata_update_leaves_the_data_chunks_alone(
+        tmp_path: Path) -> None:
+    # the staged update copies and moves the metadata tree only: every data chunk file
+    # is the same inode afterwards, never copied, and nothing is left beside the store
+    path = path_for(tmp_path, "zspy")
+    lazyio.save(path, {"data": OLD, "axes": AXES}, chunks=(1, 6, 10),
+                show_progressbar=False)
+    chunks = {p: p.stat().st_ino for p in (path / "Experiments").rglob("data/*")
+              if not p.name.startswith(".")}
+    assert len(chunks) == 4
+    lazyio.save(path, {"data": OLD, "axes": AXES, "metadata": {"General": {"notes": "n"}}},
+                write_dataset=False, show_progressbar=False)
+    assert {p: p.stat().st_ino for p in chunks} == chunks
+    got = lazyio.load(path, lazy=False)[0]
+    lazyio.close_all()
+    assert got["metadata"]["General"]["notes"] == "n"
+    np.testing.assert_array_equal(got["data"], OLD)
+    assert leftovers(tmp_path) == []
