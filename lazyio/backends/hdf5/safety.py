@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from lazyio.location import Location
 
 __all__ = [
-    "DEFAULT_TIMEOUT", "ExternalScanKey", "guard_untrusted", "inspect_untrusted",
-    "refuse_external",
+    "DEFAULT_TIMEOUT", "ExternalScanKey", "HazardScanKey", "crash_hazards", "guard_untrusted",
+    "inspect_untrusted", "refuse_crash_hazards", "refuse_external",
 ]
 
 # Small datasets are read whole in the child: lazyio reads them eagerly as metadata.
@@ -78,6 +78,126 @@ def walk(h5file: Any) -> Iterator[tuple[str, str, Any]]:
                     yield full, "group", oid
                 elif isinstance(oid, h5d.DatasetID):
                     yield full, "dataset", oid
+
+
+@dataclass(frozen=True)
+class HazardScanKey:
+    """The memo key of one file version's crash-hazard scan (``handles.memo``)."""
+
+    location: Hashable
+    token: str
+
+
+# ------------------------------------------------------------- what crashes the library
+# The fuzz campaign's SIGSEGVs inside libhdf5 (2.0) on mutated files were two classes,
+# each found in several inputs, and each detectable through the library's own API without
+# converting any value (the step that crashes):
+#
+# * a variable-length datatype whose kind (the low nibble of its first class bit field:
+#   0 sequence, 1 string) is neither: HDF5 decodes it, h5py reads it as a sequence of
+#   bytes, and the conversion calls a null disk callback (H5VL_blob_put) -- reading the
+#   attribute or the dataset is a SIGSEGV. The encoded datatype (H5Tencode) carries the
+#   kind verbatim. (An unknown string padding, the high nibble, is read without harm.)
+# * a dataset's fill value message whose size disagrees with its buffer (one flipped byte
+#   of the size): H5Pget_fill_value converts from a missing buffer. The library's own
+#   consistency check (H5Pfill_value_defined) reports it as an error first.
+
+
+def _bad_type(tid: Any, depth: int = 0) -> str | None:
+    """Why the datatype ``tid`` would crash the HDF5 library when read, or None."""
+    from h5py import h5t
+
+    if depth > 32:
+        return "a datatype nested more than 32 levels deep"
+    cls = tid.get_class()
+    if cls in (h5t.VLEN, h5t.STRING):
+        raw = tid.encode()  # [id, encode version, class|version, bit fields 0-2, ...]
+        if len(raw) >= 5 and raw[2] & 0x0F == 9:  # variable length
+            kind = raw[3] & 0x0F
+            if kind > 1:
+                return f"a variable-length datatype of unknown kind {kind}"
+        if cls == h5t.VLEN:
+            return _bad_type(tid.get_super(), depth + 1)
+    elif cls == h5t.COMPOUND:
+        for i in range(tid.get_nmembers()):
+            why = _bad_type(tid.get_member_type(i), depth + 1)
+            if why is not None:
+                return why
+    elif cls in (h5t.ARRAY, h5t.ENUM):
+        return _bad_type(tid.get_super(), depth + 1)
+    return None
+
+
+def _attribute_hazard(oid: Any) -> str | None:
+    from h5py import h5a
+
+    names: list[bytes] = []
+    try:
+        h5a.iterate(oid, lambda name, out=names: out.append(name))
+    except (KeyError, OSError, ValueError, RuntimeError, TypeError):
+        return None  # unreadable names: the reader reports them in context
+    for name in names:
+        try:
+            tid = h5a.open(oid, name).get_type()
+        except (KeyError, OSError, ValueError, RuntimeError, TypeError):
+            continue  # h5py raises on it when read: no crash
+        why = _bad_type(tid)
+        if why is not None:
+            return f"attribute {name.decode(errors='replace')!r} has {why}"
+    return None
+
+
+def _dataset_hazard(oid: Any) -> str | None:
+    try:
+        why = _bad_type(oid.get_type())
+        if why is not None:
+            return f"has {why}"
+        plist = oid.get_create_plist()
+    except (KeyError, OSError, RuntimeError, TypeError):
+        return None
+    except ValueError:
+        return None
+    try:
+        plist.fill_value_defined()
+    except (ValueError, RuntimeError, OSError):
+        return "has a damaged fill value (its size disagrees with its value)"
+    return None
+
+
+def crash_hazards(h5file: Any) -> list[str]:
+    """What in ``h5file`` would crash the HDF5 library when lazyio reads it: every
+    attribute's and dataset's datatype, every dataset's fill value (see above)."""
+    found: list[str] = []
+    why = _attribute_hazard(h5file.id)
+    if why is not None:
+        found.append(f"/: {why}")
+    for path, kind, oid in walk(h5file):
+        if kind == "external":
+            continue
+        why = _attribute_hazard(oid)
+        if why is None and kind == "dataset":
+            why = _dataset_hazard(oid)
+        if why is not None:
+            found.append(f"{path}: {why}")
+    return found
+
+
+def refuse_crash_hazards(h5file: Any, where: Any) -> None:
+    """Raise ``CrashHazardError`` if reading ``h5file`` would crash the HDF5 library
+    (:func:`crash_hazards`); scanned once per version of the file and process."""
+    from lazyio import handles
+    from lazyio.backends.hdf5.files import CrashHazardError
+
+    token = where.modified_token() if hasattr(where, "modified_token") else ""
+    if token and token != "unknown":
+        found = handles.memo(HazardScanKey(where, token), lambda: crash_hazards(h5file))
+    else:
+        found = crash_hazards(h5file)
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise CrashHazardError(
+            f"{where}: damaged HDF5 structure that would crash the HDF5 library if read: "
+            f"{found[0]}{more}")
 
 
 def external_references(h5file: Any) -> list[str]:
