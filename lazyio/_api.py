@@ -385,6 +385,17 @@ def _write_location(
     if location.local_path is not None:
         _write_local(plugin, location, signal, overwrite, common, check)
         return
+    from lazyio.backends.lease import remote_lease
+
+    # one writer at a time, as the local lock: a lease object beside the target
+    with _named_as("", location), remote_lease(location):
+        _write_remote(plugin, location, signal, overwrite, common, check)
+
+
+def _write_remote(
+    plugin: FormatPlugin, location: Location, signal: dict[str, Any], overwrite: bool,
+    common: dict[str, Any], check: _Check | None = None,
+) -> None:
     from lazyio import handles
     from lazyio.backends.atomic import remote_temporary, upload_temporary
 
