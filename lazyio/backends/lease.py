@@ -177,7 +177,7 @@ def remote_lease(target: Location) -> Iterator[None]:
             raise TargetBusy(_describe(_holder(fs.cat_file(store.path))))
     checkpoint("leased")
     stop = threading.Event()
-    etag = [store.etag()]
+    current = [store.etag()]  # our version of the lease, for conditional renewals
 
     def renew() -> None:
         # a third of the lifetime between renewals: two may fail before it expires
@@ -185,9 +185,9 @@ def remote_lease(target: Location) -> Iterator[None]:
             with contextlib.suppress(Exception):  # a failed renewal is retried
                 fresh = _body(owner, seconds)
                 if store.conditional:
-                    if not store.replace(fresh, etag[0]):
+                    if not store.replace(fresh, current[0]):
                         return  # taken over: ours expired (the process stalled)
-                    etag[0] = store.etag()
+                    current[0] = store.etag()
                 else:
                     found = store.read()
                     if found is None or found[0].get("owner") != owner:
