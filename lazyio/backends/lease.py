@@ -98,6 +98,10 @@ class _Store:
     def create(self, body: bytes) -> bool:
         """Write the lease if none exists; False if one does."""
         if self.conditional:
+            # a look first: an unreachable store fails it within the configured time-outs
+            # (a PUT to an endpoint that never answers was seen waiting for minutes)
+            if self.fs.exists(self.path):
+                return False
             try:
                 self.fs.pipe_file(self.path, body, mode="create")
             except FileExistsError:
