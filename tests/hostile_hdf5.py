@@ -251,6 +251,25 @@ def vlen_of_unknown_kind(path: Path, kind: str = "hspy", flags: int = 0x0A) -> P
     return path
 
 
+def vlen_length_flip(path: Path, kind: str = "usid") -> Path:
+    """A string attribute whose stored length (the first 4 bytes of its 16-byte
+    variable-length reference) claims 1 GiB: libhdf5 allocated it before reading (the
+    fuzz campaign's USID input peaking at 1,175 MiB)."""
+    _valid(path, kind)
+    name = "hostile_vlen"
+    with h5py.File(path, "r+") as f:
+        (f[EXPERIMENT + "/metadata"] if kind == "hspy" else f).attrs[name] = "thirteen char"
+    raw = bytearray(path.read_bytes())
+    body = raw.index(name.encode() + b"\x00") - 8  # attribute message, version 1
+    assert raw[body] == 1
+    sizes = [int.from_bytes(raw[body + i:body + i + 2], "little") for i in (2, 4, 6)]
+    data = body + 8 + sum((n + 7) // 8 * 8 for n in sizes)
+    assert int.from_bytes(raw[data:data + 4], "little") == 13
+    raw[data + 3] ^= 0x40  # 13 -> 1 GiB + 13
+    path.write_bytes(bytes(raw))
+    return path
+
+
 def fill_value_size_flip(path: Path) -> Path:
     """The data's fill value message (version 2, defined) with the top byte of its size
     set: h5py's ``fillvalue`` was a SIGSEGV in libhdf5 2.0, found by the fuzz campaign."""
@@ -285,6 +304,8 @@ BUILDERS: list[tuple[str, str, Builder]] = [
     ("hspy-vlen-kind-10", ".hspy", vlen_of_unknown_kind),
     ("usid-vlen-kind-14", ".h5", lambda p: vlen_of_unknown_kind(p, "usid", 0x0E)),
     ("hspy-fill-value-size", ".hspy", fill_value_size_flip),
+    ("usid-vlen-length-1GiB", ".h5", vlen_length_flip),
+    ("hspy-vlen-length-1GiB", ".hspy", lambda p: vlen_length_flip(p, "hspy")),
     *[(name, ".npy", lambda p, d=descr, s=shape: npy_header(p, d, s))
       for name, descr, shape in NPY_EXPLOSIONS],
 ]

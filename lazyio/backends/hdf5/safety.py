@@ -128,8 +128,103 @@ def _bad_type(tid: Any, depth: int = 0) -> str | None:
     return None
 
 
-def _attribute_hazard(oid: Any) -> str | None:
-    from h5py import h5a
+# A third class, found as a peak of memory rather than a crash: a variable-length value
+# stored in an attribute is a 16-byte reference (its length, then the global heap object
+# holding it), and libhdf5 allocates the declared length before it reads the object. One
+# flipped bit of a string attribute's length made a 14 KB USID file allocate 1 GiB (a
+# peak of 1,175 MiB, then an error). The references are not reachable through the API:
+# for local files with version-1 object headers (what h5py writes by default) the
+# attribute messages are parsed here, and a length larger than the file is refused.
+
+_ATTRIBUTE_MSG, _CONTINUATION_MSG = 0x000C, 0x0010
+
+
+def _u(raw: bytes, at: int, size: int) -> int:
+    return int.from_bytes(raw[at:at + size], "little")
+
+
+def _header_messages(fh: Any, addr: int, filesize: int) -> Iterator[tuple[int, bytes]]:
+    """``(type, body)`` of each message of the version-1 object header at ``addr``
+    (following continuation blocks); nothing for other versions or damaged headers."""
+    fh.seek(addr)
+    prefix = fh.read(16)
+    if len(prefix) < 16 or prefix[0] != 1:
+        return  # version 2 ("OHDR") or not a header: not parsed
+    blocks = [(addr + 16, _u(prefix, 8, 4))]
+    seen = 0
+    while blocks and seen < 64:
+        start, size = blocks.pop()
+        seen += 1
+        if size <= 0 or start + size > filesize or size > 1 << 24:
+            return
+        fh.seek(start)
+        block = fh.read(size)
+        at = 0
+        while at + 8 <= len(block):
+            mtype, msize = _u(block, at, 2), _u(block, at + 2, 2)
+            body = block[at + 8:at + 8 + msize]
+            if mtype == _CONTINUATION_MSG and len(body) >= 16:
+                blocks.append((_u(body, 0, 8), _u(body, 8, 8)))
+            else:
+                yield mtype, body
+            at += 8 + msize
+
+
+def _attribute_vlen_lengths(body: bytes) -> tuple[str, list[int]] | None:
+    """The name of the attribute message ``body`` and the lengths its variable-length
+    values declare (None if it holds none, or is not a version 1-3 message)."""
+    version = body[0] if body else 0
+    if version not in (1, 2, 3) or len(body) < 8:
+        return None
+    name_size, dt_size, ds_size = _u(body, 2, 2), _u(body, 4, 2), _u(body, 6, 2)
+    at = 8 if version < 3 else 9
+
+    def span(n: int) -> int:
+        return (n + 7) // 8 * 8 if version == 1 else n
+
+    name = body[at:at + name_size].split(b"\x00", 1)[0].decode(errors="replace")
+    dt_at = at + span(name_size)
+    ds_at = dt_at + span(dt_size)
+    data_at = ds_at + span(ds_size)
+    if data_at > len(body) or body[dt_at] & 0x0F != 9:
+        return None  # not a variable-length datatype (nested ones are not parsed)
+    element = _u(body, dt_at + 4, 4)
+    rank = body[ds_at + 1]
+    dims_at = ds_at + (8 if body[ds_at] == 1 else 4)
+    count = 1
+    for i in range(rank):
+        count *= _u(body, dims_at + 8 * i, 8)
+    if element != 16 or count > (len(body) - data_at) // 16:
+        return None
+    return name, [_u(body, data_at + 16 * i, 4) for i in range(count)]
+
+
+def _vlen_length_hazard(fh: Any, addr: int, filesize: int) -> str | None:
+    try:
+        for mtype, body in _header_messages(fh, addr, filesize):
+            if mtype != _ATTRIBUTE_MSG:
+                continue
+            found = _attribute_vlen_lengths(body)
+            if found is not None and found[1] and max(found[1]) > filesize:
+                return (f"attribute {found[0]!r} declares a value of {max(found[1])} bytes "
+                        f"in a file of {filesize}")
+    except (OSError, IndexError, ValueError):
+        return None
+    return None
+
+
+def _attribute_hazard(oid: Any, fh: Any = None, filesize: int = 0) -> str | None:
+    from h5py import h5a, h5o
+
+    if fh is not None:
+        try:
+            addr = h5o.get_info(oid).addr
+        except (KeyError, OSError, ValueError, RuntimeError, TypeError):
+            addr = None
+        if addr is not None:
+            why = _vlen_length_hazard(fh, addr, filesize)
+            if why is not None:
+                return why
 
     names: list[bytes] = []
     try:
@@ -168,17 +263,22 @@ def crash_hazards(h5file: Any) -> list[str]:
     """What in ``h5file`` would crash the HDF5 library when lazyio reads it: every
     attribute's and dataset's datatype, every dataset's fill value (see above)."""
     found: list[str] = []
-    why = _attribute_hazard(h5file.id)
-    if why is not None:
-        found.append(f"/: {why}")
-    for path, kind, oid in walk(h5file):
-        if kind == "external":
-            continue
-        why = _attribute_hazard(oid)
-        if why is None and kind == "dataset":
-            why = _dataset_hazard(oid)
+    with contextlib.ExitStack() as stack:
+        fh, filesize = None, 0
+        if h5file.driver == "sec2" and os.path.isfile(h5file.filename):
+            fh = stack.enter_context(open(h5file.filename, "rb"))
+            filesize = os.fstat(fh.fileno()).st_size
+        why = _attribute_hazard(h5file.id, fh, filesize)
         if why is not None:
-            found.append(f"{path}: {why}")
+            found.append(f"/: {why}")
+        for path, kind, oid in walk(h5file):
+            if kind == "external":
+                continue
+            why = _attribute_hazard(oid, fh, filesize)
+            if why is None and kind == "dataset":
+                why = _dataset_hazard(oid)
+            if why is not None:
+                found.append(f"{path}: {why}")
     return found
 
 
@@ -196,8 +296,8 @@ def refuse_crash_hazards(h5file: Any, where: Any) -> None:
     if found:
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
         raise CrashHazardError(
-            f"{where}: damaged HDF5 structure that would crash the HDF5 library if read: "
-            f"{found[0]}{more}")
+            f"{where}: damaged HDF5 structure, refused before the HDF5 library reads it "
+            f"(it would crash or exhaust memory): {found[0]}{more}")
 
 
 def external_references(h5file: Any) -> list[str]:

@@ -62,6 +62,10 @@ CASES: dict[str, tuple[object, str | None, tuple[str, ...]]] = {
     # an unknown string padding does not crash the library: still read
     "string-padding-14": (lambda p: hostile.vlen_of_unknown_kind(p, "hspy", 0xE1), None,
                           ("(4, 5, 6)",)),
+    "usid-vlen-length-1GiB": (hostile.vlen_length_flip, "CrashHazardError",
+                              ("hostile_vlen", "declares a value of 1073741837 bytes")),
+    "vlen-length-1GiB": (lambda p: hostile.vlen_length_flip(p, "hspy"), "CrashHazardError",
+                         ("hostile_vlen", "declares a value of 1073741837 bytes")),
     "fill-value-size": (hostile.fill_value_size_flip, "CrashHazardError",
                         ("/Experiments/__unnamed__/data", "damaged fill value")),
 }
