@@ -543,3 +543,42 @@ if __name__ == "__main__":
     for (source_fmt, target, verdict), n in sorted(getattr(module, "STATS", {}).items()):
         sys.stdout.write(f"{source_fmt:>5} -> {target:<5} {verdict}: {n}\n")
     sys.exit(code)
+
+
+def _hyperspy_markers_models_and_metadata_signal(path: Path) -> None:
+    import hyperspy.api as hs
+
+    signal = hs.signals.Signal1D(np.arange(2 * 3 * 16, dtype="f8").reshape(2, 3, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        signal.metadata.set_item("Sub.reference", hs.signals.Signal1D(np.arange(3.0)))
+        for marker in (hs.plot.markers.Points(offsets=np.array([[1, 2], [3, 4]])),
+                       hs.plot.markers.Lines(segments=np.array([[[0, 0], [1, 1]]])),
+                       hs.plot.markers.Texts(offsets=np.array([[1, 2]]),
+                                             texts=np.array(["ab"]))):
+            signal.add_marker(marker, permanent=True)
+        model = signal.create_model()
+        model.extend([hs.model.components1D.Gaussian(), hs.model.components1D.Offset()])
+        model.store("m1")
+        signal.save(path)
+
+
+def test_hspy_markers_models_and_metadata_signals(tmp_path, zarr2_or_none):
+    """Points, lines and text markers, a stored model with components and a signal inside
+    metadata, written by HyperSpy, rewritten by lazyio and read back by RosettaSciIO. A
+    text marker's ``texts`` (``<U2``) came back from lazyio's .hspy as dtype object (it was
+    written as variable-length UTF-8; HyperSpy writes fixed-length ASCII)."""
+    source = tmp_path / "source.hspy"
+    _hyperspy_markers_models_and_metadata_signal(source)
+    (ref,) = hyperspy_oracle.read(str(source), "hspy")
+    assert set(ref["metadata"]["Markers"]) == {"Points", "Lines", "Texts"}
+    assert "m1" in ref["models"]
+    targets = ["hspy"] + (["zspy"] if zarr2_or_none is not None else [])
+    for lazy in (True, False):
+        (ours,) = lazyio.load(source, lazy=lazy)
+        assert_same_signal(ours, ref, f"read (lazy={lazy})")
+        for target in targets:
+            out = tmp_path / f"{lazy}.{target}"
+            lazyio.save(out, ours, show_progressbar=False)
+            (back,) = rsciio_read(out, target, zarr2_or_none)
+            assert_same_signal(back, ref, f"hspy -> lazyio(lazy={lazy}) -> {target}")
