@@ -11,6 +11,7 @@ directory store written remotely); then it verifies. Plugins never decide any of
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -197,10 +198,8 @@ def read_with(
                            **options)
     location = as_location(source, storage_options)
     local = location.local_path
-    if local is not None and not os.path.lexists(local):
-        from lazyio.backends.atomic import recover
-
-        recover(local)  # a directory swap its writer did not live to finish
+    if local is not None:
+        _recover_local(local)
     named = get_plugin(format) if format is not None else None  # unknown names fail first
     if named is not None:
         check_keywords(caller, named, options, own_keywords, write=False)
@@ -418,6 +417,23 @@ def _verify(
             handles.close_location(written)  # no handle outlives the temporary's rename
 
 
+def _recover_local(local: str) -> None:
+    """Finish what a dead writer of ``local`` left half-done: a directory swap, or an
+    update whose journal it committed. One ``lstat`` or two when there is nothing to do."""
+    from lazyio.backends.atomic import TargetBusy, journal_name, recover, target_lock
+
+    if os.path.lexists(local) and not os.path.lexists(journal_name(local)):
+        return
+    try:
+        with target_lock(local):
+            recover(local)
+    except TargetBusy:
+        pass  # a live writer holds it: what it does is its own to finish
+    except OSError:  # no lock file can go beside it (a read-only folder)
+        with contextlib.suppress(OSError):
+            recover(local)
+
+
 def _write_location(
     plugin: FormatPlugin, location: Location, signal: dict[str, Any], overwrite: bool,
     common: dict[str, Any], check: _Check | None = None,
@@ -426,6 +442,17 @@ def _write_location(
     if location.local_path is not None:
         _write_local(plugin, location, signal, overwrite, common, check, resuming)
         return
+    from lazyio.backends.lease import remote_lease
+
+    # one writer at a time, as the local lock: a lease object beside the target
+    with _named_as("", location), remote_lease(location):
+        _write_remote(plugin, location, signal, overwrite, common, check)
+
+
+def _write_remote(
+    plugin: FormatPlugin, location: Location, signal: dict[str, Any], overwrite: bool,
+    common: dict[str, Any], check: _Check | None = None,
+) -> None:
     from lazyio import handles
     from lazyio.backends.atomic import remote_temporary, upload_temporary
 
@@ -505,6 +532,7 @@ def _write_local(
         checkpoint,
         copy_for_update,
         recover,
+        staged_update,
         target_lock,
     )
 
@@ -531,7 +559,13 @@ def _write_local(
         # our own read handles on the target must not see a half-written or replaced file
         handles.close_location(location)
         if mode in ("update", "append") and exists and os.path.isdir(path):
-            plugin.write(location, signal, **common)  # a directory store, key by key
+            # a directory store: its metadata tree is updated in a staging copy and moved
+            # in under a journal (a kill leaves the old or the new metadata, never a mix);
+            # the signals' data chunks are neither copied nor touched
+            data = [os.path.relpath(d, path) for d in
+                    glob.glob(os.path.join(glob.escape(path), "Experiments", "*", "data"))]
+            with staged_update(path, data) as stage, _named_as(stage, location):
+                plugin.write(Location(stage), signal, **common)
             if check is not None:
                 check(location, False)  # an updated store is the user's: never removed
             return

@@ -224,6 +224,64 @@ def usid_hard_link_dag(path: Path, levels: int = 30) -> Path:
     return path
 
 
+def _valid(path: Path, kind: str) -> Path:
+    data = np.arange(4 * 5 * 6, dtype="<f4").reshape(4, 5, 6)
+    if kind == "usid":
+        lazyio.save(path, {"data": data, "axes": AXES}, overwrite=True,
+                    show_progressbar=False)
+        return path
+    return _hspy(path, data, chunks=(2, 5, 6))
+
+
+def vlen_of_unknown_kind(path: Path, kind: str = "hspy", flags: int = 0x0A) -> Path:
+    """A string attribute whose variable-length datatype declares kind ``flags & 15``
+    (only 0, a sequence, and 1, a string, exist): reading it was a SIGSEGV in libhdf5
+    2.0 (H5VL_blob_put), found by the fuzz campaign in .hspy and USID files."""
+    _valid(path, kind)
+    name = "hostile_vlen"
+    with h5py.File(path, "r+") as f:
+        where = f[EXPERIMENT + "/metadata"] if kind == "hspy" else f
+        where.attrs[name] = "a variable-length string"
+    raw = bytearray(path.read_bytes())
+    at = raw.index(name.encode() + b"\x00")
+    dtype_at = at + (len(name) + 1 + 7) // 8 * 8  # attribute message v1: name padded to 8
+    assert raw[dtype_at] & 0x0F == 9, "not the variable-length datatype"
+    raw[dtype_at + 1] = flags  # kind in the low nibble, string padding in the high one
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def vlen_length_flip(path: Path, kind: str = "usid") -> Path:
+    """A string attribute whose stored length (the first 4 bytes of its 16-byte
+    variable-length reference) claims 1 GiB: libhdf5 allocated it before reading (the
+    fuzz campaign's USID input peaking at 1,175 MiB)."""
+    _valid(path, kind)
+    name = "hostile_vlen"
+    with h5py.File(path, "r+") as f:
+        (f[EXPERIMENT + "/metadata"] if kind == "hspy" else f).attrs[name] = "thirteen char"
+    raw = bytearray(path.read_bytes())
+    body = raw.index(name.encode() + b"\x00") - 8  # attribute message, version 1
+    assert raw[body] == 1
+    sizes = [int.from_bytes(raw[body + i:body + i + 2], "little") for i in (2, 4, 6)]
+    data = body + 8 + sum((n + 7) // 8 * 8 for n in sizes)
+    assert int.from_bytes(raw[data:data + 4], "little") == 13
+    raw[data + 3] ^= 0x40  # 13 -> 1 GiB + 13
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def fill_value_size_flip(path: Path) -> Path:
+    """The data's fill value message (version 2, defined) with the top byte of its size
+    set: h5py's ``fillvalue`` was a SIGSEGV in libhdf5 2.0, found by the fuzz campaign."""
+    _valid(path, "hspy")
+    raw = bytearray(path.read_bytes())
+    # message header (type 5, size 8, constant) then version 2, alloc/write times, defined
+    at = raw.index(b"\x05\x00\x08\x00\x01\x00\x00\x00\x02\x03\x02\x01")
+    raw[at + 15] ^= 0xD9
+    path.write_bytes(bytes(raw))
+    return path
+
+
 # --------------------------------------------------------------------------- the corpus
 
 Builder = Callable[[Path], Path]
@@ -243,6 +301,11 @@ BUILDERS: list[tuple[str, str, Builder]] = [
     ("usid-global-heap-loop", ".h5", lambda p: zeroed_global_heap(p, "usid")),
     ("hspy-dag-30", ".hspy", hard_link_dag),
     ("usid-dag-30", ".h5", usid_hard_link_dag),
+    ("hspy-vlen-kind-10", ".hspy", vlen_of_unknown_kind),
+    ("usid-vlen-kind-14", ".h5", lambda p: vlen_of_unknown_kind(p, "usid", 0x0E)),
+    ("hspy-fill-value-size", ".hspy", fill_value_size_flip),
+    ("usid-vlen-length-1GiB", ".h5", vlen_length_flip),
+    ("hspy-vlen-length-1GiB", ".hspy", lambda p: vlen_length_flip(p, "hspy")),
     *[(name, ".npy", lambda p, d=descr, s=shape: npy_header(p, d, s))
       for name, descr, shape in NPY_EXPLOSIONS],
 ]

@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,14 @@ import pytest
 
 import lazyio
 from lazyio.backends import atomic
-from lazyio.backends.atomic import KILL_EXIT_CODE, LOCK_TAG, OLD_TAG, TMP_TAG
+from lazyio.backends.atomic import (
+    JOURNAL_TAG,
+    KILL_EXIT_CODE,
+    LOCK_TAG,
+    OLD_TAG,
+    TMP_TAG,
+    UPDATE_TAG,
+)
 from lazyio.errors import (
     ForeignTargetError,
     LazyioError,
@@ -61,7 +70,8 @@ def snapshot(path: Path) -> dict[str, bytes]:
 
 def leftovers(folder: Path) -> list[str]:
     return sorted(n for n in os.listdir(folder)
-                  if TMP_TAG in n or OLD_TAG in n or n.endswith(LOCK_TAG))
+                  if TMP_TAG in n or OLD_TAG in n or UPDATE_TAG in n or JOURNAL_TAG in n
+                  or n.endswith(LOCK_TAG))
 
 
 def save(path: Any, data: np.ndarray, fmt: str | None = None, **kwds: Any) -> None:
@@ -427,6 +437,11 @@ CASES = {
     "hspy": ("hspy", {}, {"overwrite": True}, ["written", "swapped", "committed"]),
     "hspy-metadata-update": ("hspy", {}, {"write_dataset": False},
                              ["copied", "written", "swapped", "committed"]),
+    # a .zspy directory: the metadata tree is staged and moved in under a journal; a kill
+    # after the journal (and half-way through the moves) is finished by the next load
+    "zspy-directory-metadata-update": ("zspy", {}, {"write_dataset": False},
+                                       ["copied", "written", "journaled", "moving",
+                                        "swapped", "committed"]),
     "usid-append": ("usid", {"append": True}, {"append": True},
                     ["copied", "written", "swapped", "committed"]),
 }
@@ -543,3 +558,120 @@ def test_usid_append_while_another_process_reads_the_file(tmp_path: Path) -> Non
     finally:
         out, _ = reader.communicate("", timeout=60)
     assert out.strip() == "1"  # the reader saw its version to the end
+
+
+def test_zspy_directory_metadata_update_leaves_the_data_chunks_alone(
+        tmp_path: Path) -> None:
+    # the staged update copies and moves the metadata tree only: every data chunk file
+    # is the same inode afterwards, never copied, and nothing is left beside the store
+    path = path_for(tmp_path, "zspy")
+    lazyio.save(path, {"data": OLD, "axes": AXES}, chunks=(1, 6, 10),
+                show_progressbar=False)
+    chunks = {p: p.stat().st_ino for p in (path / "Experiments").rglob("data/*")
+              if not p.name.startswith(".")}
+    assert len(chunks) == 4
+    lazyio.save(path, {"data": OLD, "axes": AXES, "metadata": {"General": {"notes": "n"}}},
+                write_dataset=False, show_progressbar=False)
+    assert {p: p.stat().st_ino for p in chunks} == chunks
+    got = lazyio.load(path, lazy=False)[0]
+    lazyio.close_all()
+    assert got["metadata"]["General"]["notes"] == "n"
+    np.testing.assert_array_equal(got["data"], OLD)
+    assert leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------- a lease for remote targets
+
+
+def _child_remote_save(url: str, options: dict[str, Any], value: float,
+                       env: dict[str, str]) -> None:
+    os.environ.update(env)
+    dask.config.set(scheduler="synchronous")
+    try:
+        save(url, OLD + value, "zspy", overwrite=True, storage_options=options)
+    except TargetBusyError:
+        os._exit(3)
+    os._exit(0)
+
+
+def _start_remote(url: str, options: dict[str, Any], value: float, **env: str) -> Any:
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=_child_remote_save, args=(url, options, value, env))
+    child.start()
+    return child
+
+
+@pytest.mark.timeout(120)
+def test_s3_second_writer_is_refused_by_the_lease(s3: Any, tmp_path: Path) -> None:
+    from lazyio.backends.lease import LEASE_TAG
+
+    fs, options, bucket = s3
+    url = f"s3://{bucket}/lease-{os.getpid()}/a.zspy"
+    save(url, OLD, "zspy", storage_options=options)
+    release = tmp_path / "release"
+    first = _start_remote(url, options, 1, LAZYIO_TEST_PAUSE_AT="leased",
+                          LAZYIO_TEST_PAUSE_FILE=str(release))
+    try:
+        _wait_for(Path(str(release) + ".reached"), first)
+        second = _start_remote(url, options, 2)  # another real process
+        second.join(60)
+        assert second.exitcode == 3  # TargetBusyError
+        with pytest.raises(TargetBusyError, match=f"a.zspy: another process.*pid {first.pid}"):
+            save(url, OLD + 3, "zspy", overwrite=True, storage_options=options)
+        np.testing.assert_array_equal(read(url, storage_options=options), OLD)
+    finally:
+        release.write_text("")
+        first.join(60)
+    assert first.exitcode == 0
+    np.testing.assert_array_equal(read(url, storage_options=options), OLD + 1)
+    fs.invalidate_cache()
+    assert not [k for k in fs.find(f"{bucket}/lease-{os.getpid()}") if LEASE_TAG in k]
+
+
+@pytest.mark.timeout(120)
+def test_s3_lease_of_a_dead_writer_expires(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lazyio.backends.lease import LEASE_ENV, lease_name
+    from lazyio.location import Location
+
+    fs, options, bucket = s3
+    url = f"s3://{bucket}/lease-dead-{os.getpid()}/a.zspy"
+    save(url, OLD, "zspy", storage_options=options)
+    monkeypatch.setenv(LEASE_ENV, "3")
+    child = _start_remote(url, options, 1, LAZYIO_TEST_KILL_AT="leased")
+    child.join(60)
+    assert child.exitcode == KILL_EXIT_CODE  # died holding the lease
+    fs.invalidate_cache()
+    lease = json.loads(fs.cat_file(lease_name(Location(url, options))))
+    assert lease["pid"] == child.pid
+    if time.time() < lease["expires"] - 1:  # (a loaded machine may be slower than that)
+        with pytest.raises(TargetBusyError, match=f"pid {child.pid}"):
+            save(url, NEW, "zspy", overwrite=True, storage_options=options)
+    deadline = time.monotonic() + 15
+    while True:  # it expires 3 s after it was taken; no renewal comes
+        try:
+            save(url, NEW, "zspy", overwrite=True, storage_options=options)
+            break
+        except TargetBusyError:
+            assert time.monotonic() < deadline, "the dead writer's lease never expired"
+            time.sleep(0.2)
+    np.testing.assert_array_equal(read(url, storage_options=options), NEW)
+
+
+@pytest.mark.timeout(60)
+def test_s3_lease_is_renewed_during_a_long_write(s3: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # a write longer than the lease's lifetime keeps it: renewed from a thread
+    from lazyio.backends.lease import LEASE_ENV, lease_name, remote_lease
+    from lazyio.location import Location
+
+    fs, options, bucket = s3
+    monkeypatch.setenv(LEASE_ENV, "0.6")
+    target = Location(f"s3://{bucket}/lease-long-{os.getpid()}/a.zspy", options)
+    with remote_lease(target):
+        first = fs.cat_file(lease_name(target))
+        time.sleep(1.5)  # over two lifetimes
+        assert fs.cat_file(lease_name(target)) != first  # renewed
+        with pytest.raises(atomic.TargetBusy), remote_lease(target):
+            pass
+    fs.invalidate_cache()
+    assert not fs.exists(lease_name(target))  # released

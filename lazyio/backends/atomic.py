@@ -45,10 +45,12 @@ except ImportError:  # pragma: no cover - Windows: no flock, no clones
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "JOURNAL_TAG",
     "KILL_EXIT_CODE",
     "LOCK_TAG",
     "OLD_TAG",
     "TMP_TAG",
+    "UPDATE_TAG",
     "atomic_path",
     "checkpoint",
     "clean_debris",
@@ -58,6 +60,8 @@ __all__ = [
     "remote_temporary",
     "remove_path",
     "remove_target",
+    "replay_update",
+    "staged_update",
     "target_lock",
     "temporary_sibling",
     "upload_temporary",
@@ -66,6 +70,8 @@ __all__ = [
 TMP_TAG = ".lazyio-tmp-"  # in every temporary's name, so tests and cleanup can find them
 OLD_TAG = ".lazyio-old-"  # an old version moved aside during a directory swap
 LOCK_TAG = ".lazyio-lock"  # the lock file of a target's writers
+UPDATE_TAG = ".lazyio-update-"  # the staged metadata tree of a directory store's update
+JOURNAL_TAG = ".lazyio-journal"  # an update's committed list of moves (one per target)
 _TAG = TMP_TAG
 _OWNED = re.compile(r"(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{12}")  # then maybe a suffix
 
@@ -114,7 +120,7 @@ def owner_alive(name: str) -> bool:
     A name from another host, or one whose process exists, counts as alive; a name
     without an owner (written by lazyio before owners were recorded) counts as dead.
     """
-    for tag in (TMP_TAG, OLD_TAG):
+    for tag in (TMP_TAG, OLD_TAG, UPDATE_TAG):
         if tag in name:
             name = name.rpartition(tag)[2]  # the owner follows the tag (then a suffix)
             break
@@ -166,11 +172,14 @@ def clean_debris(final_path: str | os.PathLike[str], keep: Collection[str] = ())
 def recover(final_path: str | os.PathLike[str]) -> bool:
     """Finish or undo a directory swap that a dead writer left half-done.
 
-    If the target is missing and an old version its dead owner moved aside exists, the
+    A metadata update of a directory store whose journal was committed is finished
+    (:func:`replay_update`); staged trees of dead updaters without one are removed. If the
+    target is missing and an old version its dead owner moved aside exists, the
     old version is renamed back (returns True). If the target exists, old versions of
     dead owners are leftovers of a completed swap and are removed. Live owners' are left.
     """
     final_path = os.path.abspath(os.fspath(final_path))
+    _recover_updates(final_path)
     olds = [p for p in _siblings(final_path, OLD_TAG) if not owner_alive(os.path.basename(p))]
     if not olds:
         return False
@@ -186,6 +195,18 @@ def recover(final_path: str | os.PathLike[str]) -> bool:
         for old in olds:
             remove_path(old)
     return restored
+
+
+def _recover_updates(final_path: str) -> None:
+    # an update's journal first (it names a staging tree to finish moving), then the
+    # staging trees of dead writers that never committed one
+    journal = journal_name(final_path)
+    if os.path.lexists(journal):
+        replay_update(final_path)
+    remove_path(journal + "-pending")  # a journal whose writer died before committing it
+    for stage in _siblings(final_path, UPDATE_TAG):
+        if not owner_alive(os.path.basename(stage)):
+            remove_path(stage)
 
 
 def _fsync_directory(directory: str) -> None:
@@ -296,6 +317,167 @@ def _sendfile(src: Any, dst: Any) -> None:
         if sent == 0:
             break
         offset += sent
+
+
+# ------------------------------------------------------- updates of directory stores
+# A metadata-only update of a directory store (write_dataset=False on a .zspy directory)
+# touches a few small documents among possibly millions of chunk files. It is made
+# kill-safe without copying the chunks: the store's metadata tree (every file except the
+# chunks of the arrays the update leaves alone) is copied to a staging directory beside
+# the target, the update is written there, and the files that changed are moved into the
+# target under a journal. The journal, renamed into place in one step, is the commit: a
+# kill before it leaves the old store untouched (the staging tree is debris), a kill after
+# it is finished by the next lazyio call (recover, load), which replays the journal.
+
+METADATA_DOCS = frozenset({".zgroup", ".zattrs", ".zarray", ".zmetadata", "zarr.json"})
+
+
+def journal_name(final_path: str | os.PathLike[str]) -> str:
+    """The journal of an update of ``final_path`` (a hidden sibling; one per target, as
+    the target's lock admits one writer)."""
+    head, tail = os.path.split(os.path.abspath(os.fspath(final_path)))
+    return os.path.join(head, f".{tail}{JOURNAL_TAG}")
+
+
+def _walk_tree(root: str, untouched: frozenset[str]) -> tuple[set[str], set[str]]:
+    """Relative files and directories under ``root``; inside the directories named in
+    ``untouched``, only their metadata documents (chunks are never listed)."""
+    files: set[str] = set()
+    dirs: set[str] = set()
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(os.path.join(root, rel) if rel else root) as entries:
+            for entry in entries:
+                name = f"{rel}/{entry.name}" if rel else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if rel in untouched:
+                        continue  # a chunk directory of an array left alone
+                    dirs.add(name)
+                    stack.append(name)
+                elif entry.is_file(follow_symlinks=False) and (
+                        rel not in untouched or entry.name in METADATA_DOCS):
+                    files.add(name)
+                # anything else (a link, a FIFO) is refused by every reader: not copied
+    return files, dirs
+
+
+def _same_bytes(a: str, b: str) -> bool:
+    try:
+        if os.path.getsize(a) != os.path.getsize(b):
+            return False
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            return fa.read() == fb.read()  # metadata documents and small arrays only
+    except FileNotFoundError:
+        return False
+
+
+@contextlib.contextmanager
+def staged_update(
+    final_path: str | os.PathLike[str], untouched: list[str] | tuple[str, ...] = ()
+) -> Iterator[str]:
+    """Yield a staging copy of the directory store ``final_path`` to update; move what
+    changed into the target under a journal on success.
+
+    Parameters
+    ----------
+    final_path : str or os.PathLike
+        An existing directory store. The caller holds its :func:`target_lock`.
+    untouched : sequence of str
+        Relative paths of arrays the update does not write (the signals' data): their
+        chunks are neither copied nor moved, only their metadata documents are copied.
+
+    Yields
+    ------
+    str
+        The staging directory, a copy of the store's metadata tree, to update in place.
+    """
+    import json
+
+    final_path = os.path.abspath(os.fspath(final_path))
+    skip = frozenset(u.strip("/") for u in untouched)
+    stage = temporary_sibling(final_path, UPDATE_TAG)
+    try:
+        old_files, old_dirs = _walk_tree(final_path, skip)
+        for rel in sorted(old_dirs):
+            os.makedirs(os.path.join(stage, rel), exist_ok=True)
+        os.makedirs(stage, exist_ok=True)
+        for rel in old_files:
+            shutil.copyfile(os.path.join(final_path, rel), os.path.join(stage, rel),
+                            follow_symlinks=False)
+        for rel in skip:  # the arrays left alone must look present to the writer
+            os.makedirs(os.path.join(stage, rel), exist_ok=True)
+        checkpoint("copied")
+        yield stage
+        checkpoint("written")
+        new_files, new_dirs = _walk_tree(stage, skip)
+        moves = sorted(rel for rel in new_files
+                       if not _same_bytes(os.path.join(stage, rel), os.path.join(final_path, rel)))
+        deletes = sorted(old_files - new_files)
+        rmdirs = sorted(old_dirs - new_dirs - skip, key=lambda d: -d.count("/"))
+        journal = journal_name(final_path)
+        pending = journal + "-pending"  # one writer at a time: a fixed name
+        with open(pending, "w") as fh:
+            json.dump({"stage": os.path.basename(stage), "moves": moves,
+                       "deletes": deletes, "rmdirs": rmdirs}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(pending, journal)  # the commit: from here on the update is finished
+        _fsync_directory(os.path.dirname(final_path))
+    except BaseException:
+        remove_path(stage)
+        raise
+    checkpoint("journaled")
+    replay_update(final_path, own=True)
+    checkpoint("committed")
+
+
+def _mine(name: str) -> bool:
+    # a name this process owns: its update failed half-way, nobody else will finish it
+    match = _OWNED.match(name.rpartition(UPDATE_TAG)[2])
+    return (match is not None and match["host"] == _host_tag()
+            and int(match["pid"]) == os.getpid())
+
+
+def replay_update(final_path: str | os.PathLike[str], own: bool = False) -> bool:
+    """Finish the update of the directory store ``final_path`` whose journal was
+    committed, if its writer died (or ``own``: this process wrote it); idempotent.
+    Returns whether a journal was replayed."""
+    import json
+
+    final_path = os.path.abspath(os.fspath(final_path))
+    journal = journal_name(final_path)
+    try:
+        with open(journal) as fh:
+            plan = json.load(fh)
+        stage = os.path.join(os.path.dirname(final_path), plan["stage"])
+        moves, deletes, rmdirs = plan["moves"], plan["deletes"], plan["rmdirs"]
+    except FileNotFoundError:
+        return False
+    except (ValueError, KeyError, TypeError):
+        remove_path(journal)  # never committed whole (os.replace makes that impossible)
+        return False
+    if not own and owner_alive(plan["stage"]) and not _mine(plan["stage"]):
+        return False  # its writer is still moving the files in
+    for i, rel in enumerate(moves):
+        source = os.path.join(stage, rel)
+        if not os.path.lexists(source):
+            continue  # moved before the kill
+        destination = os.path.join(final_path, rel)
+        os.makedirs(os.path.dirname(destination), exist_ok=True)
+        os.replace(source, destination)
+        if i == 0:
+            checkpoint("moving")
+    for rel in deletes:
+        remove_path(os.path.join(final_path, rel))
+    for rel in rmdirs:
+        with contextlib.suppress(OSError):  # not empty: it still holds something else
+            os.rmdir(os.path.join(final_path, rel))
+    checkpoint("swapped")
+    _fsync_directory(os.path.dirname(final_path))
+    remove_path(stage)
+    remove_path(journal)
+    return True
 
 
 class TargetBusy(Exception):

@@ -647,3 +647,23 @@ def test_runtime_needs_neither_pyusid_nor_sidpy(files):
         "assert not {'pyUSID', 'sidpy'} & set(sys.modules), 'pyUSID imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_axes_sharing_a_name_get_unique_labels_and_read_back_alike(tmp_path) -> None:
+    # pyUSID finds dimensions by label among positions and spectroscopic values together:
+    # two axes named alike (even one on each side) made its reshape fail
+    data = np.arange(2 * 3 * 4, dtype="f4").reshape(2, 3, 4)
+    axes = [{"name": "x", "size": 2, "navigate": True, "units": "nm"},
+            {"name": "x", "size": 3, "navigate": True, "units": "nm"},
+            {"name": "x", "size": 4, "navigate": False, "units": "eV"}]
+    path = tmp_path / "same-names.h5"
+    lazyio.save(path, {"data": data, "axes": axes}, show_progressbar=False)
+    with h5py.File(path, "r") as f:
+        [main] = pyUSID.hdf_utils.get_all_main(f)
+        labels = list(main.pos_dim_labels) + list(main.spec_dim_labels)
+        assert len(set(labels)) == 3, labels
+        np.testing.assert_array_equal(main.get_n_dim_form(), data)
+    got = lazyio.load(path, lazy=False)[0]
+    assert [a["name"] for a in got["axes"]] == ["x", "x", "x"]
+    assert [a["units"] for a in got["axes"]] == ["nm", "nm", "eV"]
+    np.testing.assert_array_equal(got["data"], data)

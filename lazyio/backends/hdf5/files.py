@@ -17,10 +17,12 @@ from typing import ClassVar, Literal
 import h5py
 
 from lazyio import handles
+from lazyio.backends.hdf5.safety import refuse_crash_hazards
 from lazyio.errors import FormatError, not_a_file, not_found, translate
 from lazyio.location import Location
 
 __all__ = [
+    "CrashHazardError",
     "HDF5_MAGIC", "H5FileKey", "H5Mode", "HeapLoopError", "RawFileKey", "check_global_heaps",
     "check_hdf5_source", "is_hdf5", "open_h5", "open_raw", "sniff_hdf5",
 ]
@@ -40,7 +42,7 @@ def sniff_hdf5(location: Location, head: bytes) -> h5py.File | None:
         return None
     try:
         return open_h5(location, token=location.modified_token())
-    except HeapLoopError:
+    except (HeapLoopError, CrashHazardError):
         raise  # an HDF5 file, damaged: say so rather than "unknown format"
     except (OSError, FormatError):
         return None
@@ -48,6 +50,11 @@ def sniff_hdf5(location: Location, head: bytes) -> h5py.File | None:
 
 class HeapLoopError(FormatError):
     """A global heap collection of the file would make the HDF5 library loop forever."""
+
+
+class CrashHazardError(FormatError):
+    """A damaged structure of the file would crash the HDF5 library (a SIGSEGV) if read
+    (:func:`lazyio.backends.hdf5.safety.crash_hazards`)."""
 
 
 # A global heap collection ("GCOL", version 1, 3 reserved zero bytes, then its size) holds
@@ -154,11 +161,20 @@ def open_h5(location: Location, mode: H5Mode = "r", token: str = "") -> h5py.Fil
             if location.local_path is not None:
                 if mode == "r":
                     check_global_heaps(location)
-                return h5py.File(location.local_path, mode)
-            # HDF5 metadata is scattered: a RangeFile (an LRU of 256 KiB blocks, its first
-            # bytes fetched with the HEAD, a chunk index's B-tree leaves fetched at once)
-            fileobj = location.open("rb", block_size=2**18)
-            return h5py.File(fileobj, mode)
+                opened = h5py.File(location.local_path, mode)
+            else:
+                # HDF5 metadata is scattered: a RangeFile (an LRU of 256 KiB blocks, its first
+                # bytes fetched with the HEAD, a chunk index's B-tree leaves fetched at once)
+                fileobj = location.open("rb", block_size=2**18)
+                opened = h5py.File(fileobj, mode)
+            if mode == "r":
+                # before any value is read: what would crash the library is refused
+                try:
+                    refuse_crash_hazards(opened, location)
+                except BaseException:
+                    opened.close()
+                    raise
+            return opened
 
     return handles.acquire(H5FileKey(location, mode, token),
                            handles.opened_unchanged(location, token, opener))

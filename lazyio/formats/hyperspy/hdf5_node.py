@@ -227,7 +227,13 @@ class H5Node:
     def write_small_array(self, name: str, data: np.ndarray, **options: Any) -> None:
         self.delete(name)
         if data.dtype.kind == "U":
-            self.group.create_dataset(
+            if data.dtype.itemsize and all(str(v).isascii() for v in data.flat):
+                # as HyperSpy writes them (fixed-length ASCII), which RosettaSciIO reads
+                # back as a unicode array (a text marker's ``texts``); variable-length
+                # UTF-8 came back as an object array
+                self.group.create_dataset(name, data=data.astype("S"))
+                return
+            self.group.create_dataset(  # not ASCII: HyperSpy cannot write it at all
                 name, data=data.astype(object), dtype=h5py.string_dtype()
             )
             return

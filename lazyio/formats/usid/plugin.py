@@ -333,8 +333,9 @@ def _write_into(
         data = data.transpose(nav + sig)  # USID rows are positions: navigation axes first
     pos_shape = tuple(int(data.shape[i]) for i in range(len(nav)))
     spec_shape = tuple(int(s) for s in data.shape[len(nav):])
-    pos_dims = dimensions_from_axes([axes[i] for i in nav], pos_shape, "Pos")
-    spec_dims = dimensions_from_axes([axes[i] for i in sig], spec_shape, "Spec")
+    labels: set[str] = set()  # unique across both sides, as pyUSID needs
+    pos_dims = dimensions_from_axes([axes[i] for i in nav], pos_shape, "Pos", labels)
+    spec_dims = dimensions_from_axes([axes[i] for i in sig], spec_shape, "Spec", labels)
     rows, cols = math.prod(pos_shape), math.prod(spec_shape)
     chunk_shape = main_chunks(chunks, pos_shape, spec_shape, np.dtype(data.dtype))
     if isinstance(data, da.Array) and chunk_shape is not None:

@@ -13,6 +13,7 @@ choosing chunk-aligned N-D dask chunks, and building the ancillary matrices for 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -220,6 +221,8 @@ class Dimension:
     name: str
     units: str
     values: np.ndarray
+    #: the axis name a label was made unique from (``"x"`` for ``"x_1"``), if it was
+    original: str | None = None
 
     @property
     def size(self) -> int:
@@ -429,6 +432,10 @@ nd_chunks = reshaped_2d_chunks
 #: 24 s); a 15 KB file declaring 1e8 never-written rows took 4.1 GB.
 ANCILLARY_MAX_ITEMS = 1 << 23
 
+#: attribute of the ancillary datasets holding the axes' names where the ``labels`` had
+#: to be made unique (lazyio's own; pyUSID and RosettaSciIO read the labels)
+ORIGINAL_NAMES = "lazyio_names"
+
 
 def read_dimensions(
     dset: h5py.Dataset, spectroscopic: bool, where: str
@@ -455,7 +462,12 @@ def read_dimensions(
     ind_mat, val_mat = inds[()], vals[()]
     if spectroscopic:
         ind_mat, val_mat = ind_mat.T, val_mat.T
-    return parse_dimensions(ind_mat, val_mat, labels, units, f"{where} ({prefix} dimensions)")
+    dims, order = parse_dimensions(ind_mat, val_mat, labels, units,
+                                   f"{where} ({prefix} dimensions)")
+    if ORIGINAL_NAMES in inds.attrs:  # labels lazyio made unique: the axes' own names
+        names = dict(zip(labels, string_list(inds, ORIGINAL_NAMES, ndims), strict=True))
+        dims = [dataclasses.replace(d, name=names.get(d.name) or d.name) for d in dims]
+    return dims, order
 
 
 def group_attrs(dset: h5py.Dataset) -> dict[str, Any]:
@@ -498,18 +510,26 @@ def set_attr(obj: h5py.HLObject, key: str, value: Any) -> None:
 
 
 def dimensions_from_axes(
-    axes: list[dict[str, Any]], shape: tuple[int, ...], kind: Literal["Pos", "Spec"]
+    axes: list[dict[str, Any]], shape: tuple[int, ...], kind: Literal["Pos", "Spec"],
+    seen: set[str] | None = None,
 ) -> list[Dimension]:
-    """Dimensions (slowest first) of one side; the dummy dimension for an empty side."""
+    """Dimensions (slowest first) of one side; the dummy dimension for an empty side.
+
+    Labels are made unique across ``seen`` (pass one set for both sides): pyUSID finds a
+    dimension by its label among the position *and* spectroscopic ones, and cannot
+    reshape a dataset two of whose dimensions share one. A renamed dimension keeps the
+    axis' own name in :attr:`Dimension.original` (written as ``lazyio_names``).
+    """
     if not axes:
         return [Dimension(*DUMMY_DIMENSION, np.zeros(1))]
-    dims, seen = [], set()
+    dims = []
+    seen = set() if seen is None else seen
     for i, (axis, size) in enumerate(zip(axes, shape, strict=True)):
-        name = str(axis.get("name") or "").strip()
+        original = str(axis.get("name") or "").strip()
         # RosettaSciIO numbers unnamed dimensions from the fastest one
-        name = name or f"{kind}_Dim_{len(axes) - 1 - i}"
+        name = original or f"{kind}_Dim_{len(axes) - 1 - i}"
         base, n = name, 1
-        while name in seen:  # pyUSID finds a dimension by its label: labels must differ
+        while name in seen:
             name, n = f"{base}_{n}", n + 1
         seen.add(name)
         units = str(axis.get("units") or "").strip() or DUMMY_DIMENSION[1]
@@ -517,7 +537,7 @@ def dimensions_from_axes(
             values = np.asarray(axis["axis"], dtype=np.float64)
         else:
             values = axis.get("offset", 0.0) + axis.get("scale", 1.0) * np.arange(size)
-        dims.append(Dimension(name, units, values))
+        dims.append(Dimension(name, units, values, original if name != base else None))
     return dims
 
 
@@ -549,6 +569,10 @@ def write_ancillary(
     for dset in (inds_dset, vals_dset):
         dset.attrs["labels"] = string_array([d.name for d in dims])
         dset.attrs["units"] = string_array([d.units for d in dims])
+        if any(d.original is not None for d in dims):
+            # the axes' own names, where a label had to differ: read back as the names
+            dset.attrs[ORIGINAL_NAMES] = string_array(
+                [d.name if d.original is None else d.original for d in dims])
         dset.attrs["type"] = np.zeros(len(dims), dtype=np.int64)  # pyUSID's DimType.DEFAULT
     return inds_dset, vals_dset
 

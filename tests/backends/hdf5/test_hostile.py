@@ -54,6 +54,20 @@ CASES: dict[str, tuple[object, str | None, tuple[str, ...]]] = {
                               "HeapLoopError", ("global heap collection at byte",)),
     "dag-30": (hostile.hard_link_dag, None, ("(4, 6)",)),
     "usid-dag-30": (hostile.usid_hard_link_dag, None, ("(4, 5, 6)",)),
+    # SIGSEGVs of libhdf5 found by the fuzz campaign: refused before the library reads
+    "vlen-kind-10": (hostile.vlen_of_unknown_kind, "CrashHazardError",
+                     ("hostile_vlen", "variable-length datatype of unknown kind 10")),
+    "usid-vlen-kind-14": (lambda p: hostile.vlen_of_unknown_kind(p, "usid", 0x0E),
+                          "CrashHazardError", ("hostile_vlen", "unknown kind 14")),
+    # an unknown string padding does not crash the library: still read
+    "string-padding-14": (lambda p: hostile.vlen_of_unknown_kind(p, "hspy", 0xE1), None,
+                          ("(4, 5, 6)",)),
+    "usid-vlen-length-1GiB": (hostile.vlen_length_flip, "CrashHazardError",
+                              ("hostile_vlen", "declares a value of 1073741837 bytes")),
+    "vlen-length-1GiB": (lambda p: hostile.vlen_length_flip(p, "hspy"), "CrashHazardError",
+                         ("hostile_vlen", "declares a value of 1073741837 bytes")),
+    "fill-value-size": (hostile.fill_value_size_flip, "CrashHazardError",
+                        ("/Experiments/__unnamed__/data", "damaged fill value")),
 }
 NPY_ERRORS = {
     "npy-zero-axis-1.5e15": (None, ("(1500000000000000, 0)",)),
