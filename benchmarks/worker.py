@@ -103,10 +103,16 @@ def write(spec: dict[str, Any]) -> dict[str, Any]:
         import importlib
 
         module = importlib.import_module(f"rsciio.{ {'npy': 'numpy'}.get(fmt, fmt)}")
+        if fmt == "usid" and not hasattr(np, "product"):
+            # pyUSID 0.0.12 calls numpy.product, removed in numpy 2: the benchmark (never
+            # lazyio) puts the alias back so RosettaSciIO's USID writer can run
+            setattr(np, "product", np.prod)  # noqa: B010
 
         def run() -> None:
             if fmt == "npy":  # RosettaSciIO's .npy writer cannot take a dask array
                 module.file_writer(dst, signal_dict(data.compute(), lazy=False), **kwargs)
+            elif fmt == "usid":  # its writer has no progress bar option
+                module.file_writer(dst, signal_dict(data, lazy=True), **kwargs)
             else:
                 module.file_writer(dst, signal_dict(data, lazy=True),
                                    show_progressbar=False, **kwargs)

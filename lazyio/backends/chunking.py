@@ -610,7 +610,26 @@ def flattened_storage_chunks(
         col_block = math.prod(flat_aligned_block(col_shape, 1, int(target_bytes // itemsize)))
         return (1, col_block)
     per_chunk = max(1, int(target_bytes // (cols * itemsize)))
-    return (math.prod(flat_aligned_block(row_shape, 1, per_chunk)), cols)
+    return (math.prod(_tiling(row_shape, flat_aligned_block(row_shape, 1, per_chunk))), cols)
+
+
+def _tiling(shape: tuple[int, ...], block: tuple[int, ...]) -> tuple[int, ...]:
+    """``block`` with its one partial axis cut to a divisor of that axis where one is at
+    least half as long, so that chunks tile every line of the row grid.
+
+    Chunks of 7 positions on lines of 64 straddled lines: no N-D block of the scan was a
+    whole number of them except 7 whole lines (56 MiB of a 4-D stack), and a USID write
+    grew by 240 MiB rechunking into such blocks; 4 positions tile the lines.
+    """
+    # blocks are (1, ..., 1, b, whole axes...): the last axis not taken whole is cut
+    partial = [axis for axis, (b, n) in enumerate(zip(block, shape, strict=True)) if b < n]
+    if partial:
+        axis = partial[-1]
+        b, n = block[axis], shape[axis]
+        fit = next(d for d in range(b, 0, -1) if n % d == 0)
+        if 2 * fit >= b:
+            return (*block[:axis], fit, *block[axis + 1:])
+    return block
 
 
 def write_block_bytes() -> int:
@@ -779,6 +798,9 @@ def rechunk_to_storage(
 # many of them on average: below that a rechunk adds few tasks.
 _MIN_MERGED = 4
 
+# Source blocks below this size are merged even into fewer write blocks than cores.
+_MERGE_ALWAYS = 2**20
+
 _SHARED = -1  # a key that stays a task of its own (needed by several write blocks)
 
 
@@ -908,6 +930,10 @@ def merge_blocks(array: da.Array, chunks: BlockChunks) -> da.Array | None:
         return None
     n_new = math.prod(len(c) for c in chunks)
     if array.npartitions < _MIN_MERGED * n_new:
+        return None
+    # A merged block computes its source blocks one after another: with fewer blocks than
+    # cores, only blocks too small to be worth a task each are merged
+    if n_new < (os.cpu_count() or 1) and array.nbytes > _MERGE_ALWAYS * array.npartitions:
         return None
     try:
         return _merge(array, chunks)

@@ -176,6 +176,10 @@ def test_flattened_storage_chunks():
     assert big[0] == 1
     assert big[1] < 4096 * 4096
     assert flattened_storage_chunks((5, -1), (10,), (7,), np.dtype("u1"), 1e6) == (5, 7)
+    # 7 spectra of 128 KiB fit in 1 MB, but chunks of 7 straddle scan lines of 64: 4 tile
+    # them, so N-D write blocks of whole lines are whole chunks
+    assert flattened_storage_chunks(None, (64, 64), (256, 256), np.dtype("u2"),
+                                    1e6) == (4, 65536)
 
 
 def test_rechunk_to_storage_keeps_aligned_boundaries():
@@ -347,9 +351,14 @@ def test_blocks_not_worth_merging_or_not_numpy_are_rechunked():
     assert chunking.merge_blocks(da.from_array(values, chunks=(32, 64)), ((64,), (64,))) is None
     masked = da.ma.masked_equal(da.from_array(values, chunks=(4, 4)), 0)
     assert chunking.merge_blocks(masked, ((64,), (64,))) is None
-    # a shared reduction every block needs keeps the source blocks shared: no merge
+    # a reduction every block needs: it and the blocks it reads stay scheduler tasks,
+    # computed once; only the subtractions run inside the merged tasks
     base = da.from_array(values, chunks=(4, 4))
     shared = base - base.mean()
-    assert chunking.merge_blocks(shared, ((64,), (64,))) is None
-    out = chunking.rechunk_to_storage(shared, (64, 64))
-    np.testing.assert_array_equal(out.compute(), np.zeros((64, 64)))
+    merged = chunking.merge_blocks(shared, ((32, 32), (64,)))
+    assert merged is not None
+    graph = dict(merged.__dask_graph__())
+    kept = [k for k in graph if isinstance(k, tuple) and k[0] == base.name]
+    assert len(kept) == base.npartitions
+    assert not [k for k in graph if isinstance(k, tuple) and k[0] == shared.name]
+    np.testing.assert_array_equal(merged.compute(), np.zeros((64, 64)))
