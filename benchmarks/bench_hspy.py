@@ -4,7 +4,10 @@
   full sum, one diffraction pattern, tasks; limits: the codec's per-core rate x cores;
 - RosettaSciIO's ``compression=None`` (which still shuffles): full sum; limit: unshuffle;
 - lazyio's ``compression=None`` (no shuffle): full sum against a memory-mapped sum;
-- 16,384 small chunks (gzip): full sum and one spectrum.
+- 16,384 small chunks (gzip): full sum and one spectrum;
+- writes (gzip; ``compression=None``, which RosettaSciIO still shuffles) of every source
+  chunking of ``datasets.SOURCES``; limits: the codec's encode rate x cores on lazyio's
+  chunks, a parallel copy of the bytes.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from benchmarks.common import (
     rss_row,
     write_pair,
 )
+from benchmarks.datasets import write_rows
 
 NAME = "hspy"
 
@@ -110,6 +114,9 @@ def run(ctx: Context) -> list[Row]:
         Row(f"{n_chunks:,}-chunk tasks", r["lazyio"]["tasks"], r["rsciio"]["tasks"],
             unit="tasks"),
     ]
+    rows += write_rows(ctx, "hspy", "gzip", {}, "hspy", limit=lambda src, lz: _codec_limit(
+        ctx, src, _chunks(lz), "gzip-4+shuffle")["encode"])
+    rows += write_rows(ctx, "hspy", "uncompressed", {"compression": None}, "hspy")
     return rows
 
 

@@ -212,9 +212,11 @@ class Context:
 
 def write_pair(
     ctx: Context, fmt: str, impls: dict[str, tuple[str, dict[str, Any], str]], src: str,
-    python: dict[str, str] | None = None,
+    python: dict[str, str] | None = None, extra: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Time and peak RSS of writes, each in a fresh process, alternating sides per repetition.
+
+    ``extra`` is added to every job's spec (``chunks``: the source's dask chunks).
 
     ``impls`` maps a side's name to ``(implementation, writer kwargs, target file name)``.
     Returns per side the median ``seconds``, ``peak`` (VmHWM, bytes) and ``added`` (peak
@@ -227,7 +229,7 @@ def write_pair(
         for name in names if rep % 2 == 0 else reversed(names):
             impl, kwargs, dst = impls[name]
             spec = {"impl": impl, "fmt": fmt, "src": src, "dst": ctx.path(dst),
-                    "kwargs": kwargs, "workers": CORES}
+                    "kwargs": kwargs, "workers": CORES, **(extra or {})}
             runs[name].append(fresh("write", spec, python=python.get(name, sys.executable)))
     return {
         n: {
