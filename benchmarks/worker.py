@@ -46,6 +46,8 @@ def _source(spec: dict[str, Any]) -> Any:
 
     arr = np.load(spec["src"], mmap_mode="r")
     chunks = spec.get("chunks")
+    if spec.get("in_memory"):  # a numpy array in memory, cut into dask blocks
+        return da.from_array(np.load(spec["src"]), chunks=tuple(chunks))
     if chunks is None:
         from rsciio._hierarchical import get_signal_chunks
 
