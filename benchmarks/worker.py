@@ -7,6 +7,7 @@ separate zarr 2 environment where RosettaSciIO's .zspy plugin works.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import sys
@@ -113,7 +114,9 @@ def write(spec: dict[str, Any]) -> dict[str, Any]:
     data = _source(spec)
     # dask's first compute imports distributed to look for a client (0.4-2 s here): a
     # once-per-process cost that pyUSID's imports pay before the clock, so both sides do
-    import distributed  # noqa: F401
+    # (the zarr 2 environment has no distributed, and dask does not look for it there)
+    with contextlib.suppress(ImportError):
+        import distributed  # noqa: F401
 
     if impl == "lazyio":
         import lazyio
