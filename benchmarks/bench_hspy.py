@@ -5,7 +5,10 @@
   scheduler), tasks; limits: the codec's per-core rate x cores;
 - RosettaSciIO's ``compression=None`` (which still shuffles): full sum; limit: unshuffle;
 - lazyio's ``compression=None`` (no shuffle): full sum against a memory-mapped sum;
-- 16,384 small chunks (gzip): full sum and one spectrum.
+- 16,384 small chunks (gzip): full sum and one spectrum;
+- writes (gzip; ``compression=None``, which RosettaSciIO still shuffles) of every source
+  chunking of ``datasets.SOURCES``; limits: the codec's encode rate x cores on lazyio's
+  chunks, a parallel copy of the bytes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from benchmarks.common import (
     rss_row,
     write_pair,
 )
+from benchmarks.datasets import write_rows
 
 NAME = "hspy"
 
@@ -118,6 +122,10 @@ def run(ctx: Context) -> list[Row]:
         Row(f"{n_chunks:,}-chunk tasks", r["lazyio"]["tasks"], r["rsciio"]["tasks"],
             unit="tasks"),
     ]
+    rows += write_rows(ctx, "hspy", "gzip", {}, "hspy", limit=lambda src, lz: _codec_limit(
+        ctx, src, _chunks(lz), "gzip-4+shuffle")["encode"])
+    if not ctx.quick:  # the smoke test keeps to the gzip rows
+        rows += write_rows(ctx, "hspy", "uncompressed", {"compression": None}, "hspy")
     return rows
 
 

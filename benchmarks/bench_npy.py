@@ -7,7 +7,8 @@
 - graph construction of a million-chunk memory map (RosettaSciIO's is timed at 1e5
   chunks and extrapolated linearly: at 1e6 it takes tens of seconds);
 - streamed write of a dask array: time and peak RSS in a fresh process, against
-  RosettaSciIO's compute-then-save (its writer cannot take a dask array).
+  RosettaSciIO's compute-then-save (its writer cannot take a dask array), on the
+  default source and on every source chunking of ``datasets.SOURCES``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from benchmarks.common import (
     rss_row,
     write_pair,
 )
+from benchmarks.datasets import write_rows
 
 NAME = "npy"
 
@@ -109,4 +111,5 @@ def run(ctx: Context) -> list[Row]:
             note="RosettaSciIO: compute, then save"),
         rss_row("streamed write peak RSS", w, "lazyio", "rsciio", targets=[("ratio", 4)],
                 note="target: ≤ 25% of RosettaSciIO's"),
+        *write_rows(ctx, "npy", "streamed", {}, "npy"),
     ]

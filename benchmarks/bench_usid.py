@@ -2,7 +2,9 @@
 
 The file is written by lazyio (uncompressed, as pyUSID writes; RosettaSciIO's USID writer
 cannot write under numpy 2). Measures: open time and one spectrum (one diffraction
-pattern at a random scan position), median over positions.
+pattern at a random scan position), median over positions; writes (time, peak RSS) of
+the default source and of every source chunking of ``datasets.SOURCES``, against
+RosettaSciIO's writer given back ``numpy.product`` (pyUSID 0.0.12 calls it).
 """
 
 from __future__ import annotations
@@ -11,7 +13,17 @@ import warnings
 
 import numpy as np
 
-from benchmarks.common import CORES, Context, Row, compare_reads, fresh, random_points
+from benchmarks.common import (
+    CORES,
+    Context,
+    Row,
+    compare_reads,
+    fresh,
+    random_points,
+    rss_row,
+    write_pair,
+)
+from benchmarks.datasets import write_rows
 
 NAME = "usid"
 
@@ -41,7 +53,13 @@ def run(ctx: Context) -> list[Row]:
     r = compare_reads({"lazyio": ours, "rsciio": theirs},
                       random_points(shape[:2], 10 if ctx.quick else 30), 1)
     opens = _open_times(ours, theirs, 5 if ctx.quick else 3 * ctx.repeat)
+    w = write_pair(ctx, "usid", {"lazyio": ("lazyio", {}, "lz-w.h5"),
+                                 "rsciio": ("rsciio", {}, "rs-w.h5")}, det)
     return [
+        Row("write", w["lazyio"]["seconds"], w["rsciio"]["seconds"],
+            targets=[("ratio", 1.0)], note="RosettaSciIO given numpy.product back"),
+        rss_row("write peak RSS", w, "lazyio", "rsciio", targets=[("ratio", 1.0)]),
+        *write_rows(ctx, "usid", "usid", {}, "h5"),
         Row("open", opens["lazyio"] * 1e3, opens["rsciio"] * 1e3, unit="ms",
             targets=[("max", 20)]),
         Row("one spectrum", r["lazyio"]["one"] * 1e3, r["rsciio"]["one"] * 1e3, unit="ms",

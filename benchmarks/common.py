@@ -219,6 +219,8 @@ def write_pair(
 ) -> dict[str, dict[str, float]]:
     """Time and peak RSS of writes, each in a fresh process, alternating sides per repetition.
 
+    ``extra`` is added to every job's spec (``chunks``: the source's dask chunks).
+
     ``impls`` maps a side's name to ``(implementation, writer kwargs, target file name)``.
     ``extra`` goes into every job's spec (``source_chunks``: another chunking of the
     source). Returns per side the median ``seconds``, ``peak`` (VmHWM, bytes) and ``added`` (peak

@@ -7,6 +7,7 @@ separate zarr 2 environment where RosettaSciIO's .zspy plugin works.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import sys
@@ -40,16 +41,21 @@ def _vm_rss() -> int:
 def _source(spec: dict[str, Any]) -> Any:
     """The array to write: a dask array over the cached .npy, chunked as a signal read
     lazily from a typical RosettaSciIO file (its default ~1 MB chunks of whole signals;
-    RosettaSciIO keeps a dask array's chunks as storage chunks)."""
+    RosettaSciIO keeps a dask array's chunks as storage chunks), or in ``spec["chunks"]``
+    (the source chunkings of ``benchmarks.datasets.SOURCES``)."""
     import dask.array as da
-    from rsciio._hierarchical import get_signal_chunks
 
     arr = np.load(spec["src"], mmap_mode="r")
-    signal_axes = tuple(range(arr.ndim - (2 if arr.ndim > 2 else 1), arr.ndim))
-    chunks = get_signal_chunks(arr.shape, arr.dtype, signal_axes)
-    if spec.get("source_chunks"):  # another source chunking (a list: JSON has no tuples)
-        chunks = tuple(spec["source_chunks"])
-    return da.from_array(_Blocks(spec["src"], arr.shape, arr.dtype), chunks=chunks)
+    # "chunks" (benchmarks.datasets.SOURCES) or "source_chunks" (bench_zspy): JSON lists
+    chunks = spec.get("chunks") or spec.get("source_chunks")
+    if spec.get("in_memory"):  # a numpy array in memory, cut into dask blocks
+        return da.from_array(np.load(spec["src"]), chunks=tuple(chunks))
+    if chunks is None:
+        from rsciio._hierarchical import get_signal_chunks
+
+        signal_axes = tuple(range(arr.ndim - (2 if arr.ndim > 2 else 1), arr.ndim))
+        chunks = get_signal_chunks(arr.shape, arr.dtype, signal_axes)
+    return da.from_array(_Blocks(spec["src"], arr.shape, arr.dtype), chunks=tuple(chunks))
 
 
 class _Blocks:
@@ -59,29 +65,40 @@ class _Blocks:
     def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
         self.path, self.shape, self.dtype, self.ndim = path, shape, dtype, len(shape)
         self.offset = np.load(path, mmap_mode="r").offset
-        self._map: Any = None
 
     def __getitem__(self, key: Any) -> np.ndarray:
+        import itertools
         import os
 
         box = [range(*k.indices(s)) for k, s in zip(key, self.shape, strict=False)]
         box += [range(s) for s in self.shape[len(box):]]
         if any(r.step != 1 for r in box):
             raise NotImplementedError(key)
-        if any(len(r) != s for r, s in zip(box[2:], self.shape[2:], strict=True)):
-            # blocks that cut signals: copied out of a memory map (whole-signal preads
-            # would read up to 64x the block); its pages count in the RSS of both sides
-            if self._map is None:  # one map for all blocks: 16,384 opens cost seconds
-                self._map = np.load(self.path, mmap_mode="r")
-            return np.array(self._map[tuple(slice(r.start, r.stop) for r in box)])
         out = np.empty([len(r) for r in box], dtype=self.dtype)
-        row = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        inner = row // self.shape[1] if self.ndim > 1 else self.dtype.itemsize
+        if not out.size:
+            return out
+        partial = [a for a, (r, s) in enumerate(zip(box, self.shape, strict=True))
+                   if len(r) != s] or [0]
+        # read contiguous runs along the last cut axis; when those are short (a cut
+        # signal row), read whole rows along the axis before it and slice them
+        cut = partial[-1]
+        strides = [int(np.prod(self.shape[a + 1:], dtype=np.int64)) * self.dtype.itemsize
+                   for a in range(self.ndim)]
+        run = len(box[cut]) * strides[cut]
+        widen = cut > 0 and run < 4096 and cut == self.ndim - 1
+        axis = cut - 1 if widen else cut
         fd = os.open(self.path, os.O_RDONLY)
         try:
-            for n, i in enumerate(box[0]):
-                start = self.offset + i * row + (box[1].start * inner if self.ndim > 1 else 0)
-                os.preadv(fd, [memoryview(out[n]).cast("B")], start)
+            for index in itertools.product(*box[:axis]):
+                start = self.offset + sum(i * st for i, st in zip(index, strides, strict=False))
+                start += box[axis].start * strides[axis]
+                pos = tuple(i - r.start for i, r in zip(index, box, strict=False))
+                if widen:
+                    rows = np.empty((len(box[axis]), self.shape[cut]), dtype=self.dtype)
+                    os.preadv(fd, [memoryview(rows).cast("B")], start)
+                    out[pos] = rows[:, box[cut].start:box[cut].stop]
+                else:
+                    os.preadv(fd, [memoryview(out[pos]).cast("B")], start)
         finally:
             os.close(fd)
         return out
@@ -96,6 +113,12 @@ def write(spec: dict[str, Any]) -> dict[str, Any]:
     if isinstance(kwargs.get("chunks"), list):  # JSON has no tuples
         kwargs["chunks"] = tuple(kwargs["chunks"])
     data = _source(spec)
+    # dask's first compute imports distributed to look for a client (0.4-2 s here): a
+    # once-per-process cost that pyUSID's imports pay before the clock, so both sides do
+    # (the zarr 2 environment has no distributed, and dask does not look for it there)
+    with contextlib.suppress(ImportError):
+        import distributed  # noqa: F401
+
     if impl == "lazyio":
         import lazyio
         from lazyio.formats import available_plugins
@@ -110,10 +133,16 @@ def write(spec: dict[str, Any]) -> dict[str, Any]:
         import importlib
 
         module = importlib.import_module(f"rsciio.{ {'npy': 'numpy'}.get(fmt, fmt)}")
+        if fmt == "usid" and not hasattr(np, "product"):
+            # pyUSID 0.0.12 calls numpy.product, removed in numpy 2: the benchmark (never
+            # lazyio) puts the alias back so RosettaSciIO's USID writer can run
+            setattr(np, "product", np.prod)  # noqa: B010
 
         def run() -> None:
             if fmt == "npy":  # RosettaSciIO's .npy writer cannot take a dask array
                 module.file_writer(dst, signal_dict(data.compute(), lazy=False), **kwargs)
+            elif fmt == "usid":  # its writer has no progress bar option
+                module.file_writer(dst, signal_dict(data, lazy=True), **kwargs)
             else:
                 module.file_writer(dst, signal_dict(data, lazy=True),
                                    show_progressbar=False, **kwargs)

@@ -19,6 +19,7 @@ use them are here.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -49,6 +50,7 @@ __all__ = [
     "default_block_bytes",
     "flat_aligned_block",
     "flattened_storage_chunks",
+    "merge_blocks",
     "memory_map_chunks",
     "read_block_bytes",
     "rechunk_to_storage",
@@ -661,7 +663,26 @@ def flattened_storage_chunks(
         col_block = math.prod(flat_aligned_block(col_shape, 1, int(target_bytes // itemsize)))
         return (1, col_block)
     per_chunk = max(1, int(target_bytes // (cols * itemsize)))
-    return (math.prod(flat_aligned_block(row_shape, 1, per_chunk)), cols)
+    return (math.prod(_tiling(row_shape, flat_aligned_block(row_shape, 1, per_chunk))), cols)
+
+
+def _tiling(shape: tuple[int, ...], block: tuple[int, ...]) -> tuple[int, ...]:
+    """``block`` with its one partial axis cut to a divisor of that axis where one is at
+    least half as long, so that chunks tile every line of the row grid.
+
+    Chunks of 7 positions on lines of 64 straddled lines: no N-D block of the scan was a
+    whole number of them except 7 whole lines (56 MiB of a 4-D stack), and a USID write
+    grew by 240 MiB rechunking into such blocks; 4 positions tile the lines.
+    """
+    # blocks are (1, ..., 1, b, whole axes...): the last axis not taken whole is cut
+    partial = [axis for axis, (b, n) in enumerate(zip(block, shape, strict=True)) if b < n]
+    if partial:
+        axis = partial[-1]
+        b, n = block[axis], shape[axis]
+        fit = next(d for d in range(b, 0, -1) if n % d == 0)
+        if 2 * fit >= b:
+            return (*block[:axis], fit, *block[axis + 1:])
+    return block
 
 
 def write_block_bytes() -> int:
@@ -818,5 +839,263 @@ def rechunk_to_storage(
     # them to the size of a write block
     cap = max(write_block_bytes() if limit is None else int(limit),
               math.prod(_axis_steps(array.shape, storage)) * itemsize)
+    merged = merge_blocks(array, new_chunks)
+    if merged is not None:
+        return merged
     rechunked: da.Array = cast(Any, array).rechunk(new_chunks, block_size_limit=cap)
     return rechunked
+
+
+# ----------------------------------------------------------------------------- merged blocks
+
+# Merge source blocks inside the write tasks only when a write block takes at least this
+# many of them on average: below that a rechunk adds few tasks.
+_MIN_MERGED = 4
+
+# Source blocks below this size are merged even into fewer write blocks than cores.
+_MERGE_ALWAYS = 2**20
+
+_SHARED = -1  # a key that stays a task of its own (needed by several write blocks)
+
+
+class _Plan:
+    """What one merged task computes: its private source keys in dependency order, where
+    each source block goes in the output, and when each intermediate value can go.
+
+    An opaque object, so that dask neither looks into the nodes nor schedules them.
+    """
+
+    __slots__ = ("dtype", "externals", "nodes", "places", "shape", "uses")
+
+    def __init__(self, nodes: list[Any], places: dict[Any, list[tuple[Any, Any]]],
+                 uses: dict[Any, int], shape: tuple[int, ...], dtype: np.dtype[Any],
+                 externals: list[Any]) -> None:
+        self.nodes, self.places, self.uses = nodes, places, uses
+        self.shape, self.dtype, self.externals = shape, dtype, externals
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
+
+
+def _run_plan(plan: _Plan, *external: Any) -> np.ndarray[Any, Any]:
+    """Compute a merged block: run the private source tasks one after another, copying
+    each source block into place as soon as it exists and dropping every value once its
+    last user has run (memory: the output plus one source block's intermediates)."""
+    values: dict[Any, Any] = dict(zip(plan.externals, external, strict=True))
+    left = dict(plan.uses)
+    out = np.empty(plan.shape, dtype=plan.dtype)
+
+    def done(key: Any) -> None:
+        left[key] -= 1
+        if not left[key]:
+            del values[key]
+
+    for key in plan.externals:  # shared source blocks
+        for dst, src in plan.places.get(key, ()):
+            out[dst] = values[key][src]
+            done(key)
+    for node in plan.nodes:
+        deps = node.dependencies
+        values[node.key] = node({d: values[d] for d in deps})
+        for dep in deps:
+            done(dep)
+        for dst, src in plan.places.get(node.key, ()):
+            out[dst] = values[node.key][src]
+            done(node.key)
+    return out
+
+
+def _overlaps(old: tuple[int, ...], new: tuple[int, ...]) -> list[list[tuple[int, slice, slice]]]:
+    """For every new block along one axis: (old block, slice in it, slice in the new one)."""
+    old_starts = [0, *itertools.accumulate(old)]
+    out: list[list[tuple[int, slice, slice]]] = []
+    i = 0
+    start = 0
+    for size in new:
+        stop = start + size
+        while i + 1 < len(old) and old_starts[i + 1] <= start:
+            i += 1
+        pieces = []
+        j = i
+        while j < len(old) and old_starts[j] < stop:
+            lo, hi = max(start, old_starts[j]), min(stop, old_starts[j + 1])
+            pieces.append((j, slice(lo - old_starts[j], hi - old_starts[j]),
+                           slice(lo - start, hi - start)))
+            j += 1
+        out.append(pieces)
+        start = stop
+    return out
+
+
+class _NotMerged(Exception):
+    """The graph cannot be merged (a key it needs is not in it: a persisted future)."""
+
+
+class _Graph:
+    """The source graph, its nodes converted to dask's task spec as they are visited."""
+
+    def __init__(self, raw: Mapping[Any, Any]) -> None:
+        self.raw = raw
+        self.nodes: dict[Any, Any] = {}
+
+    def __getitem__(self, key: Any) -> Any:
+        node = self.nodes.get(key)
+        if node is None:
+            from dask._task_spec import Alias, DataNode, GraphNode, convert_legacy_task
+
+            try:
+                value = self.raw[key]
+            except KeyError:
+                raise _NotMerged(key) from None
+            if type(value) is np.ndarray:  # from_array of a numpy array: its slices
+                node = self.nodes[key] = DataNode(key, value)
+                return node
+            node = convert_legacy_task(key, value, self.raw)
+            if isinstance(node, Alias) and node.target == key:  # a persisted future
+                raise _NotMerged(key)
+            if not isinstance(node, GraphNode):
+                node = DataNode(key, node)
+            self.nodes[key] = node
+        return node
+
+
+def merge_blocks(array: da.Array, chunks: BlockChunks) -> da.Array | None:
+    """``array`` in blocks ``chunks``, each computed by ONE task that runs the source
+    tasks inside it itself, or None where that would not pay (then rechunk).
+
+    A rechunk of many small source blocks keeps one scheduler task per source block, plus
+    merging tasks: for 16,384 blocks of 4 KiB the scheduler's overhead was ten times the
+    cost of the bytes (a null ``dask.array.store`` of them took longer than computing,
+    compressing and writing them). Here the source tasks that only one new block needs
+    (with everything only they need) run inside that block's task, in order, straight
+    into the output; tasks that several new blocks need (a source block cut by the new
+    grid, a file handle or a whole array every block reads from) stay scheduler tasks,
+    computed once, and are passed in. On a cluster the private tasks run where their
+    block is written, so no worker computes source blocks ahead of their write.
+
+    Only numpy blocks are merged, and only when the new blocks take at least
+    ``_MIN_MERGED`` source blocks each on average.
+    """
+    if type(getattr(array, "_meta", None)) is not np.ndarray or array.ndim == 0:
+        return None
+    n_new = math.prod(len(c) for c in chunks)
+    if array.npartitions < _MIN_MERGED * n_new:
+        return None
+    # A merged block computes its source blocks one after another: with fewer blocks than
+    # cores, only blocks too small to be worth a task each are merged
+    if n_new < (os.cpu_count() or 1) and array.nbytes > _MERGE_ALWAYS * array.npartitions:
+        return None
+    try:
+        return _merge(array, chunks)
+    except _NotMerged:
+        return None
+
+
+def _merge(array: da.Array, chunks: BlockChunks) -> da.Array | None:
+    from dask._task_spec import Task, TaskRef
+    from dask.array.core import Array
+    from dask.highlevelgraph import HighLevelGraph
+    from dask.tokenize import tokenize
+
+    graph = _Graph(dict(array.__dask_graph__()))
+    overlaps = [_overlaps(tuple(old), tuple(new))
+                for old, new in zip(array.chunks, chunks, strict=True)]
+    # a source block cut by the new grid feeds several new blocks: it stays a task
+    touches = []
+    for axis, pieces_of in enumerate(overlaps):
+        count = [0] * len(array.chunks[axis])
+        for pieces in pieces_of:
+            for j, _, _ in pieces:
+                count[j] += 1
+        touches.append(count)
+    cut = any(c > 1 for count in touches for c in count)
+    owner: dict[Any, int] = {}
+
+    def share(key: Any) -> None:  # key and all it needs stay scheduler tasks
+        stack = [key]
+        while stack:
+            k = stack.pop()
+            if owner.get(k) == _SHARED:
+                continue
+            owner[k] = _SHARED
+            stack.extend(graph[k].dependencies)
+
+    name = array.name
+    new_index = list(itertools.product(*[range(len(c)) for c in chunks]))
+    orders: list[list[Any]] = []
+    keyed_by_block = []
+    for block_id, index in enumerate(new_index):
+        order: list[Any] = []
+        keyed = []
+        for parts in itertools.product(*[overlaps[a][i] for a, i in enumerate(index)]):
+            src, src_slice, dst = zip(*parts, strict=True)
+            key = (name, *src)
+            keyed.append((key, dst, src_slice))
+            if cut and any(touches[a][j] > 1 for a, j in enumerate(src)):
+                share(key)
+                continue
+            # the common case first: a source task that needs nothing or only shared keys
+            node = graph[key]
+            if key not in owner and all(owner.get(d) == _SHARED for d in node.dependencies):
+                owner[key] = block_id
+                order.append(key)
+            else:
+                _claim(key, block_id, graph, owner, share, order)
+        keyed_by_block.append(keyed)
+        orders.append(order)
+    private = sum(1 for v in owner.values() if v != _SHARED)
+    if private < _MIN_MERGED * len(new_index):
+        return None
+    out_name = "merged-" + tokenize(name, chunks)
+    nodes_of = graph.nodes
+    layer: dict[Any, Any] = {k: nodes_of[k] for k, v in owner.items() if v == _SHARED}
+    for block_id, index in enumerate(new_index):
+        nodes = [nodes_of[k] for k in orders[block_id] if owner[k] == block_id]
+        externals: list[Any] = []
+        uses: dict[Any, int] = {}
+        places: dict[Any, list[tuple[Any, Any]]] = {}
+        for node in nodes:
+            for dep in node.dependencies:
+                if dep not in uses and owner[dep] == _SHARED:
+                    externals.append(dep)
+                uses[dep] = uses.get(dep, 0) + 1
+        for key, dst, src_slice in keyed_by_block[block_id]:
+            places.setdefault(key, []).append((dst, src_slice))
+            if key not in uses and owner[key] == _SHARED:
+                externals.append(key)
+            uses[key] = uses.get(key, 0) + 1
+        shape = tuple(int(chunks[a][i]) for a, i in enumerate(index))
+        plan = _Plan(nodes, places, uses, shape, array.dtype, externals)
+        out_key = (out_name, *index)
+        layer[out_key] = Task(out_key, _run_plan, plan, *(TaskRef(k) for k in externals))
+    hlg = HighLevelGraph.from_collections(out_name, layer, dependencies=())
+    return Array(hlg, out_name, chunks, meta=array._meta)
+
+
+def _claim(key: Any, block_id: int, graph: _Graph, owner: dict[Any, int],
+           share: Any, order: list[Any]) -> None:
+    """Give ``key`` and what it needs to new block ``block_id`` (post-order, so ``order``
+    lists dependencies first); a key another block holds already becomes shared."""
+    stack: list[tuple[Any, bool]] = [(key, False)]
+    while stack:
+        k, expanded = stack.pop()
+        if expanded:
+            order.append(k)
+            continue
+        held = owner.get(k)
+        if held in (block_id, _SHARED):
+            continue
+        if held is not None:
+            share(k)
+            continue
+        owner[k] = block_id
+        deps = graph[k].dependencies
+        if deps:
+            stack.append((k, True))
+            stack.extend((d, False) for d in deps)
+        else:
+            order.append(k)

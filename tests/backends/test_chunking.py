@@ -176,6 +176,10 @@ def test_flattened_storage_chunks():
     assert big[0] == 1
     assert big[1] < 4096 * 4096
     assert flattened_storage_chunks((5, -1), (10,), (7,), np.dtype("u1"), 1e6) == (5, 7)
+    # 7 spectra of 128 KiB fit in 1 MB, but chunks of 7 straddle scan lines of 64: 4 tile
+    # them, so N-D write blocks of whole lines are whole chunks
+    assert flattened_storage_chunks(None, (64, 64), (256, 256), np.dtype("u2"),
+                                    1e6) == (4, 65536)
 
 
 def test_rechunk_to_storage_keeps_aligned_boundaries():
@@ -280,3 +284,81 @@ def test_trailing_storage_chunks(shape, itemsize, limit, expected):
     chunks = trailing_storage_chunks(shape, itemsize, limit)
     assert chunks == expected
     assert all(1 <= c <= s for c, s in zip(chunks, shape, strict=True))
+
+
+# ----------------------------------------------------------------------------- merged blocks
+
+
+def _tasks(array: da.Array) -> int:
+    return len(dict(array.__dask_graph__()))
+
+
+def test_small_source_blocks_merge_into_one_task_per_write_block():
+    # 4,096 literal blocks of (8, 8): one task per write block, no task per source block
+    values = np.random.default_rng(0).random((512, 512), dtype="float32")
+    source = da.from_array(values, chunks=(8, 8))
+    new = ((128,) * 4, (512,))
+    merged = chunking.merge_blocks(source, new)
+    assert merged is not None
+    assert merged.chunks == new
+    assert _tasks(merged) == 4
+    np.testing.assert_array_equal(merged.compute(scheduler="threads"), values)
+    # and the write path takes it
+    written = chunking.rechunk_to_storage(source, (1, 1))
+    assert _tasks(written) <= 16
+    np.testing.assert_array_equal(written.compute(scheduler="sync"), values)
+
+
+class _CountingSource:
+    """An array-like whose reads are counted (module level: dask may pickle it)."""
+
+    shape, dtype, ndim = (64, 60), np.dtype("int64"), 2
+    reads = 0
+
+    def __getitem__(self, key):
+        type(self).reads += 1
+        return np.arange(64 * 60).reshape(64, 60)[key]
+
+
+def test_shared_inputs_stay_tasks_computed_once():
+    # getter tasks over one array object (a file's handle in real use) and a new grid
+    # that cuts some source blocks: the object and the cut blocks stay scheduler tasks
+    source = da.from_array(_CountingSource(), chunks=(4, 8), asarray=False)
+    new = ((16, 16, 16, 16), (30, 30))  # cuts the source blocks of columns 24-32
+    merged = chunking.merge_blocks(source, new)
+    assert merged is not None
+    graph = dict(merged.__dask_graph__())
+    cut = [k for k in graph if isinstance(k, tuple) and k[0] == source.name]
+    assert len(cut) == 16  # the 16 source blocks across column 30, once each
+    _CountingSource.reads = 0
+    np.testing.assert_array_equal(merged.compute(scheduler="threads"),
+                                  np.arange(64 * 60).reshape(64, 60))
+    assert _CountingSource.reads == source.npartitions  # every block read exactly once
+
+
+def test_derived_sources_merge_whole_chains():
+    values = np.arange(96 * 64, dtype="float64").reshape(96, 64)
+    source = (da.from_array(values, chunks=(3, 4)) * 2 + 1)[::-1]
+    new = ((48, 48), (64,))
+    merged = chunking.merge_blocks(source, new)
+    assert merged is not None
+    assert _tasks(merged) == 2
+    np.testing.assert_array_equal(merged.compute(), (values * 2 + 1)[::-1])
+
+
+def test_blocks_not_worth_merging_or_not_numpy_are_rechunked():
+    values = np.ones((64, 64))
+    assert chunking.merge_blocks(da.from_array(values, chunks=(32, 64)), ((64,), (64,))) is None
+    masked = da.ma.masked_equal(da.from_array(values, chunks=(4, 4)), 0)
+    assert chunking.merge_blocks(masked, ((64,), (64,))) is None
+    # a reduction every block needs: it and the blocks it reads stay scheduler tasks,
+    # computed once; only the subtractions run inside the merged tasks
+    base = da.from_array(values, chunks=(4, 4))
+    shared = base - base.mean()
+    merged = chunking.merge_blocks(shared, ((32, 32), (64,)))
+    assert merged is not None
+    graph = dict(merged.__dask_graph__())
+    kept = [k for k in graph if isinstance(k, tuple) and k[0] == base.name]
+    assert len(kept) == base.npartitions
+    assert not [k for k in graph if isinstance(k, tuple) and k[0] == shared.name]
+    np.testing.assert_array_equal(merged.compute(), np.zeros((64, 64)))

@@ -27,7 +27,13 @@ import numpy as np
 
 from lazyio import handles
 from lazyio.backends import register_direct
-from lazyio.backends.chunking import BlockChunks, Chunks, auto_block_bytes
+from lazyio.backends.chunking import (
+    BlockChunks,
+    Chunks,
+    auto_block_bytes,
+    merge_blocks,
+    write_block_bytes,
+)
 from lazyio.backends.hdf5.files import check_hdf5_source, open_h5, sniff_hdf5
 from lazyio.backends.hdf5.filters import check_creation_options
 from lazyio.backends.hdf5.layout import dataset_layout
@@ -307,14 +313,28 @@ def _align_to_storage(
     dimensions would be merged by the reshape instead, and every write task re-reads a whole
     merged block: a 256 MiB array with no navigation axes peaked at 3.3 GiB that way.
     """
-    target = max(1, auto_block_bytes() // max(1, np.dtype(data.dtype).itemsize))
+    import dask.array as da
+
+    # write blocks, not read blocks: their size bounds the write's memory
+    limit = write_block_bytes()
+    target = max(1, limit // max(1, np.dtype(data.dtype).itemsize))
     rows_per_chunk, cols_per_chunk = chunk_shape
     if cols_per_chunk < math.prod(spec_shape):  # spectra split: one position per block
         block = (1,) * len(pos_shape) + rows_block(spec_shape, cols_per_chunk, target)
     else:
         per_row = max(1, math.prod(spec_shape))
         block = rows_block(pos_shape, rows_per_chunk, max(1, target // per_row)) + spec_shape
-    return data.rechunk(block)
+    chunks = da.core.normalize_chunks(block, data.shape)
+    if chunks == data.chunks:
+        return data
+    # many small source blocks run inside the write tasks; otherwise dask's rechunk, its
+    # intermediate blocks kept to the size of a write block
+    merged = merge_blocks(data, chunks)
+    if merged is not None:
+        return merged
+    rechunked: da.Array = data.rechunk(chunks, block_size_limit=max(
+        limit, math.prod(block) * np.dtype(data.dtype).itemsize))
+    return rechunked
 
 
 def _write_into(
