@@ -101,8 +101,9 @@ def test_metadata_update_is_routed_to_a_copy_or_in_place(tmp_path, fmt, spy_writ
     [(_, target)] = spy_writes
     if fmt == "hspy":  # a file: a copy is updated and renamed over it
         assert TMP_TAG in target.local_path
-    else:  # a directory store: updated key by key
-        assert target.local_path == str(path)
+    else:  # a directory store: its metadata tree staged beside it, then moved in
+        assert os.path.dirname(target.local_path) == str(tmp_path)
+        assert os.path.basename(target.local_path).startswith(".a.zspy.lazyio-update-")
     assert [n for n in os.listdir(tmp_path) if TMP_TAG in n] == []
     [out] = lazyio.load(path, lazy=False)
     assert out["metadata"]["General"]["notes"] == "updated"
