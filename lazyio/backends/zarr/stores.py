@@ -621,7 +621,10 @@ class _MetadataCache(WrapperStore[Store]):
                 return False
 
         async def node(pre: str, depth: int) -> None:
-            await asyncio.gather(*(doc(pre + n) for n in _NODE_DOCS if pre + n not in self._docs))
+            wanted = _NODE_DOCS + ((".zmetadata",) if not pre else ())
+            await asyncio.gather(*(doc(pre + n) for n in wanted if pre + n not in self._docs))
+            if not pre and self._consolidated():
+                return
             if not is_group(pre) or depth >= MAX_KEY_DEPTH:
                 return
             async with limit:
@@ -639,6 +642,53 @@ class _MetadataCache(WrapperStore[Store]):
             await asyncio.gather(*(node(f"{pre}{c}/", depth + 1) for c in children))
 
         await node("", 0)
+
+    def _consolidated(self) -> bool:
+        """Take the tree's documents and listings from the root's consolidated metadata
+        (``.zmetadata``, Zarr v2), fetched with the root's own documents: the whole open
+        then costs one round trip instead of two per level of the tree.
+
+        Trusted only when it is well formed and agrees with the root documents fetched at
+        the same time (lazyio's writer writes it after the root, and removes it before a
+        metadata-only update); otherwise the tree is walked as without it.
+        """
+        raw = self._docs.get(".zmetadata")
+        group = self._docs.get(".zgroup")
+        if raw is None or group is None or len(raw) > MAX_METADATA_BYTES:
+            return False
+        try:
+            cons = json.loads(raw.to_bytes())
+            meta = cons["metadata"]
+            if cons.get("zarr_consolidated_format") != 1 or not isinstance(meta, dict):
+                return False
+            if meta.get(".zgroup") != json.loads(group.to_bytes()):
+                return False
+            attrs = self._docs.get(".zattrs")
+            if meta.get(".zattrs", {}) != (json.loads(attrs.to_bytes()) if attrs else {}):
+                return False
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return False
+        docs: dict[str, StoredBuffer | None] = {}
+        listings: dict[str, set[str]] = {"": set()}
+        for key, value in meta.items():
+            parts = key.split("/") if isinstance(key, str) else []
+            if (not parts or parts[-1] not in _NODE_DOCS or not isinstance(value, dict)
+                    or "" in parts or any(p in (".", "..") for p in parts)
+                    or len(parts) > MAX_KEY_DEPTH):
+                return False
+            docs[key] = Buffer.from_bytes(json.dumps(value).encode())
+            for depth in range(len(parts)):
+                pre = "".join(p + "/" for p in parts[:depth])
+                listings.setdefault(pre, set()).add(parts[depth])
+        for pre, names in listings.items():
+            for name in _NODE_DOCS:
+                docs.setdefault(pre + name, None)  # absent: not asked for again
+            # arrays are listed by nobody but a reader of their chunks: keep them unlisted
+            if pre + ".zarray" not in meta:
+                self._listings[pre] = sorted(names)
+        for key, value in docs.items():
+            self._docs.setdefault(key, value)
+        return True
 
     async def _list(self, pre: str) -> list[str]:
         """The names below ``pre``, as the wrapped store's ``list_dir`` gives them.

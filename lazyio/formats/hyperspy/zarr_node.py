@@ -103,7 +103,7 @@ class ZarrNode:
         # asks for a node's kind when listing its parent, again to open it and once more
         # for its attributes (112 reads for one signal, 12 nodes, before this was shared).
         # Writes through a node forget what they change.
-        self._docs: dict[str, dict[str, Any] | None] = {} if docs is None else docs
+        self.docs: dict[str, dict[str, Any] | None] = {} if docs is None else docs
 
     @property
     def _key(self) -> str:
@@ -114,18 +114,18 @@ class ZarrNode:
 
     def _json(self, key: str) -> dict[str, Any] | None:
         """The JSON document at ``key``, read once per open."""
-        if key not in self._docs:
-            self._docs[key] = read_json(self.store, key)
-        return self._docs[key]
+        if key not in self.docs:
+            self.docs[key] = read_json(self.store, key)
+        return self.docs[key]
 
     def _forget(self, path: str) -> None:
         """Drop the remembered documents of ``path`` and of everything below it."""
         base = path.strip("/")
         pre = base + "/" if base else ""
-        for key in [k for k in self._docs if k.startswith(pre)]:
-            del self._docs[key]
+        for key in [k for k in self.docs if k.startswith(pre)]:
+            del self.docs[key]
 
-    def _kind(
+    def kind_of(
         self, path: str
     ) -> tuple[str | None, ZarrFormat | None, dict[str, Any] | None]:
         """As :func:`~lazyio.backends.zarr.stores.node_kind`, through the documents
@@ -159,17 +159,17 @@ class ZarrNode:
         for name in list_dir(self.store, self._key):
             if name.startswith(".") or name == "zarr.json":
                 continue
-            kind, _, _ = self._kind(self._prefix(name))
+            kind, _, _ = self.kind_of(self._prefix(name))
             if kind in ("group", "array"):
                 out[name] = kind
         return out
 
     def child(self, name: str) -> ZarrNode:
         return ZarrNode(self.spec, self.store, self._prefix(name), self.zarr_format,
-                        self._docs)
+                        self.docs)
 
     def _array_meta(self, name: str) -> tuple[int, dict[str, Any]]:
-        kind, fmt, meta = self._kind(self._prefix(name))
+        kind, fmt, meta = self.kind_of(self._prefix(name))
         if kind != "array" or fmt is None or meta is None:
             raise FormatError(f"{self.where}: {self.path}/{name} is not an array")
         return fmt, meta
@@ -193,7 +193,7 @@ class ZarrNode:
             # made from the document already read (zarr.open_array would read it again:
             # a round trip through zarr's event loop, or over the network); only its
             # shape and dtype are used, so v2 attributes are left out
-            doc = {**meta, "attributes": {}} if fmt == 2 else meta
+            doc: Any = {**meta, "attributes": {}} if fmt == 2 else meta
             arr = zarr.Array(AsyncArray(metadata=doc, store_path=StorePath(self.store, path)))
         except (ValueError, TypeError, KeyError) as err:
             raise FormatError(f"{self.where}: array {path} cannot be opened ({err})") from err
@@ -320,14 +320,14 @@ class ZarrNode:
             self._forget(self.path)
 
     def require_group(self, name: str) -> ZarrNode:
-        kind, _, _ = self._kind(self._prefix(name))
+        kind, _, _ = self.kind_of(self._prefix(name))
         if kind != "group":
             self._forget(self._prefix(name))
             self._group().require_group(name)
         return self.child(name)
 
     def delete(self, name: str) -> None:
-        kind, _, _ = self._kind(self._prefix(name))
+        kind, _, _ = self.kind_of(self._prefix(name))
         self._forget(self._prefix(name))
         if kind is not None:
             sync(self.store.delete_dir(self._prefix(name)))
