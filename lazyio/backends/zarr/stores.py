@@ -646,48 +646,21 @@ class _MetadataCache(WrapperStore[Store]):
     def _consolidated(self) -> bool:
         """Take the tree's documents and listings from the root's consolidated metadata
         (``.zmetadata``, Zarr v2), fetched with the root's own documents: the whole open
-        then costs one round trip instead of two per level of the tree.
-
-        Trusted only when it is well formed and agrees with the root documents fetched at
-        the same time (lazyio's writer writes it after the root, and removes it before a
-        metadata-only update); otherwise the tree is walked as without it.
-        """
-        raw = self._docs.get(".zmetadata")
-        group = self._docs.get(".zgroup")
-        if raw is None or group is None or len(raw) > MAX_METADATA_BYTES:
+        then costs one round trip instead of two per level of the tree (see
+        :func:`consolidated_tree` for when it is trusted)."""
+        raw, group = self._docs.get(".zmetadata"), self._docs.get(".zgroup")
+        if raw is None or group is None:
             return False
-        try:
-            cons = json.loads(raw.to_bytes())
-            meta = cons["metadata"]
-            if cons.get("zarr_consolidated_format") != 1 or not isinstance(meta, dict):
-                return False
-            if meta.get(".zgroup") != json.loads(group.to_bytes()):
-                return False
-            attrs = self._docs.get(".zattrs")
-            if meta.get(".zattrs", {}) != (json.loads(attrs.to_bytes()) if attrs else {}):
-                return False
-        except (ValueError, KeyError, TypeError, AttributeError):
+        attrs = self._docs.get(".zattrs")
+        tree = consolidated_tree(raw.to_bytes(), group.to_bytes(),
+                                 None if attrs is None else attrs.to_bytes())
+        if tree is None:
             return False
-        docs: dict[str, StoredBuffer | None] = {}
-        listings: dict[str, set[str]] = {"": set()}
-        for key, value in meta.items():
-            parts = key.split("/") if isinstance(key, str) else []
-            if (not parts or parts[-1] not in _NODE_DOCS or not isinstance(value, dict)
-                    or "" in parts or any(p in (".", "..") for p in parts)
-                    or len(parts) > MAX_KEY_DEPTH):
-                return False
-            docs[key] = Buffer.from_bytes(json.dumps(value).encode())
-            for depth in range(len(parts)):
-                pre = "".join(p + "/" for p in parts[:depth])
-                listings.setdefault(pre, set()).add(parts[depth])
-        for pre, names in listings.items():
-            for name in _NODE_DOCS:
-                docs.setdefault(pre + name, None)  # absent: not asked for again
-            # arrays are listed by nobody but a reader of their chunks: keep them unlisted
-            if pre + ".zarray" not in meta:
-                self._listings[pre] = sorted(names)
-        for key, value in docs.items():
-            self._docs.setdefault(key, value)
+        docs, listings = tree
+        for key, doc in docs.items():
+            self._docs.setdefault(
+                key, None if doc is None else Buffer.from_bytes(json.dumps(doc).encode()))
+        self._listings.update(listings)
         return True
 
     async def _list(self, pre: str) -> list[str]:
@@ -709,6 +682,53 @@ class _MetadataCache(WrapperStore[Store]):
         # the same names FsspecStore.list_dir makes of the listing
         return [a.replace(base + "/", "").removeprefix(store.path).removeprefix("/")
                 for a in found]
+
+
+def consolidated_tree(
+    raw: bytes, group: bytes, attrs: bytes | None
+) -> tuple[dict[str, dict[str, Any] | None], dict[str, list[str]]] | None:
+    """The documents and group listings of a Zarr v2 tree from its consolidated metadata
+    ``raw`` (the root's ``.zmetadata``), or ``None`` if it is not to be trusted.
+
+    Trusted only when well formed and in agreement with the root's own ``group`` and
+    ``attrs`` documents, read at the same time: lazyio's writer writes it after every
+    other document and removes it before a metadata-only update, as RosettaSciIO
+    consolidates after its writes. A tool that changed a deeper node without
+    consolidating again is not detected (zarr-python reads such a store so too).
+    Documents a node lacks are given as ``None``; arrays are not listed.
+    """
+    if len(raw) > MAX_METADATA_BYTES:
+        return None
+    try:
+        cons = json.loads(raw)
+        meta = cons["metadata"]
+        if cons.get("zarr_consolidated_format") != 1 or not isinstance(meta, dict):
+            return None
+        if meta.get(".zgroup") != json.loads(group):
+            return None
+        if meta.get(".zattrs", {}) != (json.loads(attrs) if attrs is not None else {}):
+            return None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    docs: dict[str, dict[str, Any] | None] = {}
+    names: dict[str, set[str]] = {"": set()}
+    for key, value in meta.items():
+        parts = key.split("/") if isinstance(key, str) else []
+        if (not parts or parts[-1] not in _NODE_DOCS or not isinstance(value, dict)
+                or "" in parts or any(p in (".", "..") for p in parts)
+                or len(parts) > MAX_KEY_DEPTH):
+            return None
+        docs[key] = value
+        for depth in range(len(parts)):
+            pre = "".join(p + "/" for p in parts[:depth])
+            names.setdefault(pre, set()).add(parts[depth])
+    listings = {}
+    for pre, found in names.items():
+        for name in _NODE_DOCS:
+            docs.setdefault(pre + name, None)  # absent: not asked for again
+        if pre + ".zarray" not in meta:
+            listings[pre] = sorted(found)
+    return docs, listings
 
 
 class FreshStore(WrapperStore[Store]):
