@@ -123,8 +123,8 @@ def test_zspy_consolidated_metadata_disagreeing_with_root_is_not_trusted(
     (path / ".zmetadata").write_text(json.dumps(stale))
     general = path / "Experiments/__unnamed__/metadata/General/.zattrs"
     general.write_text(json.dumps({**json.loads(general.read_text()), "title": "new"}))
-    signal, requests, trips = _count(timed_server,
-                                     lambda: lazyio.load(timed_server.url("stale.zspy"))[0])
+    signal, requests, _ = _count(timed_server,
+                                 lambda: lazyio.load(timed_server.url("stale.zspy"))[0])
     assert signal["metadata"]["General"]["title"] == "new"
     assert requests > 20, requests  # walked, not taken from .zmetadata
 

@@ -89,5 +89,29 @@ def test_open_reads_each_metadata_document_once(tmp_path, monkeypatch, zarr_form
         assert len(docs) <= len(nodes) + 1, sorted(docs)
     else:  # the root's documents and the .zmetadata lazyio wrote last: nothing below
         assert (path / ".zmetadata").is_file()
-        assert len(docs) <= 5 and nodes == {""}, sorted(docs)
+        assert nodes == {""}, sorted(docs)
+        assert len(docs) <= 5, sorted(docs)
     np.testing.assert_array_equal(signal["data"].compute(), data)
+
+
+@pytest.mark.parametrize("url", [False, True])
+def test_consolidated_metadata_matches_every_document(tmp_path, url):
+    # written last (locally after the tree, remotely after the root documents): every
+    # .zgroup/.zattrs/.zarray of the store, as its own document says
+    import json
+
+    import fsspec
+
+    target = "memory://zcons/x.zspy" if url else str(tmp_path / "x.zspy")
+    lazyio.save(target, {"data": np.zeros((4, 4, 8, 8), "u2"),
+                         "metadata": {"General": {"title": "t", "notes": "n"}}},
+                show_progressbar=False)
+    fs, root = fsspec.core.url_to_fs(target)
+    docs = {k.split("x.zspy/", 1)[1]: json.loads(fs.cat(k)) for k in fs.find(root)
+            if k.rsplit("/", 1)[-1] in (".zgroup", ".zattrs", ".zarray")}
+    consolidated = json.loads(fs.cat(f"{root}/.zmetadata"))
+    assert consolidated["zarr_consolidated_format"] == 1
+    assert consolidated["metadata"] == docs
+    assert lazyio.load(target)[0]["metadata"]["General"]["notes"] == "n"
+    if url:
+        fs.rm(root, recursive=True)

@@ -724,6 +724,8 @@ def consolidated_tree(
             names.setdefault(pre, set()).add(parts[depth])
     listings = {}
     for pre, found in names.items():
+        if pre + ".zgroup" not in meta and pre + ".zarray" not in meta:
+            return None  # a parent it does not describe: incomplete, walk the tree
         for name in _NODE_DOCS:
             docs.setdefault(pre + name, None)  # absent: not asked for again
         if pre + ".zarray" not in meta:
