@@ -10,7 +10,6 @@ The RosettaSciIO-compatible ``lazyio.zspy.file_reader`` and ``file_writer`` live
 
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -30,7 +29,6 @@ from lazyio.backends.zarr.stores import (
     InstanceSpec,
     StoreSpec,
     ZipSpec,
-    consolidated_tree,
     get_bytes,
     list_dir,
     node_kind,
@@ -129,23 +127,7 @@ def _root(spec: StoreSpec, store: Any) -> ZarrNode:
     kind, fmt, _ = probe.kind_of("")
     if kind != "group":
         raise FormatError(f"{spec}: not a Zarr hierarchy (no group metadata at its root)")
-    if fmt == 2:
-        _seed_consolidated(store, probe)
     return ZarrNode(spec, store, "", fmt if fmt is not None else 2, probe.docs)
-
-
-def _seed_consolidated(store: Any, root: ZarrNode) -> None:
-    """Remember the tree's documents from its ``.zmetadata`` when it can be trusted
-    (:func:`~lazyio.backends.zarr.stores.consolidated_tree`): one read instead of about
-    three per node."""
-    raw = get_bytes(store, CONSOLIDATED)
-    group = root.docs.get(".zgroup")
-    if raw is None or group is None:
-        return
-    tree = consolidated_tree(raw, json.dumps(group).encode(), get_bytes(store, ".zattrs"))
-    if tree is not None:
-        for key, doc in tree[0].items():
-            root.docs.setdefault(key, doc)
 
 
 def _write_store(

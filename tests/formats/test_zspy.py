@@ -85,12 +85,10 @@ def test_open_reads_each_metadata_document_once(tmp_path, monkeypatch, zarr_form
             (".zarray", ".zgroup", ".zattrs", "zarr.json")]
     assert len(docs) == len(set(docs)), sorted(docs)
     nodes = {k.rsplit("/", 1)[0] if "/" in k else "" for k in docs}
-    if zarr_format == 3:  # one document per node
-        assert len(docs) <= len(nodes) + 1, sorted(docs)
-    else:  # the root's documents and the .zmetadata lazyio wrote last: nothing below
-        assert (path / ".zmetadata").is_file()
-        assert nodes == {""}, sorted(docs)
-        assert len(docs) <= 5, sorted(docs)
+    # one document per node in format 3; .zarray (missing on a group), .zgroup, .zattrs
+    # in 2 (a local open does not trust .zmetadata: a document changed after it, as the
+    # hostile stores of tests/backends/zarr do, must be the one read)
+    assert len(docs) <= (1 if zarr_format == 3 else 3) * len(nodes) + 1, sorted(docs)
     np.testing.assert_array_equal(signal["data"].compute(), data)
 
 
