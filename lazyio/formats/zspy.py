@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import zarr
+from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from lazyio.backends.atomic import remove_path
@@ -28,11 +29,18 @@ from lazyio.backends.zarr.stores import (
     InstanceSpec,
     StoreSpec,
     ZipSpec,
+    get_bytes,
     list_dir,
     node_kind,
     open_store,
 )
-from lazyio.backends.zarr.targets import DeferredRootStore, commit_root, zarr_target
+from lazyio.backends.zarr.targets import (
+    CONSOLIDATED,
+    DeferredRootStore,
+    commit_root,
+    consolidate_local,
+    zarr_target,
+)
 from lazyio.errors import (
     FormatError,
     LazyioError,
@@ -114,10 +122,12 @@ def _open_source(source: Any) -> tuple[StoreSpec, Any]:
 
 
 def _root(spec: StoreSpec, store: Any) -> ZarrNode:
-    kind, fmt, _ = node_kind(store, "")
+    # the probe's documents are kept: the open reads each one once
+    probe = ZarrNode(spec, store, "", 3)
+    kind, fmt, _ = probe.kind_of("")
     if kind != "group":
         raise FormatError(f"{spec}: not a Zarr hierarchy (no group metadata at its root)")
-    return ZarrNode(spec, store, "", fmt if fmt is not None else 2)
+    return ZarrNode(spec, store, "", fmt if fmt is not None else 2, probe.docs)
 
 
 def _write_store(
@@ -138,6 +148,10 @@ def _write_store(
         if kind != "group" or fmt not in (2, 3):
             raise FormatError(f"{spec}: not a Zarr hierarchy to update")
         zarr_format = 3 if fmt == 3 else 2
+        # consolidated metadata would go stale with this update: gone before any change
+        # (a local store gets it back at the end, see ZspyFormat.write)
+        if get_bytes(store, CONSOLIDATED) is not None:
+            sync(store.delete(CONSOLIDATED))
     # streams through dask.array: imported on write only (lazyio info does without dask)
     from lazyio.formats.hyperspy.writer import ArrayWriter
 
@@ -356,6 +370,8 @@ class ZspyFormat(FormatPlugin):
         if not write_dataset:
             spec = _spec(location)
             _write_store(open_store(spec, read_only=False, cached=False), spec, signal, **common)
+            if location.local_path is not None and os.path.isdir(location.local_path):
+                consolidate_local(location.local_path)
             return
         if location.local_path is None:
             spec = DirSpec(location)
@@ -378,6 +394,7 @@ class ZspyFormat(FormatPlugin):
         try:
             _write_store(LocalStore(folder), DirSpec(Location(folder)), signal,
                          **common)
+            consolidate_local(folder)  # last: a store with it is complete
             if store_type == "zip":
                 _pack_zip(folder, path)
         finally:

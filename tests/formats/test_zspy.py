@@ -60,3 +60,56 @@ def test_zspy_with_dot_chunk_keys(tmp_path, rng):
             os.replace(array_dir / row / col, array_dir / f"{row}.{col}")
         os.rmdir(array_dir / row)
     np.testing.assert_array_equal(lazyio.load(path)[0]["data"].compute(), data)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_open_reads_each_metadata_document_once(tmp_path, monkeypatch, zarr_format):
+    # a load asked for a node's kind when listing its parent, again to open it, and
+    # zarr-python read the array's document once more: 112 reads for this tree (12 nodes)
+    from lazyio.backends.zarr.stores import SafeLocalStore
+
+    path = tmp_path / f"once{zarr_format}.zspy"
+    data = np.arange(4 * 4 * 8 * 8, dtype="<u2").reshape(4, 4, 8, 8)
+    lazyio.save(path, data, zarr_format=zarr_format, show_progressbar=False)
+    lazyio.close_all()
+    reads: list[str] = []
+    original = SafeLocalStore.read_key
+
+    def counting(self, key, byte_range=None):
+        reads.append(key)
+        return original(self, key, byte_range)
+
+    monkeypatch.setattr(SafeLocalStore, "read_key", counting)
+    signal = lazyio.load(path)[0]
+    docs = [k for k in reads if k.rsplit("/", 1)[-1] in
+            (".zarray", ".zgroup", ".zattrs", "zarr.json")]
+    assert len(docs) == len(set(docs)), sorted(docs)
+    nodes = {k.rsplit("/", 1)[0] if "/" in k else "" for k in docs}
+    # one document per node in format 3; .zarray (missing on a group), .zgroup, .zattrs
+    # in 2 (a local open does not trust .zmetadata: a document changed after it, as the
+    # hostile stores of tests/backends/zarr do, must be the one read)
+    assert len(docs) <= (1 if zarr_format == 3 else 3) * len(nodes) + 1, sorted(docs)
+    np.testing.assert_array_equal(signal["data"].compute(), data)
+
+
+@pytest.mark.parametrize("url", [False, True])
+def test_consolidated_metadata_matches_every_document(tmp_path, url):
+    # written last (locally after the tree, remotely after the root documents): every
+    # .zgroup/.zattrs/.zarray of the store, as its own document says
+    import json
+
+    import fsspec
+
+    target = "memory://zcons/x.zspy" if url else str(tmp_path / "x.zspy")
+    lazyio.save(target, {"data": np.zeros((4, 4, 8, 8), "u2"),
+                         "metadata": {"General": {"title": "t", "notes": "n"}}},
+                show_progressbar=False)
+    fs, root = fsspec.core.url_to_fs(target)
+    docs = {k.split("x.zspy/", 1)[1]: json.loads(fs.cat(k)) for k in fs.find(root)
+            if k.rsplit("/", 1)[-1] in (".zgroup", ".zattrs", ".zarray")}
+    consolidated = json.loads(fs.cat(f"{root}/.zmetadata"))
+    assert consolidated["zarr_consolidated_format"] == 1
+    assert consolidated["metadata"] == docs
+    assert lazyio.load(target)[0]["metadata"]["General"]["notes"] == "n"
+    if url:
+        fs.rm(root, recursive=True)

@@ -621,7 +621,10 @@ class _MetadataCache(WrapperStore[Store]):
                 return False
 
         async def node(pre: str, depth: int) -> None:
-            await asyncio.gather(*(doc(pre + n) for n in _NODE_DOCS if pre + n not in self._docs))
+            wanted = _NODE_DOCS + ((".zmetadata",) if not pre else ())
+            await asyncio.gather(*(doc(pre + n) for n in wanted if pre + n not in self._docs))
+            if not pre and self._consolidated():
+                return
             if not is_group(pre) or depth >= MAX_KEY_DEPTH:
                 return
             async with limit:
@@ -639,6 +642,26 @@ class _MetadataCache(WrapperStore[Store]):
             await asyncio.gather(*(node(f"{pre}{c}/", depth + 1) for c in children))
 
         await node("", 0)
+
+    def _consolidated(self) -> bool:
+        """Take the tree's documents and listings from the root's consolidated metadata
+        (``.zmetadata``, Zarr v2), fetched with the root's own documents: the whole open
+        then costs one round trip instead of two per level of the tree (see
+        :func:`consolidated_tree` for when it is trusted)."""
+        raw, group = self._docs.get(".zmetadata"), self._docs.get(".zgroup")
+        if raw is None or group is None:
+            return False
+        attrs = self._docs.get(".zattrs")
+        tree = consolidated_tree(raw.to_bytes(), group.to_bytes(),
+                                 None if attrs is None else attrs.to_bytes())
+        if tree is None:
+            return False
+        docs, listings = tree
+        for key, doc in docs.items():
+            self._docs.setdefault(
+                key, None if doc is None else Buffer.from_bytes(json.dumps(doc).encode()))
+        self._listings.update(listings)
+        return True
 
     async def _list(self, pre: str) -> list[str]:
         """The names below ``pre``, as the wrapped store's ``list_dir`` gives them.
@@ -659,6 +682,55 @@ class _MetadataCache(WrapperStore[Store]):
         # the same names FsspecStore.list_dir makes of the listing
         return [a.replace(base + "/", "").removeprefix(store.path).removeprefix("/")
                 for a in found]
+
+
+def consolidated_tree(
+    raw: bytes, group: bytes, attrs: bytes | None
+) -> tuple[dict[str, dict[str, Any] | None], dict[str, list[str]]] | None:
+    """The documents and group listings of a Zarr v2 tree from its consolidated metadata
+    ``raw`` (the root's ``.zmetadata``), or ``None`` if it is not to be trusted.
+
+    Trusted only when well formed and in agreement with the root's own ``group`` and
+    ``attrs`` documents, read at the same time: lazyio's writer writes it after every
+    other document and removes it before a metadata-only update, as RosettaSciIO
+    consolidates after its writes. A tool that changed a deeper node without
+    consolidating again is not detected (zarr-python reads such a store so too).
+    Documents a node lacks are given as ``None``; arrays are not listed.
+    """
+    if len(raw) > MAX_METADATA_BYTES:
+        return None
+    try:
+        cons = json.loads(raw)
+        meta = cons["metadata"]
+        if cons.get("zarr_consolidated_format") != 1 or not isinstance(meta, dict):
+            return None
+        if meta.get(".zgroup") != json.loads(group):
+            return None
+        if meta.get(".zattrs", {}) != (json.loads(attrs) if attrs is not None else {}):
+            return None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    docs: dict[str, dict[str, Any] | None] = {}
+    names: dict[str, set[str]] = {"": set()}
+    for key, value in meta.items():
+        parts = key.split("/") if isinstance(key, str) else []
+        if (not parts or parts[-1] not in _NODE_DOCS or not isinstance(value, dict)
+                or "" in parts or any(p in (".", "..") for p in parts)
+                or len(parts) > MAX_KEY_DEPTH):
+            return None
+        docs[key] = value
+        for depth in range(len(parts)):
+            pre = "".join(p + "/" for p in parts[:depth])
+            names.setdefault(pre, set()).add(parts[depth])
+    listings = {}
+    for pre, found in names.items():
+        if pre + ".zgroup" not in meta and pre + ".zarray" not in meta:
+            return None  # a parent it does not describe: incomplete, walk the tree
+        for name in _NODE_DOCS:
+            docs.setdefault(pre + name, None)  # absent: not asked for again
+        if pre + ".zarray" not in meta:
+            listings[pre] = sorted(found)
+    return docs, listings
 
 
 class FreshStore(WrapperStore[Store]):

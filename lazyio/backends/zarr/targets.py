@@ -7,6 +7,7 @@ written by zarr-python.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -208,13 +209,52 @@ class DeferredRootStore(FreshStore):
             await self.set(key, value)
 
     async def commit_root(self) -> None:
-        """Write the held-back root documents, the group document last, then remove the
-        writing marker."""
-        for key in sorted((k for k in self._docs if k in ROOT_DOCS),
+        """Write the held-back root documents, the group document last, then (Zarr v2)
+        the consolidated metadata of every document written through this store, then
+        remove the writing marker."""
+        for key in sorted((k for k in self._docs if k in ROOT_DOCS and k != CONSOLIDATED),
                           key=lambda k: k in (".zgroup", "zarr.json")):
             await self._store.set(key, self._docs[key])
+        if self._docs.get(".zgroup") is not None:
+            from zarr.core.buffer import default_buffer_prototype
+
+            docs = {k: v.to_bytes() for k, v in self._docs.items()
+                    if v is not None and k.rsplit("/", 1)[-1] in _V2_DOCS}
+            await self._store.set(CONSOLIDATED, default_buffer_prototype().buffer.from_bytes(
+                consolidated_bytes(docs)))
         if self._docs.pop(WRITING_MARKER, False) is None:
             await self._store.delete(WRITING_MARKER)
+
+
+CONSOLIDATED = ".zmetadata"
+_V2_DOCS = (".zgroup", ".zattrs", ".zarray")
+
+
+def consolidated_bytes(docs: dict[str, bytes]) -> bytes:
+    """The ``.zmetadata`` document (Zarr v2 consolidated metadata) of ``docs``, a map
+    of document keys to their bytes."""
+    meta = {key: json.loads(raw) for key, raw in sorted(docs.items())}
+    return json.dumps({"metadata": meta, "zarr_consolidated_format": 1},
+                      indent=4, sort_keys=True).encode()
+
+
+def consolidate_local(root: str) -> None:
+    """Write the ``.zmetadata`` of the Zarr v2 hierarchy in the local folder ``root``,
+    after everything else (a reader trusts it only when it agrees with the root's own
+    documents: see :class:`~lazyio.backends.zarr.stores._MetadataCache`)."""
+    docs: dict[str, bytes] = {}
+    for folder, _dirs, files in os.walk(root):
+        rel = os.path.relpath(folder, root).replace(os.sep, "/")
+        for name in files:
+            if name in _V2_DOCS:
+                with open(os.path.join(folder, name), "rb") as f:
+                    docs[name if rel == "." else f"{rel}/{name}"] = f.read()
+    if ".zgroup" not in docs:
+        return
+    tmp = os.path.join(root, CONSOLIDATED + ".part")
+    with open(tmp, "wb") as f:
+        f.write(consolidated_bytes(docs))
+    os.replace(tmp, os.path.join(root, CONSOLIDATED))
 
 
 def commit_root(store: DeferredRootStore) -> None:

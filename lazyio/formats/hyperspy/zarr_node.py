@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import zarr
 from zarr.abc.store import Store
+from zarr.core.array import AsyncArray
 from zarr.core.sync import sync
+from zarr.storage import StorePath
 
 from lazyio.backends import to_dask
 from lazyio.backends.chunking import Chunks
@@ -37,7 +39,6 @@ from lazyio.backends.zarr.stores import (
     StoreSpec,
     get_bytes,
     list_dir,
-    node_kind,
     read_json,
     set_bytes,
     version_token,
@@ -90,13 +91,19 @@ class ZarrNode:
     """A group of a Zarr (format 2 or 3) hierarchy, read through raw keys and zarr-python."""
 
     def __init__(
-        self, spec: StoreSpec, store: Store, path: str, zarr_format: ZarrFormat
+        self, spec: StoreSpec, store: Store, path: str, zarr_format: ZarrFormat,
+        docs: dict[str, dict[str, Any] | None] | None = None,
     ) -> None:
         self.spec = spec
         self.store = store
         self.path = "/" + path.strip("/")
         self.zarr_format = zarr_format
         self.where = str(spec)
+        # The metadata documents read so far, shared by every node of one open: a load
+        # asks for a node's kind when listing its parent, again to open it and once more
+        # for its attributes (112 reads for one signal, 12 nodes, before this was shared).
+        # Writes through a node forget what they change.
+        self.docs: dict[str, dict[str, Any] | None] = {} if docs is None else docs
 
     @property
     def _key(self) -> str:
@@ -105,27 +112,64 @@ class ZarrNode:
     def _prefix(self, name: str) -> str:
         return f"{self._key}/{name}" if self._key else name
 
+    def _json(self, key: str) -> dict[str, Any] | None:
+        """The JSON document at ``key``, read once per open."""
+        if key not in self.docs:
+            self.docs[key] = read_json(self.store, key)
+        return self.docs[key]
+
+    def _forget(self, path: str) -> None:
+        """Drop the remembered documents of ``path`` and of everything below it."""
+        base = path.strip("/")
+        pre = base + "/" if base else ""
+        for key in [k for k in self.docs if k.startswith(pre)]:
+            del self.docs[key]
+
+    def kind_of(
+        self, path: str
+    ) -> tuple[str | None, ZarrFormat | None, dict[str, Any] | None]:
+        """As :func:`~lazyio.backends.zarr.stores.node_kind`, through the documents
+        remembered for this open; a tree of one format is probed for that format's
+        documents first (a v2 node costs no failed look-up of ``zarr.json``)."""
+        base = path.strip("/")
+        pre = base + "/" if base else ""
+        order: tuple[ZarrFormat, ...] = (2, 3) if self.zarr_format == 2 else (3, 2)
+        for fmt in order:
+            if fmt == 3:
+                meta = self._json(pre + "zarr.json")
+                if meta is not None:
+                    return meta.get("node_type"), 3, meta
+                continue
+            meta = self._json(pre + ".zarray")
+            if meta is not None:
+                return "array", 2, meta
+            meta = self._json(pre + ".zgroup")
+            if meta is not None:
+                return "group", 2, meta
+        return None, None, None
+
     def attrs(self) -> dict[str, Any]:
         if self.zarr_format == 3:
-            meta = read_json(self.store, self._prefix("zarr.json")) or {}
+            meta = self._json(self._prefix("zarr.json")) or {}
             return dict(meta.get("attributes") or {})
-        return dict(read_json(self.store, self._prefix(".zattrs")) or {})
+        return dict(self._json(self._prefix(".zattrs")) or {})
 
     def members(self) -> dict[str, str]:
         out = {}
         for name in list_dir(self.store, self._key):
             if name.startswith(".") or name == "zarr.json":
                 continue
-            kind, _, _ = node_kind(self.store, self._prefix(name))
+            kind, _, _ = self.kind_of(self._prefix(name))
             if kind in ("group", "array"):
                 out[name] = kind
         return out
 
     def child(self, name: str) -> ZarrNode:
-        return ZarrNode(self.spec, self.store, self._prefix(name), self.zarr_format)
+        return ZarrNode(self.spec, self.store, self._prefix(name), self.zarr_format,
+                        self.docs)
 
     def _array_meta(self, name: str) -> tuple[int, dict[str, Any]]:
-        kind, fmt, meta = node_kind(self.store, self._prefix(name))
+        kind, fmt, meta = self.kind_of(self._prefix(name))
         if kind != "array" or fmt is None or meta is None:
             raise FormatError(f"{self.where}: {self.path}/{name} is not an array")
         return fmt, meta
@@ -146,7 +190,11 @@ class ZarrNode:
             grid = meta.get("chunk_grid", {}).get("configuration", {})
             chunks = tuple(grid.get("chunk_shape", meta["shape"]))
         try:
-            arr = zarr.open_array(store=self.store, path=path, mode="r")
+            # made from the document already read (zarr.open_array would read it again:
+            # a round trip through zarr's event loop, or over the network); only its
+            # shape and dtype are used, so v2 attributes are left out
+            doc: Any = {**meta, "attributes": {}} if fmt == 2 else meta
+            arr = zarr.Array(AsyncArray(metadata=doc, store_path=StorePath(self.store, path)))
         except (ValueError, TypeError, KeyError) as err:
             raise FormatError(f"{self.where}: array {path} cannot be opened ({err})") from err
         return ZarrSource(
@@ -267,16 +315,20 @@ class ZarrNode:
                         LazyioWarning,
                         stacklevel=2,
                     )
+            self._forget(self.path)
             self._group().attrs.update(clean)
+            self._forget(self.path)
 
     def require_group(self, name: str) -> ZarrNode:
-        kind, _, _ = node_kind(self.store, self._prefix(name))
+        kind, _, _ = self.kind_of(self._prefix(name))
         if kind != "group":
+            self._forget(self._prefix(name))
             self._group().require_group(name)
         return self.child(name)
 
     def delete(self, name: str) -> None:
-        kind, _, _ = node_kind(self.store, self._prefix(name))
+        kind, _, _ = self.kind_of(self._prefix(name))
+        self._forget(self._prefix(name))
         if kind is not None:
             sync(self.store.delete_dir(self._prefix(name)))
 
