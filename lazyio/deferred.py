@@ -84,6 +84,12 @@ _REGISTRY_LOCK = threading.RLock()
 _SETTLING: dict[str, _Pending] = {}
 
 
+def deferring() -> bool:
+    """Whether the current thread runs the pipeline of a delayed write (whose source may be
+    shared with other writes of the same computation)."""
+    return _CURRENT.get() is not None
+
+
 def hand_off(
     sources: Sequence[Any], targets: Sequence[Any], *, lock: Any, show_progressbar: bool
 ) -> bool:

@@ -982,6 +982,12 @@ def merge_blocks(array: da.Array, chunks: BlockChunks) -> da.Array | None:
     """
     if type(getattr(array, "_meta", None)) is not np.ndarray or array.ndim == 0:
         return None
+    from lazyio.deferred import deferring
+
+    if deferring():
+        # a delayed write's source may feed other writes of the same computation: its
+        # tasks stay shared keys, read once, instead of running privately in each write
+        return None
     n_new = math.prod(len(c) for c in chunks)
     if array.npartitions < _MIN_MERGED * n_new:
         return None
