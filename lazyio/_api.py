@@ -299,6 +299,12 @@ def save(
     -------
     None, or a DeferredWrite with ``compute=False``
     """
+    def write(compute: bool) -> None:
+        write_with("save", target, signal, format=format, overwrite=overwrite,
+                   chunks=chunks, show_progressbar=show_progressbar,
+                   storage_options=storage_options, verify=verify, compute=compute,
+                   resume=resume, options=options)
+
     if compute is False:
         from lazyio.deferred import save_deferred
 
@@ -308,17 +314,9 @@ def save(
                 f"{target}: resume=True cannot be combined with compute=False; nothing was "
                 "written"
             )
-
-        def write() -> None:
-            write_with("save", target, signal, format=format, overwrite=overwrite,
-                       chunks=chunks, show_progressbar=show_progressbar,
-                       storage_options=storage_options, verify=verify, compute=True,
-                       resume=resume, options=options)
-
-        return save_deferred(target, write)
-    write_with("save", target, signal, format=format, overwrite=overwrite, chunks=chunks,
-               show_progressbar=show_progressbar, storage_options=storage_options,
-               verify=verify, compute=compute, resume=resume, options=options)
+        # the pipeline runs in the delayed write's thread, where store() hands its arrays over
+        return save_deferred(target, lambda: write(True))
+    write(compute)
     return None
 
 

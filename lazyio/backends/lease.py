@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -102,34 +103,33 @@ class _Store:
             # (a PUT to an endpoint that never answers was seen waiting for minutes)
             if self.fs.exists(self.path):
                 return False
-            try:
-                self.fs.pipe_file(self.path, body, mode="create")
-            except FileExistsError:
-                return False
-            except OSError as err:
-                if _precondition_failed(err):
-                    return False
-                raise
-            return True
+            return self._put_if(body, FileExistsError, mode="create")
         if self.fs.exists(self.path):
             return False
-        self.fs.pipe_file(self.path, body)
-        return _holder(self.fs.cat_file(self.path)) == _holder(body)  # read back: ours?
+        return self._put_and_read_back(body)
 
     def replace(self, body: bytes, etag: str | None) -> bool:
         """Overwrite the lease if it is still the version ``etag``; False if not."""
         if self.conditional:
             if etag is None:
                 return False
-            try:
-                self.fs.pipe_file(self.path, body, IfMatch=etag)
-            except FileNotFoundError:
+            return self._put_if(body, FileNotFoundError, IfMatch=etag)
+        return self._put_and_read_back(body)
+
+    def _put_if(self, body: bytes, lost: type[OSError], **condition: Any) -> bool:
+        """A conditional PUT; False where the condition failed (``lost``, or a 412)."""
+        try:
+            self.fs.pipe_file(self.path, body, **condition)
+        except lost:
+            return False
+        except OSError as err:
+            if _precondition_failed(err):
                 return False
-            except OSError as err:
-                if _precondition_failed(err):
-                    return False
-                raise
-            return True
+            raise
+        return True
+
+    def _put_and_read_back(self, body: bytes) -> bool:
+        """Best effort where PUTs are not conditional: write, then read back whose it is."""
         self.fs.pipe_file(self.path, body)
         return _holder(self.fs.cat_file(self.path)) == _holder(body)
 
@@ -166,7 +166,8 @@ def remote_lease(target: Location) -> Iterator[None]:
     body = _body(owner, seconds)
     try:
         created = store.create(body)
-    except Exception:  # noqa: BLE001 - a read-only or unreachable store: the write says so
+    except Exception as err:  # noqa: BLE001 - a read-only or unreachable store: the write says so
+        logging.getLogger("lazyio").debug("%s: no lease taken (%r); writing without", target, err)
         yield
         return
     if not created:
